@@ -93,7 +93,8 @@ def concept_membership(
         )
     height, width = masks.shape[1:]
     flat = torch.zeros(num_concepts * num_images, height * width, dtype=torch.int32, device=scores.device)
-    flat.index_add_(0, (rows * num_images + src).reshape(-1), masks[top.reshape(-1)].reshape(k * num_concepts, -1).int())
+    pixels = masks.to(scores.device)[top.reshape(-1)].reshape(k * num_concepts, -1).int()
+    flat.index_add_(0, (rows * num_images + src).reshape(-1), pixels)
     return (flat > 0).view(num_concepts, num_images, height, width)
 
 

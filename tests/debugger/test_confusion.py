@@ -53,7 +53,9 @@ def test_concept_confusion_equals_a_loop_over_sklearn_confusion_matrix():
     normed = normalize_confusion(got, "true")
     for c in range(m.shape[0]):
         sel = m[c]
-        want = metrics.confusion_matrix(target[sel].numpy(), preds[sel].numpy(), labels=list(range(4)), normalize="true")
+        want = metrics.confusion_matrix(
+            target[sel].numpy(), preds[sel].numpy(), labels=list(range(4)), normalize="true"
+        )
         torch.testing.assert_close(normed[c], torch.from_numpy(want).float().nan_to_num(0.0))
 
 
