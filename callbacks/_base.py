@@ -1,0 +1,632 @@
+"""What every conceptfix callback shares: scheduling, the probe set, the time budget and logger plumbing.
+
+Each monitor's own file holds only its analysis and what it logs; :class:`Monitor` holds the rest:
+
+- **Schedule**: ``every_n_epochs`` (at the end of the training epoch, after validation) and/or
+  ``every_n_train_steps`` (after the optimizer step), Lightning's own names; never during sanity checking or
+  ``fast_dev_run``.
+- **Probe set**: a fixed, seeded choice of validation samples made in ``setup()`` and kept in the callback's
+  ``state_dict`` so a resumed run analyses the same images; ``state_key`` includes ``name`` so two instances
+  coexist in one checkpoint.
+- **Time budget**: ``max_seconds`` per run; monitors stop between chunks at the deadline, and the next run
+  analyses a subsample sized to fit, with a warning. Training never waits on an analysis that overran.
+- **Never disturb training**: the analysis runs with grad enabled outside inference mode, every module in eval
+  mode (restored after), and the torch / numpy / python RNG states forked, so a seeded run's loss trajectory is
+  the same with and without monitors.
+- **DDP**: monitors either work on rank zero only (no collective inside) or shard the probe set over ranks and
+  sync a torchmetrics ``Metric``; the subsample size is broadcast first so every rank takes part in the same
+  collectives.
+- **Logging**: TensorBoard through the trainer's ``TensorBoardLogger`` (scalars go to every logger); with no
+  TensorBoard logger, images and files are written under the run directory and one log line says where.
+- **Both Lightning flavours**: :class:`Monitor` subclasses the ``Callback`` of ``pytorch_lightning`` and, when
+  installed, of ``lightning.pytorch``, so the same object passes either Trainer's type check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as _pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger as _PLTensorBoardLogger
+from torch import Tensor, nn
+from torch.utils.data import default_collate
+
+from debugger.contract import Batch, unpack_batch
+
+log = logging.getLogger("conceptfix.callbacks")
+
+try:  # the unified `lightning` package is optional; when present its Trainer must accept our callbacks too
+    import lightning.pytorch as _L
+    from lightning.pytorch.loggers import TensorBoardLogger as _LTensorBoardLogger
+
+    _CALLBACK_BASES: tuple[type, ...] = (_pl.Callback, _L.Callback)
+    _TB_LOGGERS: tuple[type, ...] = (_PLTensorBoardLogger, _LTensorBoardLogger)
+except ImportError:  # pragma: no cover - depends on the environment
+    _CALLBACK_BASES = (_pl.Callback,)
+    _TB_LOGGERS = (_PLTensorBoardLogger,)
+
+# Deliberately typed as a plain base tuple: `class Monitor(*_CALLBACK_BASES)` keeps one implementation for both.
+_CallbackBase: Any = type("_CallbackBase", _CALLBACK_BASES, {"__doc__": "Callback of every installed flavour."})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure pieces
+# --------------------------------------------------------------------------------------------------------------
+
+
+def is_due(
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    every_n_epochs: int | None = None,
+    every_n_train_steps: int | None = None,
+) -> bool:
+    """Whether a run is due at the end of (0-based) ``epoch`` or after (1-based) global ``step``.
+
+    Pass ``epoch`` at an epoch end and ``step`` after a training step; the other cadence is ignored.
+
+    Example:
+        >>> [e for e in range(6) if is_due(epoch=e, every_n_epochs=2)]
+        [1, 3, 5]
+        >>> is_due(step=10, every_n_train_steps=5), is_due(step=10, every_n_epochs=1)
+        (True, False)
+    """
+    if epoch is not None:
+        return bool(every_n_epochs) and (epoch + 1) % int(every_n_epochs) == 0  # type: ignore[operator]
+    if step is not None:
+        return bool(every_n_train_steps) and step > 0 and step % int(every_n_train_steps) == 0  # type: ignore[operator]
+    return False
+
+
+def select_probe_indices(num_samples: int, size: int, seed: int) -> list[int]:
+    """Pick ``min(size, num_samples)`` distinct sample indices with a seeded generator, in a seeded random order.
+
+    The order matters: a time-budget subsample takes a prefix, which is then itself a uniform random subset.
+
+    Example:
+        >>> select_probe_indices(10, 4, seed=0) == select_probe_indices(10, 4, seed=0)
+        True
+        >>> sorted(select_probe_indices(3, 8, seed=1))
+        [0, 1, 2]
+    """
+    if num_samples < 0:
+        raise ValueError(f"Expected `num_samples` to be non-negative, but got {num_samples!r}.")
+    if size < 1:
+        raise ValueError(f"Expected `size` to be a positive integer, but got {size!r}.")
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(num_samples, generator=g)[: min(size, num_samples)].tolist()
+
+
+def shrink_fraction(fraction: float, seconds: float, max_seconds: float, floor: float = 0.05) -> float:
+    """The probe fraction for the next run after one that took ``seconds`` against a budget of ``max_seconds``.
+
+    Scales the fraction by the overrun with a 20% margin; never grows it and never goes below ``floor``.
+
+    Example:
+        >>> shrink_fraction(1.0, seconds=20.0, max_seconds=10.0)
+        0.4
+        >>> shrink_fraction(0.5, seconds=1.0, max_seconds=10.0)
+        0.5
+    """
+    if seconds <= max_seconds:
+        return fraction
+    return max(floor, round(fraction * 0.8 * max_seconds / seconds, 4))
+
+
+def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """Tile images into one image (what TensorBoard shows as a single entry of a tag).
+
+    Shape:
+        - images: ``(N, C, H, W)`` with ``C`` in {1, 3}
+        - output: ``(C, rows * (H + padding) + padding, cols * (W + padding) + padding)``
+
+    Example:
+        >>> image_grid(torch.zeros(5, 3, 4, 4), nrow=4, padding=1).shape
+        torch.Size([3, 11, 21])
+    """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"Expected `images` of shape (N, C, H, W) with N > 0, but got {tuple(images.shape)!r}.")
+    n, c, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    out = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        out[:, y : y + h, x : x + w] = images[i]
+    return out
+
+
+def to_display(images: Tensor) -> Tensor:
+    """Rescale each image to [0, 1] for display (datasets here are normalised and may be any range).
+
+    Shape:
+        - images: ``(N, C, H, W)``; output: same.
+    """
+    flat = images.detach().float().flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return ((images.detach().float() - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Probe set and run context
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeSet:
+    """The fixed validation samples a monitor analyses.
+
+    Shape:
+        - batch.images: ``(N, C, H, W)``; batch.targets: ``(N,)`` or ``(N, H, W)``
+    """
+
+    indices: list[int]
+    batch: Batch
+    concept_names: tuple[str, ...] = ()
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take(self, n: int) -> ProbeSet:
+        """The first ``n`` samples (a uniform random subset, as the probe order is random)."""
+        b = self.batch
+        cut = (lambda t: None if t is None else t[:n])  # noqa: E731
+        return ProbeSet(
+            self.indices[:n],
+            Batch(b.images[:n], b.targets[:n], cut(b.concepts), cut(b.concept_masks)),
+            self.concept_names,
+            {k: v[:n] for k, v in self.extras.items()},
+        )
+
+    def shard(self, rank: int, world_size: int) -> ProbeSet:
+        """Every ``world_size``-th sample starting at ``rank`` (the shards of all ranks partition the set)."""
+        sel = torch.arange(rank, len(self), world_size)
+        b = self.batch
+        pick = (lambda t: None if t is None else t[sel.to(t.device)])  # noqa: E731
+        return ProbeSet(
+            [self.indices[i] for i in sel.tolist()],
+            Batch(pick(b.images), pick(b.targets), pick(b.concepts), pick(b.concept_masks)),  # type: ignore[arg-type]
+            self.concept_names,
+            {k: pick(v) for k, v in self.extras.items()},  # type: ignore[misc]
+        )
+
+    def chunks(self, size: int) -> Iterator[tuple[int, Batch]]:
+        """``(offset, batch)`` pairs of at most ``size`` samples."""
+        b = self.batch
+        for s in range(0, len(self), size):
+            e = s + size
+            cut = (lambda t, s=s, e=e: None if t is None else t[s:e])  # noqa: E731
+            yield s, Batch(b.images[s:e], b.targets[s:e], cut(b.concepts), cut(b.concept_masks))
+
+    def to(self, device: torch.device | str) -> ProbeSet:
+        b = self.batch
+        mv = (lambda t: None if t is None else t.to(device))  # noqa: E731
+        return ProbeSet(
+            self.indices,
+            Batch(b.images.to(device), b.targets.to(device), mv(b.concepts), mv(b.concept_masks)),
+            self.concept_names,
+            {k: v.to(device) for k, v in self.extras.items()},
+        )
+
+
+@dataclass
+class RunContext:
+    """What a monitor's :meth:`Monitor.analyse` gets for one scheduled run."""
+
+    trainer: Any
+    pl_module: nn.Module
+    probe: ProbeSet
+    epoch: int
+    global_step: int
+    run_index: int
+    deadline: float
+    run_dir: Path
+    writer: Any | None
+    is_global_zero: bool
+    rank: int
+    world_size: int
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+
+def _unwrap_dataset(ds: Any) -> Any:
+    """The innermost dataset under ``Subset``/wrappers (for attributes like ``concept_names``)."""
+    seen = 0
+    while hasattr(ds, "dataset") and seen < 8:
+        if hasattr(ds, "concept_names"):
+            return ds
+        ds = ds.dataset
+        seen += 1
+    return ds
+
+
+def _first_loader(loaders: Any) -> Any:
+    if isinstance(loaders, Mapping):
+        return next(iter(loaders.values()), None)
+    if isinstance(loaders, Sequence) and not isinstance(loaders, str | bytes):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+def materialise_probe(dataset: Any, indices: Sequence[int], image_key_extras: Sequence[str] = ()) -> ProbeSet:
+    """Read ``dataset[i]`` for the probe indices and collate them in the sample contract.
+
+    Raises:
+        ValueError: if the samples are neither contract dicts nor ``(x, y)`` pairs.
+    """
+    samples = [dataset[int(i)] for i in indices]
+    batch = default_collate(samples)
+    extras: dict[str, Tensor] = {}
+    if isinstance(batch, Mapping):
+        extras = {k: batch[k] for k in image_key_extras if k in batch and isinstance(batch[k], Tensor)}
+    b = unpack_batch(batch)
+    names = tuple(getattr(_unwrap_dataset(dataset), "concept_names", ()) or ())
+    return ProbeSet(list(map(int, indices)), b, names, extras)
+
+
+@contextmanager
+def analysis_mode(module: nn.Module) -> Iterator[None]:
+    """Run an analysis beside training without touching it.
+
+    Grad on and inference mode off (Lightning validates under ``inference_mode``), every submodule in eval mode
+    and restored after, and the torch (CPU and current CUDA device), numpy and python RNG states restored, so
+    a seeded training run is unaffected. Gradients must be taken with ``torch.autograd.grad``; ``param.grad``
+    is saved and put back anyway as a last line of defence.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    grads = [(p, p.grad) for p in module.parameters()]
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
+            module.eval()
+            yield
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+        for p, g in grads:
+            p.grad = g
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The base callback
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Monitor(_CallbackBase):
+    """Shared mechanics of the conceptfix callbacks; subclasses implement :meth:`analyse`.
+
+    Args:
+        every_n_epochs: run at the end of every n-th training epoch (after its validation); ``None`` or 0 = never.
+        every_n_train_steps: run after every n-th optimizer step; ``None`` or 0 = never.
+        probe_size: how many validation samples make the fixed probe set.
+        seed: seed of the probe choice (and of any randomness in the analysis).
+        max_seconds: time budget of one run; ``None`` = unlimited. Overruns subsample the next run and warn.
+        name: distinguishes two instances of one monitor (part of ``state_key`` and of tags and paths).
+        probe_dataset: map-style dataset to draw the probe from instead of the trainer's validation data.
+        chunk_size: samples per forward pass in the analysis.
+
+    Subclasses set ``sharded = True`` to run on every rank over a shard of the probe set (and sync a metric);
+    otherwise the analysis runs on global rank zero only.
+    """
+
+    sharded: ClassVar[bool] = False
+    probe_extras: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int | None = 1,
+        every_n_train_steps: int | None = None,
+        probe_size: int = 64,
+        seed: int = 0,
+        max_seconds: float | None = 60.0,
+        name: str | None = None,
+        probe_dataset: Any | None = None,
+        chunk_size: int = 32,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"Expected `{arg}` to be a non-negative integer or None, but got {value!r}.")
+        if not every_n_epochs and not every_n_train_steps:
+            raise ValueError(
+                "Expected `every_n_epochs` or `every_n_train_steps` to be positive, but got "
+                f"every_n_epochs={every_n_epochs!r}, every_n_train_steps={every_n_train_steps!r}."
+            )
+        if not isinstance(probe_size, int) or probe_size < 1:
+            raise ValueError(f"Expected `probe_size` to be a positive integer, but got {probe_size!r}.")
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"Expected `max_seconds` to be positive or None, but got {max_seconds!r}.")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"Expected `chunk_size` to be a positive integer, but got {chunk_size!r}.")
+        if probe_dataset is not None and not (hasattr(probe_dataset, "__getitem__") and hasattr(probe_dataset, "__len__")):
+            raise ValueError(
+                f"Expected `probe_dataset` to be a map-style dataset, but got {type(probe_dataset).__name__}."
+            )
+        self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps
+        self.probe_size = probe_size
+        self.seed = seed
+        self.max_seconds = max_seconds
+        self.name = name
+        self.probe_dataset = probe_dataset
+        self.chunk_size = chunk_size
+        # progress state (checkpointed)
+        self.probe_indices: list[int] | None = None
+        self.probe_fraction = 1.0
+        self.runs: list[dict[str, Any]] = []
+        # trainer-bound state (rebuilt in setup)
+        self._dataset: Any | None = None
+        self._probe: ProbeSet | None = None
+        self._run_dir: Path | None = None
+        self._warned_no_tb = False
+        self._last_run_at: tuple[int, int] | None = None
+
+    # -- identity --------------------------------------------------------------------------------------------
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            name=self.name, every_n_epochs=self.every_n_epochs, every_n_train_steps=self.every_n_train_steps
+        )
+
+    @property
+    def tag_prefix(self) -> str:
+        """Root of this instance's TensorBoard tags (and artifact folder): ``saliency`` or ``saliency-<name>``."""
+        base = self.tag_root
+        return f"{base}-{self.name}" if self.name else base
+
+    tag_root: ClassVar[str] = "monitor"
+
+    # -- checkpointing ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "probe_indices": None if self.probe_indices is None else list(self.probe_indices),
+            "probe_fraction": self.probe_fraction,
+            "runs": [dict(r) for r in self.runs],
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        indices = state_dict.get("probe_indices")
+        self.probe_indices = None if indices is None else [int(i) for i in indices]
+        self.probe_fraction = float(state_dict.get("probe_fraction", 1.0))
+        self.runs = [dict(r) for r in state_dict.get("runs", [])]
+        self._probe = None  # re-read lazily from the restored indices
+        if self.runs:
+            self._last_run_at = (int(self.runs[-1]["epoch"]), int(self.runs[-1]["step"]))
+        self.load_extra_state(state_dict.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Subclass progress to checkpoint (e.g. the previous epoch's confusion for epoch-vs-epoch diffs)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # -- setup -----------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # trainer.log_dir broadcasts, so every rank must ask for it here, never inside a rank-zero-only branch.
+        self._run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "conceptfix" / self.tag_prefix
+        if stage != "fit":
+            return
+        self._dataset = self.probe_dataset if self.probe_dataset is not None else self._validation_dataset(trainer)
+        if self._dataset is None:
+            warnings.warn(
+                f"{type(self).__name__} found no map-style validation dataset and no `probe_dataset`; it will not run.",
+                stacklevel=2,
+            )
+            return
+        if self.probe_indices is None:
+            self.probe_indices = select_probe_indices(len(self._dataset), self.probe_size, self.seed)
+        self._probe = None
+
+    @staticmethod
+    def _validation_dataset(trainer: Any) -> Any | None:
+        loader = None
+        try:  # one place that knows all three sources (module hook, datamodule hook, loaders passed to fit)
+            source = trainer.fit_loop.epoch_loop.val_loop._data_source
+            if source.is_defined():
+                loader = _first_loader(source.dataloader())
+        except Exception as err:  # noqa: BLE001 - Lightning internals moved; fall back to the public datamodule
+            log.debug("validation data source not readable: %s", err)
+            dm = getattr(trainer, "datamodule", None)
+            if dm is not None and hasattr(dm, "val_dataloader"):
+                loader = _first_loader(dm.val_dataloader())
+        ds = getattr(loader, "dataset", None)
+        if ds is None or not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
+            return None
+        return ds
+
+    def probe(self, device: torch.device | str = "cpu") -> ProbeSet | None:
+        """The probe set on ``device`` (read from the dataset on first use), or None when there is none."""
+        if self._dataset is None or self.probe_indices is None:
+            return None
+        if self._probe is None:
+            self._probe = materialise_probe(self._dataset, self.probe_indices, self.probe_extras)
+        return self._probe.to(device)
+
+    # -- scheduling ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _skipping(trainer: Any) -> bool:
+        return bool(getattr(trainer, "sanity_checking", False) or getattr(trainer, "fast_dev_run", False))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._skipping(trainer) or not self.every_n_train_steps:
+            return
+        if is_due(step=trainer.global_step, every_n_train_steps=self.every_n_train_steps):
+            self._maybe_run(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # The epoch-end validation runs before ModelCheckpoint saves and before `on_train_epoch_end`: running
+        # here puts this epoch's run into the checkpoint. Mid-epoch validations (val_check_interval) wait.
+        if self._skipping(trainer) or not self.every_n_epochs or getattr(trainer.state, "fn", None) != "fit":
+            return
+        try:
+            last = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        except AttributeError:
+            last = False
+        if last and is_due(epoch=trainer.current_epoch, every_n_epochs=self.every_n_epochs):
+            self._maybe_run(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # Epochs without validation end here; `_maybe_run` drops the repeat when validation already ran it.
+        if self._skipping(trainer) or not self.every_n_epochs:
+            return
+        if is_due(epoch=trainer.current_epoch, every_n_epochs=self.every_n_epochs):
+            self._maybe_run(trainer, pl_module)
+
+    def _maybe_run(self, trainer: Any, pl_module: Any) -> None:
+        where = (int(trainer.current_epoch), int(trainer.global_step))
+        if self._last_run_at == where:  # both cadences fired at the same point, or a resume replayed it
+            return
+        self._last_run_at = where
+        self.run(trainer, pl_module)
+
+    # -- one run ---------------------------------------------------------------------------------------------
+
+    def run(self, trainer: Any, pl_module: Any) -> None:
+        """Run the analysis now (the scheduled hooks call this; it can be called by hand too)."""
+        probe = self.probe(pl_module.device)
+        if probe is None:
+            return
+        rank = int(getattr(trainer, "global_rank", 0))
+        world = int(getattr(trainer, "world_size", 1))
+        zero = bool(getattr(trainer, "is_global_zero", True))
+        n = max(1, math.ceil(self.probe_fraction * len(probe)))
+        if self.sharded and world > 1:
+            n = int(trainer.strategy.broadcast(n, src=0))  # every rank joins the same collectives
+        elif not zero:
+            return
+        probe = probe.take(n)
+        if self.sharded and world > 1:
+            probe = probe.shard(rank, world)
+        start = time.perf_counter()
+        ctx = RunContext(
+            trainer=trainer,
+            pl_module=pl_module,
+            probe=probe,
+            epoch=int(trainer.current_epoch),
+            global_step=int(trainer.global_step),
+            run_index=len(self.runs),
+            deadline=start + (self.max_seconds if self.max_seconds is not None else math.inf),
+            run_dir=self._run_dir or Path(trainer.default_root_dir) / "conceptfix" / self.tag_prefix,
+            writer=self._tensorboard(trainer) if zero else None,
+            is_global_zero=zero,
+            rank=rank,
+            world_size=world,
+        )
+        with analysis_mode(pl_module):
+            summary = self.analyse(ctx) or {}
+        seconds = time.perf_counter() - start
+        record = {"epoch": ctx.epoch, "step": ctx.global_step, "seconds": round(seconds, 4), "probe": n, **summary}
+        self.runs.append(record)
+        if self.max_seconds is not None and seconds > self.max_seconds:
+            new = shrink_fraction(self.probe_fraction, seconds, self.max_seconds)
+            if zero:
+                warnings.warn(
+                    f"{type(self).__name__} took {seconds:.1f}s, over its budget of max_seconds={self.max_seconds}; "
+                    f"the next run analyses {new:.0%} of the probe set.",
+                    stacklevel=2,
+                )
+            self.probe_fraction = new
+
+    def analyse(self, ctx: RunContext) -> dict[str, Any] | None:
+        """The monitor's analysis and logging for one run; returns a small JSON-able summary (kept in state)."""
+        raise NotImplementedError
+
+    # -- logging ---------------------------------------------------------------------------------------------
+
+    def _tensorboard(self, trainer: Any) -> Any | None:
+        for logger in getattr(trainer, "loggers", []):
+            if isinstance(logger, _TB_LOGGERS):
+                return logger.experiment
+        if not self._warned_no_tb:
+            self._warned_no_tb = True
+            log.info(
+                "%s: no TensorBoardLogger on the trainer; images and artifacts are written to %s",
+                type(self).__name__,
+                self._run_dir,
+            )
+        return None
+
+    def log_scalars(self, ctx: RunContext, scalars: Mapping[str, float]) -> None:
+        """Scalars to every logger of the trainer (rank zero), tags under :attr:`tag_prefix`."""
+        if not ctx.is_global_zero or not scalars:
+            return
+        metrics = {f"{self.tag_prefix}/{k}": float(v) for k, v in scalars.items()}
+        for logger in getattr(ctx.trainer, "loggers", []):
+            logger.log_metrics(metrics, step=ctx.global_step)
+
+    def log_image(self, ctx: RunContext, tag: str, image: Tensor) -> None:
+        """One ``(C, H, W)`` image in [0, 1] under ``<tag_prefix>/<tag>``; a PNG in the run dir without TensorBoard.
+
+        TensorBoard keeps 10 entries per image tag by default (reservoir-sampled over steps), so monitors put
+        one tiled image per tag per run and keep the number of tags small and stable.
+        """
+        if not ctx.is_global_zero:
+            return
+        image = image.detach().float().clamp(0, 1).cpu()
+        full = f"{self.tag_prefix}/{tag}"
+        if ctx.writer is not None:
+            ctx.writer.add_image(full, image, global_step=ctx.global_step)
+            return
+        path = ctx.run_dir / "images" / f"{tag.replace('/', '__')}_step{ctx.global_step:07d}.png"
+        save_png(image, path)
+
+    def write_artifact(self, ctx: RunContext, relpath: str, content: Any) -> Path | None:
+        """Write JSON (dict/list), text or bytes under the run directory (rank zero); returns the path."""
+        if not ctx.is_global_zero:
+            return None
+        path = ctx.run_dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            path.write_text(json.dumps(content, indent=1, default=_json_default))
+        return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Tensor):
+        return o.tolist()
+    if isinstance(o, np.generic | np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"Expected a JSON-serialisable value, but got {type(o).__name__}.")
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Save a ``(C, H, W)`` float image in [0, 1] as PNG."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = arr[0] if arr.shape[0] == 1 else arr.permute(1, 2, 0)
+    Image.fromarray(arr.numpy()).save(path)
