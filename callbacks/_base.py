@@ -359,7 +359,8 @@ class Monitor(_CallbackBase):
             raise ValueError(f"Expected `max_seconds` to be positive or None, but got {max_seconds!r}.")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"Expected `chunk_size` to be a positive integer, but got {chunk_size!r}.")
-        if probe_dataset is not None and not (hasattr(probe_dataset, "__getitem__") and hasattr(probe_dataset, "__len__")):
+        map_style = hasattr(probe_dataset, "__getitem__") and hasattr(probe_dataset, "__len__")
+        if probe_dataset is not None and not map_style:
             raise ValueError(
                 f"Expected `probe_dataset` to be a map-style dataset, but got {type(probe_dataset).__name__}."
             )
