@@ -1,0 +1,182 @@
+import math
+
+import pytest
+import torch
+
+from debugger.ranking import (
+    ConceptFailure,
+    adjust_p_values,
+    failure_statistics,
+    rank_failures,
+    slice_counts,
+    wilson_interval,
+)
+
+
+def _planted(n=200, c=4, seed=0, failing=0, inside=0.6, outside=0.1):
+    gen = torch.Generator().manual_seed(seed)
+    membership = torch.rand(c, n, generator=gen) < 0.25
+    p = torch.full((n,), outside)
+    p[membership[failing]] = inside
+    errors = torch.rand(n, generator=gen) < p
+    return errors, membership
+
+
+def test_wilson_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    k = torch.tensor([0, 3, 17, 50])
+    n = torch.tensor([10, 40, 20, 50])
+    low, high = wilson_interval(k, n)
+    for i in range(4):
+        ci = stats.binomtest(int(k[i]), int(n[i])).proportion_ci(confidence_level=0.95, method="wilson")
+        assert low[i].item() == pytest.approx(ci.low, abs=1e-9)
+        assert high[i].item() == pytest.approx(ci.high, abs=1e-9)
+
+
+def test_wilson_interval_without_trials_is_nan():
+    low, high = wilson_interval(torch.tensor([0]), torch.tensor([0]))
+    assert math.isnan(low.item()) and math.isnan(high.item())
+
+
+def test_ztest_and_katz_interval_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    contingency = pytest.importorskip("scipy.stats.contingency")
+    errors, membership = _planted()
+    out = failure_statistics(errors, membership, test="ztest", correction="none")
+    for c in range(membership.shape[0]):
+        k1, n1 = int(errors[membership[c]].sum()), int(membership[c].sum())
+        k2, n2 = int(errors[~membership[c]].sum()), int((~membership[c]).sum())
+        assert out["errors_in"][c] == k1 and out["count_in"][c] == n1
+        assert out["errors_out"][c] == k2 and out["count_out"][c] == n2
+        chi2, p_two, _, _ = stats.chi2_contingency([[k1, n1 - k1], [k2, n2 - k2]], correction=False)
+        diff = k1 / n1 - k2 / n2
+        want = p_two / 2 if diff > 0 else 1 - p_two / 2
+        assert out["p_value"][c].item() == pytest.approx(want, rel=1e-6)
+        rr = contingency.relative_risk(k1, n1, k2, n2)
+        ci = rr.confidence_interval(0.95)
+        assert out["lift"][c].item() == pytest.approx(rr.relative_risk, rel=1e-9)
+        assert out["lift_low"][c].item() == pytest.approx(ci.low, rel=1e-6)
+        assert out["lift_high"][c].item() == pytest.approx(ci.high, rel=1e-6)
+
+
+def test_planted_failure_is_ranked_first_and_is_the_only_failure():
+    errors, membership = _planted(failing=2)
+    ranking = rank_failures(errors, membership, names=["a", "b", "shadow", "d"])
+    assert ranking[0].name == "shadow" and ranking[0].rank == 1
+    assert ranking[0].is_failure
+    assert [f.is_failure for f in ranking[1:]] == [False, False, False]
+    assert ranking[0].lift > 3
+
+
+def test_failure_needs_minimum_support():
+    errors = torch.zeros(100, dtype=torch.bool)
+    errors[:5] = True
+    membership = torch.zeros(1, 100, dtype=torch.bool)
+    membership[0, :5] = True
+    (row,) = rank_failures(errors, membership, min_support=10)
+    assert row.support == 5 and row.p_adjusted < 0.05 and not row.is_failure
+    (row,) = rank_failures(errors, membership, min_support=5)
+    assert row.is_failure
+
+
+def test_no_failure_when_error_rates_are_equal():
+    errors = torch.arange(100) % 5 == 0
+    membership = (torch.arange(100) < 50).unsqueeze(0)
+    (row,) = rank_failures(errors, membership)
+    assert row.lift == pytest.approx(1.0)
+    assert not row.is_failure
+
+
+def test_pixel_level_uses_image_bootstrap_and_finds_the_failure_region():
+    gen = torch.Generator().manual_seed(3)
+    n, h, w = 60, 6, 6
+    membership = torch.zeros(2, n, h, w, dtype=torch.bool)
+    membership[0, :30, :3] = True  # the failing region: top half of 30 images
+    membership[1, 30:, :, :3] = True
+    p = torch.full((n, h, w), 0.05)
+    p[membership[0]] = 0.5
+    errors = torch.rand(n, h, w, generator=gen) < p
+    ranking = rank_failures(errors, membership, names=["shadow", "grass"], n_bootstrap=300)
+    assert ranking[0].name == "shadow" and ranking[0].is_failure and ranking[0].test == "bootstrap"
+    assert ranking[0].support == 30 and ranking[0].count_in == 30 * 3 * 6
+    assert not ranking[1].is_failure
+    again = rank_failures(errors, membership, names=["shadow", "grass"], n_bootstrap=300)
+    assert again == ranking
+
+
+def test_bootstrap_interval_brackets_the_lift():
+    errors, membership = _planted(seed=5)
+    gen = torch.Generator().manual_seed(0)
+    out = failure_statistics(errors, membership, test="bootstrap", n_bootstrap=500, generator=gen)
+    assert (out["lift_low"] <= out["lift"]).all() and (out["lift"] <= out["lift_high"]).all()
+    assert out["p_value"][0] < 0.01
+
+
+def test_slice_counts_with_image_membership_over_pixels_and_valid_mask():
+    errors = torch.tensor([[[True, False], [False, False]], [[True, True], [True, True]]])
+    valid = torch.ones_like(errors)
+    valid[1, 0, 0] = False
+    counts = slice_counts(errors, torch.tensor([[True, False]]), valid)
+    assert counts["in_errors"].tolist() == [[1, 0]]
+    assert counts["in_count"].tolist() == [[4, 0]]
+    assert counts["errors"].tolist() == [1, 3] and counts["count"].tolist() == [4, 3]
+
+
+def test_empty_outside_gives_undefined_lift_ranked_last():
+    errors = torch.tensor([True, False, True, False])
+    membership = torch.tensor([[True, True, True, True], [True, False, True, False]])
+    ranking = rank_failures(errors, membership, min_support=1)
+    assert ranking[-1].concept == 0 and math.isnan(ranking[-1].lift) and math.isnan(ranking[-1].p_value)
+    assert math.isinf(ranking[0].lift)
+
+
+def test_holm_adjustment_matches_hand_computation():
+    p = torch.tensor([0.01, 0.04, 0.03, float("nan")])
+    got = adjust_p_values(p, "holm")
+    torch.testing.assert_close(got[:3], torch.tensor([0.03, 0.06, 0.06], dtype=torch.float64))
+    assert math.isnan(got[3])
+    bonferroni = adjust_p_values(p[:3], "bonferroni")
+    torch.testing.assert_close(bonferroni, torch.tensor([0.03, 0.12, 0.09], dtype=torch.float64))
+
+
+def test_concept_failure_dict_round_trip():
+    errors, membership = _planted()
+    row = rank_failures(errors, membership)[0]
+    assert ConceptFailure.from_dict(row.to_dict()) == row
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"test": "chi2"}, "`test` to be one of"),
+        ({"correction": "fdr"}, "`correction` to be one of"),
+        ({"n_bootstrap": 0}, "`n_bootstrap` to be a positive"),
+        ({"confidence": 1.5}, r"`confidence` to be in \(0, 1\)"),
+        ({"membership": torch.ones(2, 3, dtype=torch.bool)}, r"`membership` to have shape \(C, 4\)"),
+        ({"valid": torch.ones(3, dtype=torch.bool)}, "`valid` to have the shape"),
+        ({"errors": torch.ones(4, 2, dtype=torch.bool)}, "`errors` to have shape"),
+        ({"errors": torch.ones(0, dtype=torch.bool), "membership": torch.ones(1, 0, dtype=torch.bool)},
+         "at least one probe image"),
+    ],
+)
+def test_statistics_errors(kwargs, match):
+    args = {"errors": torch.tensor([True, False, True, False]), "membership": torch.ones(2, 4, dtype=torch.bool)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        failure_statistics(**args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"names": ["a"]}, "`names` to hold 2 names"),
+        ({"ids": [1, 2, 3]}, "`ids` to hold 2 ids"),
+        ({"alpha": 0.0}, r"`alpha` to be in \(0, 1\)"),
+        ({"min_support": -1}, "`min_support` to be a non-negative"),
+    ],
+)
+def test_rank_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rank_failures(torch.tensor([True, False]), torch.ones(2, 2, dtype=torch.bool), **kwargs)
+    with pytest.raises(ValueError, match="`correction` to be one of"):
+        adjust_p_values(torch.tensor([0.5]), "fdr")  # type: ignore[arg-type]
