@@ -113,7 +113,9 @@ def _first_tensor(output: Any, where: str) -> Tensor:
         for key in ("logits", "out"):
             if isinstance(output.get(key), Tensor):
                 return output[key]
-    raise ValueError(f"Expected {where} to be a Tensor (or a tuple starting with one), but got {type(output).__name__}.")
+    raise ValueError(
+        f"Expected {where} to be a Tensor (or a tuple starting with one), but got {type(output).__name__}."
+    )
 
 
 @contextmanager
