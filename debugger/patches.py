@@ -56,7 +56,7 @@ def _check_concept_masks(concept_masks: Tensor | None, images: Tensor, concept_n
         )
     if concept_names and len(concept_names) != concept_masks.shape[1]:
         raise ValueError(
-            f"Expected {concept_masks.shape[1]} `concept_names` (one per concept mask), but got {list(concept_names)!r}."
+            f"Expected {concept_masks.shape[1]} `concept_names` (one per mask), but got {list(concept_names)!r}."
         )
 
 
@@ -375,7 +375,7 @@ def quickshift_superpixels(
         try:
             return quickshift(img, rng=seed, **kw)
         except TypeError:  # scikit-image < 0.23 names the seed differently
-            return quickshift(img, random_seed=seed, **kw)
+            return quickshift(img, random_seed=seed, **kw)  # type: ignore[call-arg]
 
     return _superpixel_set(images, segment, len(scales), min_pixels, dedup_iou, concept_masks, concept_names,
                            "quickshift")
