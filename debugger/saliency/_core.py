@@ -1,0 +1,147 @@
+"""Plumbing shared by every saliency method: safe gradient mode, layer capture, upsampling.
+
+Everything that makes a method safe to call from a Lightning validation hook lives here, once:
+
+- :func:`attribution_mode` leaves inference mode, enables grad, puts the model in eval mode and puts
+  every module's ``training`` flag back afterwards, also when the method raises;
+- :class:`LayerCapture` records a layer's input/output with forward hooks that come off in ``finally``;
+- gradients are taken with :func:`torch.autograd.grad` w.r.t. captured activations or input clones, so
+  ``param.grad`` is never written and no graph outlives the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debugger.capture import resolve_layer
+from debugger.saliency.targets import TargetLike, resolve_target
+
+
+@contextlib.contextmanager
+def attribution_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with grad on, outside inference mode, with ``model`` in eval mode; restore afterwards.
+
+    Each module's own ``training`` flag is restored (a model may be partly frozen in eval mode on purpose).
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            model.eval()
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def prepare_input(x: Tensor) -> Tensor:
+    """A normal (non-inference) copy of ``x`` that may enter an autograd graph; call inside attribution_mode.
+
+    Raises:
+        ValueError: if ``x`` is not a floating-point ``(B, C, H, W)`` tensor.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"Expected `inputs` to be a float tensor of shape (B, C, H, W), but got {shape!r}.")
+    return x.detach().clone()
+
+
+class LayerCapture:
+    """Context manager recording the output (and optionally the input) of named layers during a forward.
+
+    When a module runs more than once in one forward (a shared ReLU), the last call is kept. The recorded
+    output is returned to the network as a clone, so in-place operations downstream (``ReLU(inplace=True)``)
+    cannot overwrite the captured tensor or the version autograd needs.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+        >>> with LayerCapture(net, ["0"]) as cap:
+        ...     _ = net(torch.zeros(1, 1, 5, 5))
+        >>> tuple(cap.outputs["0"].shape)
+        (1, 2, 3, 3)
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], inputs: bool = False) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.keep_inputs = inputs
+        self.outputs: dict[str, Tensor] = {}
+        self.inputs: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        def hook(_module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+            if not isinstance(out, Tensor):
+                raise ValueError(f"Expected layer {name!r} to output a tensor, but got {type(out).__name__}.")
+            if not out.requires_grad and torch.is_grad_enabled():
+                # A frozen network (no parameter requires grad) still gets gradients w.r.t. this layer.
+                out = out.detach().requires_grad_(True)
+            self.outputs[name] = out
+            if self.keep_inputs:
+                self.inputs[name] = args[0]
+            return out.clone()
+
+        return hook
+
+    def __enter__(self) -> LayerCapture:
+        modules = [resolve_layer(self.model, n) for n in self.layers]
+        try:
+            for name, module in zip(self.layers, modules, strict=True):
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+
+def scores_of(target: TargetLike, output: Tensor) -> Tensor:
+    """``(B,)`` scores of ``output`` for ``target`` (see :mod:`debugger.saliency.targets`)."""
+    scores = resolve_target(target, output)(output)
+    if scores.dim() != 1 or scores.shape[0] != output.shape[0]:
+        raise ValueError(
+            f"Expected the target to return one score per sample ({output.shape[0]},), "
+            f"but got {tuple(scores.shape)}."
+        )
+    return scores
+
+
+def fix_target(model: nn.Module, x: Tensor, target: TargetLike) -> TargetLike:
+    """Resolve ``"predicted"`` once on the clean input so perturbed copies keep explaining the same class."""
+    if isinstance(target, str):
+        with torch.no_grad():
+            return resolve_target(target, model(x))
+    return target
+
+
+def copy_scores(target: TargetLike, output: Tensor, copies: int) -> Tensor:
+    """Scores of a batch made of ``copies`` stacked copies of a ``B``-sample batch (copy-major layout).
+
+    The target is called once per copy on a ``B``-sample output, so per-sample targets (tensors, regions)
+    need no repeating.
+
+    Shape:
+        - output: ``(copies * B, ...)``
+        - return: ``(copies * B,)``
+    """
+    chunks = output.chunk(copies, 0) if copies > 1 else (output,)
+    return torch.cat([scores_of(target, c) for c in chunks])
+
+
+def upsample(maps: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Bilinearly resize ``(B, 1, h, w)`` maps to ``size`` (no-op when ``size`` is None or already equal)."""
+    if size is None or tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,97 @@
+"""Every method must be safe to call from a Lightning validation hook on a model that is training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from debugger.saliency.cam import GradCAM, LayerCombination, NormGrad, SelectiveNormGrad
+from debugger.saliency.gradient import Gradient, GradientXInput, IntegratedGradients, SmoothGrad
+
+TARGETS = torch.tensor([0, 3, 1, 4])
+
+
+def methods(net):
+    return [
+        Gradient(net),
+        GradientXInput(net),
+        SmoothGrad(net, samples=2),
+        IntegratedGradients(net, steps=3),
+        GradCAM(net, "act"),
+        NormGrad(net, "relu"),
+        SelectiveNormGrad(net, "layer1"),
+        LayerCombination(net, ["relu", "act"]),
+    ]
+
+
+def all_hooks(net):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_training_flags_param_grads_and_hooks_are_untouched(net, images, index):
+    net.train()
+    net.bn.eval()  # a deliberately frozen submodule must stay frozen
+    sentinel = {n: torch.full_like(p, 0.5) for n, p in net.named_parameters()}
+    for n, p in net.named_parameters():
+        p.grad = sentinel[n].clone()
+    stats = net.bn.running_mean.clone()
+    out = methods(net)[index].attribute(images, TARGETS)
+    assert net.training and net.stem.training and not net.bn.training
+    for n, p in net.named_parameters():
+        assert torch.equal(p.grad, sentinel[n])
+    assert torch.equal(net.bn.running_mean, stats)
+    assert all_hooks(net) == 0
+    assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_runs_inside_inference_mode_on_inference_tensors(net, images, index):
+    with torch.inference_mode():
+        x = images.clone()  # an inference tensor, as Lightning's validation batches are
+        out = methods(net)[index].attribute(x, TARGETS)
+    assert torch.isfinite(out).all()
+    assert out.abs().sum() > 0
+
+
+def test_eval_mode_makes_maps_deterministic_despite_dropout(net, images):
+    net.train()
+    a = NormGrad(net, "act").attribute(images, TARGETS)
+    b = NormGrad(net, "act").attribute(images, TARGETS)
+    assert torch.equal(a, b)
+
+
+def test_frozen_model_still_gets_layer_maps(net, images):
+    for p in net.parameters():
+        p.requires_grad_(False)
+    out = GradCAM(net, "act").attribute(images, TARGETS)
+    assert out.abs().sum() > 0
+    assert all(not p.requires_grad for p in net.parameters())
+
+
+class Boom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        self.conv(x)
+        raise RuntimeError("boom")
+
+
+def test_hooks_removed_and_mode_restored_when_forward_raises():
+    model = Boom().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        NormGrad(model, "conv").attribute(torch.randn(1, 3, 5, 5), 0)
+    assert all_hooks(model) == 0
+    assert model.training
+
+
+def test_layer_not_run_in_forward_is_reported():
+    model = nn.Module()
+    model.body = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(18, 2))
+    model.unused = nn.Conv2d(3, 3, 1)
+    model.forward = model.body.forward
+    with pytest.raises(ValueError, match="to run in the forward pass"):
+        NormGrad(model, "unused").attribute(torch.randn(1, 3, 5, 5), 0)
