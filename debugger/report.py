@@ -1,0 +1,402 @@
+"""``ConceptReport``: one serializable value holding everything a concept analysis found.
+
+Concepts (with every patch's score), the patches they were found on, each concept's slice and top patches,
+its confusion matrix, the failure ranking, model/epoch differences, ensemble checks, and the configuration
+that produced them. :meth:`ConceptReport.to_json` / :meth:`ConceptReport.from_json` round-trip without loss
+(tensor dtypes and shapes, NaN and infinities included); :meth:`ConceptReport.save` writes atomically. The
+schema is documented in ``docs/report-schema.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from debugger.confusion import EnsembleCheck, confusion_accuracy
+from debugger.ranking import ConceptFailure
+from debugger.structures import Concept, PatchSet
+
+SCHEMA_VERSION = 1
+Task = Literal["classification", "segmentation"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass
+class ConceptReport:
+    """Everything one run of the concept analysis produced.
+
+    Shape:
+        - membership: ``(C, N)`` bool, which probe images each concept's slice holds
+        - top_patches: ``(C, k)`` int64, each concept's top patches (indices into ``patches``), best first
+        - confusion: ``(C, K, K)`` int64 counts on each slice (per pixel inside the patches for segmentation)
+        - overall_confusion: ``(K, K)`` int64 on the whole probe set, or None
+        - iou: ``(C, K)`` float, per-class IoU inside each slice (segmentation), or None
+        - image_accuracy: ``(N,)`` float, 1/0 per image (classification) or pixel accuracy (segmentation)
+        - diffs: name → ``(C, K, K)`` float, normalized ``second - first`` confusion differences
+    """
+
+    task: Task
+    layer: str
+    num_classes: int
+    concepts: list[Concept]
+    patches: PatchSet
+    membership: Tensor
+    top_patches: Tensor
+    confusion: Tensor
+    ranking: list[ConceptFailure]
+    class_names: tuple[str, ...] = ()
+    overall_confusion: Tensor | None = None
+    iou: Tensor | None = None
+    image_accuracy: Tensor | None = None
+    diffs: dict[str, Tensor] = field(default_factory=dict)
+    ensembles: dict[str, EnsembleCheck] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def scores(self) -> Tensor:
+        """``(C, P)`` concept scores of every patch (stacked from the concepts)."""
+        if not self.concepts:
+            return torch.zeros(0, len(self.patches))
+        return torch.stack([c.scores.float() for c in self.concepts])
+
+    @property
+    def concept_names(self) -> list[str]:
+        return [c.name for c in self.concepts]
+
+    @property
+    def failures(self) -> list[ConceptFailure]:
+        """The ranking rows whose verdict is a failure concept, worst first."""
+        return [row for row in self.ranking if row.is_failure]
+
+    def concept(self, key: int | str) -> Concept:
+        """A concept by id or by name.
+
+        Raises:
+            KeyError: if no concept has that id or name.
+        """
+        for c in self.concepts:
+            if c.id == key or c.name == key:
+                return c
+        raise KeyError(f"Expected `key` to be the id or name of a concept in {self.concept_names!r}, but got {key!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (see ``docs/report-schema.md``)."""
+        return {
+            "schema_version": self.schema_version,
+            "task": self.task,
+            "layer": self.layer,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "concepts": [_encode_concept(c) for c in self.concepts],
+            "patches": _encode_patches(self.patches),
+            "membership": encode_tensor(self.membership),
+            "top_patches": encode_tensor(self.top_patches),
+            "confusion": encode_tensor(self.confusion),
+            "overall_confusion": _maybe(self.overall_confusion),
+            "iou": _maybe(self.iou),
+            "image_accuracy": _maybe(self.image_accuracy),
+            "ranking": [_encode_value(row.to_dict()) for row in self.ranking],
+            "diffs": {k: encode_tensor(v) for k, v in self.diffs.items()},
+            "ensembles": {
+                k: {name: encode_tensor(getattr(v, name)) for name in EnsembleCheck.__dataclass_fields__}
+                for k, v in self.ensembles.items()
+            },
+            "config": _encode_value(self.config),
+            "meta": _encode_value(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConceptReport:
+        """Rebuild a report from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: if the dict was written by a newer schema version than this code reads.
+        """
+        version = int(d.get("schema_version", -1))
+        if not 1 <= version <= SCHEMA_VERSION:
+            raise ValueError(
+                f"Expected `schema_version` to be between 1 and {SCHEMA_VERSION} (what this conceptfix reads), "
+                f"but got {d.get('schema_version')!r}."
+            )
+        return cls(
+            task=d["task"],
+            layer=str(d["layer"]),
+            num_classes=int(d["num_classes"]),
+            class_names=tuple(d.get("class_names", ())),
+            concepts=[_decode_concept(c) for c in d["concepts"]],
+            patches=_decode_patches(d["patches"]),
+            membership=decode_tensor(d["membership"]),
+            top_patches=decode_tensor(d["top_patches"]),
+            confusion=decode_tensor(d["confusion"]),
+            overall_confusion=_maybe_decode(d.get("overall_confusion")),
+            iou=_maybe_decode(d.get("iou")),
+            image_accuracy=_maybe_decode(d.get("image_accuracy")),
+            ranking=[ConceptFailure.from_dict(_decode_value(row)) for row in d.get("ranking", [])],
+            diffs={k: decode_tensor(v) for k, v in d.get("diffs", {}).items()},
+            ensembles={
+                k: EnsembleCheck(**{name: decode_tensor(t) for name, t in v.items()})
+                for k, v in d.get("ensembles", {}).items()
+            },
+            config=_decode_value(d.get("config", {})),
+            meta=_decode_value(d.get("meta", {})),
+            schema_version=version,
+        )
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Standard JSON (no bare ``NaN``/``Infinity``), readable by any JSON parser."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ConceptReport:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON atomically: a temporary file in the same directory, fsync'ed, then ``os.replace``.
+
+        A reader (TensorBoard plugin, a resumed run) never sees a half-written report. Creates missing
+        parent directories.
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ConceptReport:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def to_markdown(self, max_rows: int = 20) -> str:
+        """A human summary: the failure ranking as a table, then each concept's slice accuracy."""
+        lines = [
+            f"# Concept report — {self.task}, layer `{self.layer}`",
+            "",
+            f"{len(self.concepts)} concepts over {len(self.patches)} patches "
+            f"({self.patches.method or 'patches'}) from {int(self.membership.shape[1])} probe images.",
+        ]
+        if self.image_accuracy is not None and self.image_accuracy.numel():
+            lines.append(f"Probe accuracy: {float(self.image_accuracy.float().mean()):.3f}.")
+        for key in ("epoch", "global_step"):
+            if key in self.meta:
+                lines.append(f"{key.replace('_', ' ').capitalize()}: {self.meta[key]}.")
+        failures = self.failures
+        lines += [
+            "",
+            f"**Failure concepts:** {', '.join(f'`{f.name}`' for f in failures) if failures else 'none'}.",
+            "",
+            "| rank | concept | failure | support | error in [95% CI] | error out | lift [95% CI] | p (adj.) |",
+            "|---:|---|:---:|---:|---|---|---|---:|",
+        ]
+        for row in self.ranking[:max_rows]:
+            lines.append(
+                f"| {row.rank} | {row.name} | {'yes' if row.is_failure else ''} | {row.support} "
+                f"| {_pct(row.error_in)} [{_pct(row.error_in_low)}, {_pct(row.error_in_high)}] "
+                f"| {_pct(row.error_out)} | {_num(row.lift)} [{_num(row.lift_low)}, {_num(row.lift_high)}] "
+                f"| {_p(row.p_adjusted)} |"
+            )
+        if len(self.ranking) > max_rows:
+            lines.append(f"\n… {len(self.ranking) - max_rows} more concepts.")
+        accuracy = confusion_accuracy(self.confusion) if self.confusion.numel() else torch.zeros(0)
+        lines += ["", "## Concepts", "", "| id | name | members | coherence | slice accuracy |"]
+        lines.append("|---:|---|---:|---:|---:|")
+        for i, c in enumerate(self.concepts):
+            acc = float(accuracy[i]) if i < accuracy.numel() else float("nan")
+            lines.append(f"| {c.id} | {c.name} | {int(c.members.numel())} | {_num(c.coherence)} | {_pct(acc)} |")
+        for name, check in self.ensembles.items():
+            lines += ["", f"## Ensemble check `{name}`", ""]
+            lines.append("| concept | acc a | acc b | acc ensemble | fixed a | fixed b |")
+            lines.append("|---|---:|---:|---:|---:|---:|")
+            for i, c in enumerate(self.concepts[: int(check.support.numel())]):
+                lines.append(
+                    f"| {c.name} | {_pct(float(check.accuracy_a[i]))} | {_pct(float(check.accuracy_b[i]))} "
+                    f"| {_pct(float(check.accuracy_ensemble[i]))} | {int(check.fixed_a[i])} | {int(check.fixed_b[i])} |"
+                )
+        for name, diff in self.diffs.items():
+            diag = torch.diagonal(diff, dim1=-2, dim2=-1).mean(-1)
+            parts = ", ".join(f"{c.name} {float(diag[i]):+.3f}" for i, c in enumerate(self.concepts[: diag.numel()]))
+            lines += ["", f"## Difference `{name}` (mean diagonal change, + = second better)", "", parts]
+        return "\n".join(lines) + "\n"
+
+
+def encode_tensor(t: Tensor) -> dict[str, Any]:
+    """A tensor as JSON: dtype, shape and flat data; bool tensors bit-packed in base64; non-finite floats as strings.
+
+    Example:
+        >>> encode_tensor(torch.tensor([1.0, float("nan")]))
+        {'dtype': 'float32', 'shape': [2], 'data': [1.0, 'nan']}
+    """
+    t = t.detach().cpu()
+    if t.dtype not in _NAMES:
+        raise ValueError(f"Expected a tensor of one of the dtypes {sorted(_DTYPES)!r}, but got {t.dtype}.")
+    out: dict[str, Any] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape)}
+    if t.dtype == torch.bool:
+        out["packed"] = base64.b64encode(np.packbits(t.reshape(-1).numpy()).tobytes()).decode("ascii")
+    elif t.is_floating_point():
+        out["data"] = [_encode_float(x) for x in t.double().reshape(-1).tolist()]
+    else:
+        out["data"] = t.reshape(-1).tolist()
+    return out
+
+
+def decode_tensor(d: dict[str, Any]) -> Tensor:
+    """Inverse of :func:`encode_tensor`.
+
+    Raises:
+        ValueError: if the dtype is unknown or the data does not fill the shape.
+    """
+    name = d.get("dtype")
+    if name not in _DTYPES:
+        raise ValueError(f"Expected a tensor dtype in {sorted(_DTYPES)!r}, but got {name!r}.")
+    shape = [int(s) for s in d["shape"]]
+    numel = math.prod(shape)
+    if name == "bool":
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(d["packed"]), dtype=np.uint8))[:numel]
+        flat = torch.from_numpy(bits.astype(bool))
+    elif _DTYPES[name].is_floating_point:
+        flat = torch.tensor([_decode_float(x) for x in d["data"]], dtype=torch.float64).to(_DTYPES[name])
+    else:
+        flat = torch.tensor(d["data"], dtype=_DTYPES[name])
+    if flat.numel() != numel:
+        raise ValueError(f"Expected {numel} values for a tensor of shape {shape!r}, but got {flat.numel()}.")
+    return flat.reshape(shape)
+
+
+def _encode_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)  # 'nan', 'inf', '-inf'
+
+
+def _decode_float(x: float | str) -> float:
+    return float(x)
+
+
+def _maybe(t: Tensor | None) -> dict[str, Any] | None:
+    return None if t is None else encode_tensor(t)
+
+
+def _maybe_decode(d: dict[str, Any] | None) -> Tensor | None:
+    return None if d is None else decode_tensor(d)
+
+
+def _encode_value(v: Any) -> Any:
+    """Config/meta values: JSON scalars, lists, str-keyed dicts, tensors (tagged), non-finite floats (tagged)."""
+    if isinstance(v, Tensor):
+        return {"__tensor__": encode_tensor(v)}
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"__float__": str(v)}
+    if isinstance(v, bool | int | float | str) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {str(k): _encode_value(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_encode_value(x) for x in v]
+    if isinstance(v, np.generic):
+        return _encode_value(v.item())
+    raise ValueError(
+        f"Expected report config/meta values to be JSON scalars, lists, dicts or tensors, but got {type(v).__name__}."
+    )
+
+
+def _decode_value(v: Any) -> Any:
+    if isinstance(v, dict):
+        if set(v) == {"__tensor__"}:
+            return decode_tensor(v["__tensor__"])
+        if set(v) == {"__float__"}:
+            return float(v["__float__"])
+        return {k: _decode_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode_value(x) for x in v]
+    return v
+
+
+def _encode_concept(c: Concept) -> dict[str, Any]:
+    return {
+        "id": int(c.id),
+        "name": c.name,
+        "members": encode_tensor(c.members),
+        "scores": encode_tensor(c.scores),
+        "coherence": _encode_value(float(c.coherence)),
+        "meta": _encode_value(c.meta),
+    }
+
+
+def _decode_concept(d: dict[str, Any]) -> Concept:
+    return Concept(
+        id=int(d["id"]),
+        name=str(d["name"]),
+        members=decode_tensor(d["members"]),
+        scores=decode_tensor(d["scores"]),
+        coherence=float(_decode_value(d["coherence"])),
+        meta=_decode_value(d.get("meta", {})),
+    )
+
+
+def _encode_patches(p: PatchSet) -> dict[str, Any]:
+    return {
+        "image_index": encode_tensor(p.image_index),
+        "boxes": encode_tensor(p.boxes),
+        "masks": _maybe(p.masks),
+        "concept_overlap": _maybe(p.concept_overlap),
+        "concept_names": list(p.concept_names),
+        "method": p.method,
+    }
+
+
+def _decode_patches(d: dict[str, Any]) -> PatchSet:
+    return PatchSet(
+        image_index=decode_tensor(d["image_index"]),
+        boxes=decode_tensor(d["boxes"]),
+        masks=_maybe_decode(d.get("masks")),
+        concept_overlap=_maybe_decode(d.get("concept_overlap")),
+        concept_names=tuple(d.get("concept_names", ())),
+        method=str(d.get("method", "")),
+    )
+
+
+def _pct(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    return "∞" if math.isinf(x) else f"{x:.2f}"
+
+
+def _p(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
