@@ -240,6 +240,7 @@ class RunContext:
     is_global_zero: bool
     rank: int
     world_size: int
+    full_size: int = 0  # probe samples this run covers over all ranks (``len(probe)`` without sharding)
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
@@ -539,6 +540,7 @@ class Monitor(_CallbackBase):
             is_global_zero=zero,
             rank=rank,
             world_size=world,
+            full_size=n,
         )
         with analysis_mode(pl_module):
             summary = self.analyse(ctx) or {}

@@ -48,14 +48,24 @@ class TinyConcepts(Dataset):
         return as_sample(self.x[i], self.y[i], self.c[i], self.m[i])
 
 
-def make_module(flavour: str, num_classes: int = 3, n_train: int = 24, n_val: int = 16, batch_size: int = 8) -> Any:
+def make_module(
+    flavour: str,
+    num_classes: int = 3,
+    n_train: int = 24,
+    n_val: int = 16,
+    batch_size: int = 8,
+    lr: float = 0.1,
+    batchnorm: bool = True,
+) -> Any:
     """A small conv classifier as a LightningModule of the given flavour, with its own loaders."""
     L = lightning(flavour)
 
     class TinyNet(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if batchnorm else nn.Identity(), nn.ReLU()
+            )
             self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.drop = nn.Dropout(0.2)
@@ -75,7 +85,7 @@ def make_module(flavour: str, num_classes: int = 3, n_train: int = 24, n_val: in
             self.log("val_loss", nn.functional.cross_entropy(self(batch["image"]), batch["target"]))
 
         def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
 
         def train_dataloader(self) -> DataLoader:
             return DataLoader(TinyConcepts(n_train, seed=1, num_classes=num_classes), batch_size=batch_size,

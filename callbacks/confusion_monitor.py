@@ -1,0 +1,367 @@
+"""ConfusionMonitor: concept-conditioned confusion, failure ranking and their change over training.
+
+Each run predicts the probe set, restricts the confusion matrix to each concept's slice (ConceptExtract, seed
+000 §5.3) and ranks concepts by how much more often the model fails inside their slice than outside
+(:func:`debugger.ranking.rank_failures`). Slices come from the probe set's concept annotations (images where
+the concept is present; its mask pixels for segmentation), from the latest concept report of a
+:class:`~callbacks.concept_monitor.ConceptMonitor` on the same trainer (the images or pixels of each discovered
+concept's top patches), or both. A ``clean`` slice holds the images without any annotated concept.
+
+Under DDP every rank predicts a shard of the probe set; the counts are a torchmetrics ``Metric``
+(:class:`debugger.confusion.ConceptConfusion`) synced on ``compute``, and the per-sample predictions the ranking
+needs are gathered by a second ``Metric``, so every rank takes part in the same collectives and the counts equal
+a single process's.
+
+TensorBoard (``confusion/`` tags, all one entry per run): ``matrices`` (a grid of row-normalised matrices, one
+per slice), ``diff`` (change since the previous run, blue = better), scalars ``accuracy/<slice>``
+(classification) or ``iou/<slice>`` (segmentation mean IoU), ``lift/<slice>``, ``accuracy_change/<slice>``, and a
+text table ``failure_ranking``. The ranking of every run is also written to ``ranking.json`` in the run dir.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from callbacks._base import Monitor, RunContext
+
+Source = Literal["annotated", "discovered", "both"]
+_SOURCES = ("annotated", "discovered", "both")
+
+
+class ProbePredictions(Metric):
+    """Predictions of a sharded probe set, gathered in probe order across processes on ``compute``.
+
+    Shape:
+        - update: positions ``(n,)`` int64 in the full probe set, preds ``(n,)`` or ``(n, H, W)``
+        - compute: ``(N,)`` or ``(N, H, W)`` sorted by position
+
+    Example:
+        >>> m = ProbePredictions()
+        >>> m.update(torch.tensor([1, 0]), torch.tensor([7, 5]))
+        >>> m.compute().tolist()
+        [5, 7]
+    """
+
+    full_state_update = False
+    positions: list[Tensor]
+    preds: list[Tensor]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("positions", default=[], dist_reduce_fx="cat")
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+
+    def update(self, positions: Tensor, preds: Tensor) -> None:
+        self.positions.append(positions.long())
+        self.preds.append(preds.long())
+
+    def compute(self) -> Tensor:
+        pos = torch.cat(self.positions) if isinstance(self.positions, list) else self.positions
+        preds = torch.cat(self.preds) if isinstance(self.preds, list) else self.preds
+        return preds[torch.argsort(pos)]
+
+
+def annotated_membership(concepts: Tensor | None, concept_masks: Tensor | None, segmentation: bool) -> Tensor | None:
+    """Slices from annotations: ``(K + 1, N)`` (per concept, then ``clean``) or pixel slices for segmentation.
+
+    For segmentation with masks, a concept's slice is its mask pixels and ``clean`` is the pixels of images
+    without any concept; otherwise whole images.
+
+    Shape:
+        - concepts: ``(N, K)``; concept_masks: ``(N, K, H, W)`` bool
+        - output: ``(K + 1, N)`` or ``(K + 1, N, H, W)`` bool, None without annotations
+
+    Example:
+        >>> annotated_membership(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), None, False).tolist()
+        [[True, False], [False, False], [False, True]]
+    """
+    if concepts is None and concept_masks is None:
+        return None
+    if concepts is not None:
+        present = concepts.bool().T  # (K, N)
+    else:
+        present = concept_masks.flatten(2).any(2).T  # type: ignore[union-attr]
+    clean = ~present.any(0, keepdim=True)
+    if segmentation and concept_masks is not None:
+        masks = concept_masks.bool().transpose(0, 1)  # (K, N, H, W)
+        clean_px = clean.view(1, -1, 1, 1).expand(1, *masks.shape[1:])
+        return torch.cat([masks, clean_px])
+    return torch.cat([present, clean])
+
+
+def slice_quality(confmats: Tensor, segmentation: bool) -> Tensor:
+    """Accuracy (classification) or mean IoU over classes that occur (segmentation) of each slice.
+
+    Shape:
+        - confmats: ``(C, K, K)``; output: ``(C,)`` float, NaN for an empty slice
+    """
+    from debugger.confusion import confusion_accuracy, confusion_iou
+
+    if not segmentation:
+        return confusion_accuracy(confmats)
+    return torch.nanmean(confusion_iou(confmats), dim=-1)
+
+
+class ConfusionMonitor(Monitor):
+    """Concept-conditioned confusion matrices, slice accuracy/IoU and lift, failure ranking, epoch-vs-epoch diffs.
+
+    Args:
+        source: where slices come from: probe annotations, the latest ConceptMonitor report, or both.
+        top_k: top patches per discovered concept that define its slice.
+        min_support: probe images a slice needs for a failure verdict (see :func:`debugger.ranking.rank_failures`).
+        ignore_index: target value not counted (segmentation "void").
+        max_matrix_slices: most slices drawn in the ``matrices``/``diff`` figures (worst-ranked first).
+        **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
+
+    Example:
+        >>> ConfusionMonitor(every_n_epochs=1, probe_size=128).sharded
+        True
+    """
+
+    tag_root = "confusion"
+    sharded = True
+
+    def __init__(
+        self,
+        source: Source = "both",
+        top_k: int = 50,
+        min_support: int = 5,
+        ignore_index: int | None = None,
+        max_matrix_slices: int = 12,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("probe_size", 128)
+        super().__init__(**kwargs)
+        if source not in _SOURCES:
+            raise ValueError(f"Expected `source` to be one of {_SOURCES!r}, but got {source!r}.")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"Expected `top_k` to be a positive integer, but got {top_k!r}.")
+        if not isinstance(min_support, int) or min_support < 0:
+            raise ValueError(f"Expected `min_support` to be a non-negative integer, but got {min_support!r}.")
+        if not isinstance(max_matrix_slices, int) or max_matrix_slices < 1:
+            raise ValueError(f"Expected `max_matrix_slices` to be a positive integer, but got {max_matrix_slices!r}.")
+        self.source = source
+        self.top_k = top_k
+        self.min_support = min_support
+        self.ignore_index = ignore_index
+        self.max_matrix_slices = max_matrix_slices
+        self._previous: dict[str, Tensor] = {}  # slice name -> confusion counts of the previous run
+        self.latest: dict[str, Any] | None = None  # last run's result (counts, names, ranking), for other callbacks
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"previous": {k: v.tolist() for k, v in self._previous.items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._previous = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("previous", {}).items()}
+
+    # -- slices ------------------------------------------------------------------------------------------------
+
+    def slices(self, ctx: RunContext, num_images: int, segmentation: bool) -> tuple[list[str], Tensor | None]:
+        """Names and membership ``(C, N[, H, W])`` over the full (unsharded) probe set of this run."""
+        names: list[str] = []
+        parts: list[Tensor] = []
+        full = self.probe(ctx.pl_module.device)
+        if full is None:
+            return [], None
+        full = full.take(num_images)
+        if self.source in ("annotated", "both"):
+            m = annotated_membership(full.batch.concepts, full.batch.concept_masks, segmentation)
+            if m is not None:
+                k = m.shape[0] - 1
+                given = list(full.concept_names) if len(full.concept_names) == k else [f"concept-{i}" for i in range(k)]
+                names += given + ["clean"]
+                parts.append(m)
+        if self.source in ("discovered", "both"):
+            found = self._discovered(ctx, full, segmentation)
+            if found is not None:
+                names += found[0]
+                parts.append(found[1])
+        if not parts:
+            return [], None
+        if segmentation and any(p.dim() == 2 for p in parts) and any(p.dim() == 4 for p in parts):
+            h, w = full.batch.images.shape[-2:]
+            parts = [p if p.dim() == 4 else p.view(*p.shape, 1, 1).expand(-1, -1, h, w) for p in parts]
+        return names, torch.cat(parts).to(ctx.pl_module.device)
+
+    def _discovered(self, ctx: RunContext, full: Any, segmentation: bool) -> tuple[list[str], Tensor] | None:
+        """Slices of the concepts in the latest ConceptMonitor report found on this probe set, if any."""
+        report = None
+        for cb in getattr(ctx.trainer, "callbacks", []):
+            if hasattr(cb, "latest_report") and getattr(cb, "latest_report", None) is not None:
+                report = cb
+                break
+        if report is None:
+            return None
+        return report.concept_slices(full, top_k=self.top_k, pixel=segmentation)
+
+    # -- the run -----------------------------------------------------------------------------------------------
+
+    def analyse(self, ctx: RunContext) -> dict[str, Any]:
+        from debugger.confusion import ConceptConfusion, confusion_difference
+        from debugger.ranking import rank_failures
+
+        device = ctx.pl_module.device
+        # positions of this rank's shard within the (possibly subsampled) full probe set
+        n_total = ctx.full_size
+        positions = torch.arange(ctx.rank, n_total, ctx.world_size, device=device)
+        segmentation = ctx.probe.batch.targets.dim() == 3
+        names, membership = self.slices(ctx, n_total, segmentation)
+
+        preds_metric = ProbePredictions().to(device)
+        confusion: Metric | None = None
+        num_classes = None
+        for offset, batch in ctx.probe.chunks(self.chunk_size):
+            logits = ctx.pl_module(batch.images)
+            num_classes = int(logits.shape[1])
+            pred = logits.argmax(1)
+            pos = positions[offset : offset + batch.images.shape[0]]
+            preds_metric.update(pos, pred)
+            if membership is not None:
+                if confusion is None:
+                    confusion = ConceptConfusion(len(names), num_classes, ignore_index=self.ignore_index).to(device)
+                confusion.update(pred, batch.targets, membership[:, pos])
+        # Every rank reaches both compute() calls (the collectives) even with an empty shard.
+        if num_classes is None:
+            num_classes = self._num_classes(ctx)
+            pred_shape = (0, *ctx.probe.batch.targets.shape[1:])
+            preds_metric.update(positions[:0], torch.zeros(pred_shape, dtype=torch.long, device=device))
+        if membership is not None and confusion is None:
+            confusion = ConceptConfusion(len(names), num_classes, ignore_index=self.ignore_index).to(device)
+        preds = preds_metric.compute()
+        counts = confusion.compute() if confusion is not None else None
+        if not ctx.is_global_zero:
+            return {"slices": len(names)}
+
+        full = self.probe(device)
+        targets = full.batch.targets[:n_total] if full is not None else ctx.probe.batch.targets
+        valid = None if self.ignore_index is None else targets != self.ignore_index
+        errors = preds != targets
+        scalars: dict[str, float] = {}
+        correct = ~errors if valid is None else ~errors & valid
+        total = errors.numel() if valid is None else int(valid.sum())
+        scalars["accuracy/all" if not segmentation else "pixel_accuracy/all"] = float(correct.sum()) / max(1, total)
+        result: dict[str, Any] = {"epoch": ctx.epoch, "step": ctx.global_step, "names": names, "ranking": []}
+        if counts is None or membership is None:
+            self.log_scalars(ctx, scalars)
+            self.latest = result
+            return {"slices": 0}
+
+        quality = slice_quality(counts, segmentation)
+        ranking = rank_failures(errors, membership, names=names, valid=valid, min_support=self.min_support)
+        lift = {r.name: r.lift for r in ranking}
+        key = "iou" if segmentation else "accuracy"
+        for name, q in zip(names, quality.tolist(), strict=True):
+            if not math.isnan(q):
+                scalars[f"{key}/{name}"] = q
+            if name in lift and math.isfinite(lift[name]):
+                scalars[f"lift/{name}"] = lift[name]
+        diffs: dict[str, Tensor] = {}
+        for i, name in enumerate(names):
+            prev = self._previous.get(name)
+            if prev is not None and prev.shape == counts[i].shape:
+                diffs[name] = confusion_difference(prev.to(counts.device), counts[i])
+                before = slice_quality(prev.unsqueeze(0), segmentation)[0]
+                change = float(quality[i] - before)
+                if math.isfinite(change):
+                    scalars[f"{key}_change/{name}"] = change
+        self.log_scalars(ctx, scalars)
+
+        order = [names.index(r.name) for r in ranking][: self.max_matrix_slices]
+        self.log_image(ctx, "matrices", _matrix_figure([names[i] for i in order], counts[order], quality[order], key))
+        if diffs:
+            shown = [names[i] for i in order if names[i] in diffs]
+            self.log_image(ctx, "diff", _matrix_figure(shown, torch.stack([diffs[n] for n in shown]), None, "diff"))
+        table = _ranking_markdown(ranking)
+        if ctx.writer is not None:
+            ctx.writer.add_text(f"{self.tag_prefix}/failure_ranking", table, global_step=ctx.global_step)
+
+        result.update(
+            {
+                "counts": counts.cpu().tolist(),
+                "quality": quality.cpu().tolist(),
+                "quality_kind": key,
+                "ranking": [r.to_dict() for r in ranking],
+                "diff_names": sorted(diffs),
+            }
+        )
+        history = self._history(ctx)
+        history.append({k: v for k, v in result.items() if k != "counts"} | {"counts": result["counts"]})
+        self.write_artifact(ctx, "ranking.json", history)
+        self.latest = result
+        self._previous = {name: counts[i].detach().cpu() for i, name in enumerate(names)}
+        failures = [r.name for r in ranking if r.is_failure]
+        return {"slices": len(names), "failures": failures}
+
+    @staticmethod
+    def _num_classes(ctx: RunContext) -> int:
+        x = ctx.probe.batch.images
+        probe_shape = (1, *x.shape[1:])
+        with torch.no_grad():
+            return int(ctx.pl_module(torch.zeros(probe_shape, device=x.device)).shape[1])
+
+    def _history(self, ctx: RunContext) -> list[dict[str, Any]]:
+        import json
+
+        path = ctx.run_dir / "ranking.json"
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+                return data if isinstance(data, list) else []
+            except ValueError:
+                return []
+        return []
+
+
+def _ranking_markdown(ranking: Sequence[Any]) -> str:
+    rows = ["| rank | slice | failure | support | error in | error out | lift (95% CI) | p (adj.) |", "|---" * 8 + "|"]
+    for r in ranking:
+        rows.append(
+            f"| {r.rank} | {r.name} | {'**yes**' if r.is_failure else 'no'} | {r.support} | {r.error_in:.3f} | "
+            f"{r.error_out:.3f} | {r.lift:.2f} ({r.lift_low:.2f}–{r.lift_high:.2f}) | {r.p_adjusted:.3g} |"
+        )
+    return "\n".join(rows)
+
+
+def _matrix_figure(names: Sequence[str], mats: Tensor, quality: Tensor | None, kind: str) -> Tensor:
+    """A grid of matrices (row-normalised counts, or differences in [-1, 1]) as a ``(3, H, W)`` image."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from debugger.confusion import normalize_confusion
+
+    n = max(1, len(names))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False, dpi=80)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, name in enumerate(names):
+        ax = axes.flat[i]
+        if kind == "diff":
+            data, cmap, vmin, vmax = mats[i].float().cpu(), "RdBu", -1.0, 1.0
+            title = f"{name} (Δ)"
+        else:
+            data, cmap, vmin, vmax = normalize_confusion(mats[i].cpu(), "true"), "Blues", 0.0, 1.0
+            q = float(quality[i]) if quality is not None else float("nan")
+            title = f"{name}  {kind} {q:.2f}" if not math.isnan(q) else f"{name} (empty)"
+        ax.imshow(np.asarray(data), cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(title, fontsize=9)
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())  # type: ignore[attr-defined]
+    plt.close(fig)
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0

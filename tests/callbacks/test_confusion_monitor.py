@@ -1,0 +1,95 @@
+"""ConfusionMonitor in real Trainer runs: slice confusion equals sklearn's, tags, ranking, diffs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from _cbtiny import event_accumulator, make_module, make_trainer
+
+from callbacks.confusion_monitor import ConfusionMonitor, ProbePredictions, annotated_membership, slice_quality
+
+
+def test_annotated_membership_adds_a_clean_slice_and_uses_masks_for_segmentation() -> None:
+    concepts = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    m = annotated_membership(concepts, None, segmentation=False)
+    assert m is not None and m.tolist() == [[True, False, True], [False, False, True], [False, True, False]]
+    masks = torch.zeros(3, 2, 2, 2, dtype=torch.bool)
+    masks[0, 0, 0, 0] = True
+    seg = annotated_membership(None, masks, segmentation=True)
+    assert seg is not None and seg.shape == (3, 3, 2, 2)
+    assert seg[0].sum() == 1 and seg[2, 1].all() and not seg[2, 0].any()  # clean = all pixels of clean images
+    assert annotated_membership(None, None, segmentation=False) is None
+
+
+def test_slice_quality_is_accuracy_or_mean_iou() -> None:
+    cm = torch.tensor([[[2, 1], [0, 1]]])
+    assert slice_quality(cm, segmentation=False).tolist() == [0.75]
+    assert slice_quality(cm, segmentation=True).item() == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_probe_predictions_restore_probe_order() -> None:
+    m = ProbePredictions()
+    m.update(torch.tensor([0, 2]), torch.tensor([10, 12]))
+    m.update(torch.tensor([1]), torch.tensor([11]))
+    assert m.compute().tolist() == [10, 11, 12]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"source": "oracle"}, "Expected `source` to be one of"),
+        ({"top_k": 0}, "Expected `top_k`"),
+        ({"min_support": -1}, "Expected `min_support`"),
+        ({"max_matrix_slices": 0}, "Expected `max_matrix_slices`"),
+    ],
+)
+def test_confusion_monitor_rejects_bad_configuration(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ConfusionMonitor(**kwargs)
+
+
+def test_slice_confusion_equals_sklearn_and_lands_in_tensorboard(tmp_path: Any) -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    module = make_module("pytorch_lightning")
+    mon = ConfusionMonitor(source="annotated", probe_size=16, min_support=2)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=2).fit(module)
+
+    probe = mon.probe()
+    assert probe is not None and mon.latest is not None
+    with torch.no_grad():
+        module.eval()
+        preds = module(probe.batch.images).argmax(1)
+    assert mon.latest["names"] == ["bright", "stripe", "clean"]
+    counts = torch.tensor(mon.latest["counts"])
+    concepts = probe.batch.concepts
+    assert concepts is not None
+    slices = [concepts[:, 0].bool(), concepts[:, 1].bool(), ~concepts.bool().any(1)]
+    for i, keep in enumerate(slices):
+        expected = metrics.confusion_matrix(probe.batch.targets[keep], preds[keep], labels=[0, 1, 2])
+        assert counts[i].tolist() == expected.tolist()
+
+    acc = event_accumulator(tmp_path / "run" / "version_0")
+    tags = acc.Tags()
+    assert {"confusion/matrices", "confusion/diff"} <= set(tags["images"])
+    assert [e.step for e in acc.Images("confusion/matrices")] == [3, 6]
+    expected_scalars = {"confusion/accuracy/all", "confusion/accuracy/bright", "confusion/accuracy_change/clean"}
+    assert expected_scalars <= set(tags["scalars"])
+    assert "confusion/failure_ranking/text_summary" in tags["tensors"]
+    last_bright = acc.Scalars("confusion/accuracy/bright")[-1].value
+    assert last_bright == pytest.approx(float((preds[slices[0]] == probe.batch.targets[slices[0]]).float().mean()))
+
+    history = json.loads((tmp_path / "run" / "version_0" / "conceptfix" / "confusion" / "ranking.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert {r["name"] for r in history[-1]["ranking"]} == {"bright", "stripe", "clean"}
+
+
+def test_previous_counts_survive_a_checkpoint_for_epoch_diffs(tmp_path: Any) -> None:
+    mon = ConfusionMonitor(source="annotated", probe_size=8)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(make_module("pytorch_lightning"))
+    restored = ConfusionMonitor(source="annotated", probe_size=8)
+    restored.load_state_dict(mon.state_dict())
+    assert set(restored._previous) == {"bright", "stripe", "clean"}
+    assert all(torch.equal(restored._previous[k], mon._previous[k]) for k in mon._previous)
