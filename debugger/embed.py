@@ -1,0 +1,433 @@
+"""Patch embeddings at a layer of the model, two ways.
+
+- ``mode="resample"`` (seed 000 §7.1, ACE): each patch is cut out of its image (the pixels outside a
+  superpixel's mask set to neutral grey), its box resized to the model's input size, and the batch of
+  resized patches sent through the model; the layer's activation is pooled over space. One forward per
+  patch (batched), faithful to how the model sees the patch alone.
+- ``mode="roi"``: the image is sent through the model once and the patch region is pooled from the
+  layer's feature map — a masked average over the patch mask resampled to the feature grid
+  (``roi_pool="mask"``), or RoI-align on the box (``roi_pool="box"``: bilinear samples on a regular grid
+  inside the box, averaged or max-ed). One forward per image instead of one per patch.
+
+Both stop the forward at the chosen layer (later layers never run) and leave the model as they found it.
+
+Example:
+    >>> from debugger.patches import sliding_windows
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    >>> images = torch.rand(2, 3, 8, 8)
+    >>> ps = sliding_windows(images, sizes=(4,))
+    >>> embed_patches(net, "1", images, ps, mode="roi").shape
+    torch.Size([18, 4])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debugger.capture import _first_tensor, _model_device, preserve_training_mode, resolve_layer
+from debugger.structures import PatchSet
+
+Mode = Literal["resample", "roi"]
+Pool = Literal["mean", "max"]
+RoiPool = Literal["mask", "box"]
+
+__all__ = [
+    "PatchEmbedder",
+    "embed_patches",
+    "forward_to_layer",
+    "resample_patches",
+    "roi_pool_box",
+    "roi_pool_mask",
+]
+
+
+class _Stop(Exception):
+    """Raised by the capture hook to end the forward once the layer has run."""
+
+
+def forward_to_layer(model: nn.Module, layer: str | nn.Module, x: Tensor) -> Tensor:
+    """Run ``model`` on ``x`` only as far as ``layer`` and return that layer's output (no grad).
+
+    The hook raises a private exception right after the layer runs, so later layers cost nothing; the hook
+    is removed in ``finally``. Callers decide the train/eval mode (see :func:`preserve_training_mode`).
+
+    Raises:
+        ValueError: if the layer is unknown or never runs in the forward.
+    """
+    module = resolve_layer(model, layer) if isinstance(layer, str) else layer
+    store: dict[str, Tensor] = {}
+
+    def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+        store["out"] = _first_tensor(output, f"the output of layer {layer!r}").detach()
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in store:
+        raise ValueError(f"Expected layer {layer!r} to run in the model's forward pass, but it never did.")
+    return store["out"]
+
+
+def _pool_activation(act: Tensor, reduce: Pool, layer: str) -> Tensor:
+    if act.dim() == 2:
+        return act
+    if act.dim() == 4:
+        flat = act.flatten(2)
+        return flat.mean(2) if reduce == "mean" else flat.amax(2)
+    raise ValueError(
+        f"Expected the activations of layer {layer!r} to be poolable, of shape (B, D, h, w) or (B, D), "
+        f"but got {tuple(act.shape)!r}."
+    )
+
+
+def _fill_tensor(fill: float | Sequence[float] | Tensor | str, images: Tensor) -> Tensor:
+    c = images.shape[1]
+    if isinstance(fill, str):
+        if fill != "mean":
+            raise ValueError(f"Expected `fill` to be a number, one value per channel or 'mean', but got {fill!r}.")
+        return images.mean(dim=(0, 2, 3)).view(1, c, 1, 1)
+    t = torch.as_tensor(fill, dtype=images.dtype, device=images.device).flatten()
+    if t.numel() == 1:
+        t = t.expand(c)
+    if t.numel() != c:
+        raise ValueError(f"Expected `fill` to hold 1 or {c} values (one per channel), but got {t.numel()}.")
+    return t.reshape(1, c, 1, 1)
+
+
+def resample_patches(
+    images: Tensor,
+    boxes: Tensor,
+    masks: Tensor | None = None,
+    size: tuple[int, int] | None = None,
+    fill: Tensor | float = 0.5,
+    keep_aspect: bool = False,
+) -> Tensor:
+    """Cut each box out of its image and resize it to ``size`` (bilinear, one batched ``grid_sample``).
+
+    The result equals cropping the box and resizing the crop (``F.interpolate``, ``align_corners=False``):
+    pixels next to the box never bleed in. Pixels outside ``masks`` (when given) and, with ``keep_aspect``,
+    the margins of the box grown to a square around its centre, are set to ``fill`` — neutral grey by
+    default, as in seed 000 §7.1.
+
+    Shape:
+        - images: ``(P, C, H, W)``, the source image of each patch (already gathered)
+        - boxes: ``(P, 4)`` ``x0, y0, x1, y1`` with exclusive ends, in image pixels
+        - masks: ``(P, H, W)`` bool or None
+        - fill: a number or ``(1, C, 1, 1)``
+        - output: ``(P, C, *size)``
+
+    Example:
+        >>> img = torch.arange(16.).view(1, 1, 4, 4)
+        >>> resample_patches(img, torch.tensor([[2, 0, 4, 2]]), size=(2, 2))
+        tensor([[[[2., 3.],
+                  [6., 7.]]]])
+    """
+    p, _, h, w = images.shape
+    out_h, out_w = size if size is not None else (h, w)
+    fill_t = torch.as_tensor(fill, dtype=images.dtype, device=images.device)
+    if fill_t.dim() == 0:
+        fill_t = fill_t.view(1, 1, 1, 1)
+    x = images - fill_t  # zero padding in grid_sample then means `fill` outside the image
+    if masks is not None:
+        x = x * masks[:, None].to(x.dtype)
+    b = boxes.to(images.device, torch.float32)
+    bw = b[:, 2] - b[:, 0]
+    bh = b[:, 3] - b[:, 1]
+    if keep_aspect:
+        side = torch.maximum(bw, bh)
+        bw, bh = side, side
+    cx = (b[:, 0] + b[:, 2]) / 2
+    cy = (b[:, 1] + b[:, 3]) / 2
+    theta = torch.zeros(p, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = bw / w
+    theta[:, 0, 2] = 2 * cx / w - 1
+    theta[:, 1, 1] = bh / h
+    theta[:, 1, 2] = 2 * cy / h - 1
+    grid = F.affine_grid(theta, [p, images.shape[1], out_h, out_w], align_corners=False)
+    # Sample as if the box had been cropped first: clamp to the box's outermost pixel centres (so pixels
+    # next to the box never bleed in) and use `fill` for points outside the box (the keep_aspect margins).
+    px = (grid[..., 0] + 1) * w / 2  # continuous pixel coordinates, pixel i spans [i, i + 1)
+    py = (grid[..., 1] + 1) * h / 2
+    x0, y0, x1, y1 = (b[:, i].view(p, 1, 1) for i in range(4))
+    outside = (px < x0) | (px > x1) | (py < y0) | (py > y1)
+    px = torch.minimum(torch.maximum(px, x0 + 0.5), x1 - 0.5)
+    py = torch.minimum(torch.maximum(py, y0 + 0.5), y1 - 0.5)
+    grid = torch.stack([2 * px / w - 1, 2 * py / h - 1], dim=-1)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.masked_fill(outside[:, None], 0.0) + fill_t
+
+
+def roi_pool_mask(features: Tensor, masks: Tensor, reduce: Pool = "mean") -> Tensor:
+    """Pool each feature map over its patch mask resampled (area-averaged) to the feature grid.
+
+    ``"mean"`` weighs each feature cell by the fraction of it the mask covers; ``"max"`` takes the maximum
+    over the cells the mask touches.
+
+    Shape:
+        - features: ``(P, D, h, w)``, the feature map of each patch's image (already gathered)
+        - masks: ``(P, H, W)`` bool
+        - output: ``(P, D)``
+
+    Example:
+        >>> f = torch.arange(4.).view(1, 1, 2, 2)
+        >>> m = torch.zeros(1, 4, 4, dtype=torch.bool); m[0, :2, :] = True
+        >>> roi_pool_mask(f, m)
+        tensor([[0.5000]])
+    """
+    grid_hw = (int(features.shape[2]), int(features.shape[3]))
+    weights = F.adaptive_avg_pool2d(masks[:, None].to(features.dtype), grid_hw).flatten(1)  # (P, hw)
+    flat = features.flatten(2)  # (P, D, hw)
+    if reduce == "mean":
+        return torch.bmm(flat, weights.unsqueeze(2)).squeeze(2) / weights.sum(1, keepdim=True).clamp_min(1e-12)
+    touched = (weights > 0).unsqueeze(1)
+    return flat.masked_fill(~touched, float("-inf")).amax(2)
+
+
+def roi_pool_box(
+    features: Tensor, boxes: Tensor, image_size: tuple[int, int], samples: int = 4, reduce: Pool = "mean"
+) -> Tensor:
+    """RoI-align: bilinear samples on a ``samples × samples`` grid of cell centres inside each box, pooled.
+
+    Box coordinates are in image pixels and are mapped to the feature grid by the image/feature size ratio
+    (pixel-centre convention, ``align_corners=False``). A box aligned with feature cells and ``samples``
+    equal to its extent in cells gives exactly the average of those cells.
+
+    Shape:
+        - features: ``(P, D, h, w)``
+        - boxes: ``(P, 4)``
+        - output: ``(P, D)``
+
+    Example:
+        >>> f = torch.arange(4.).view(1, 1, 2, 2)
+        >>> roi_pool_box(f, torch.tensor([[0, 0, 4, 4]]), (4, 4), samples=2)
+        tensor([[1.5000]])
+    """
+    if samples < 1:
+        raise ValueError(f"Expected `samples` to be a positive integer, but got {samples!r}.")
+    p = features.shape[0]
+    h, w = image_size
+    b = boxes.to(features.device, features.dtype)
+    steps = (torch.arange(samples, device=features.device, dtype=features.dtype) + 0.5) / samples  # (S,)
+    xs = b[:, 0:1] + (b[:, 2:3] - b[:, 0:1]) * steps  # (P, S) in image pixels
+    ys = b[:, 1:2] + (b[:, 3:4] - b[:, 1:2]) * steps
+    gx = (2 * xs / w - 1)[:, None, :].expand(p, samples, samples)
+    gy = (2 * ys / h - 1)[:, :, None].expand(p, samples, samples)
+    grid = torch.stack([gx, gy], dim=-1)  # (P, S, S, 2)
+    sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    flat = sampled.flatten(2)
+    return flat.mean(2) if reduce == "mean" else flat.amax(2)
+
+
+def _check_inputs(images: Tensor, patches: PatchSet) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"Expected `images` to be a tensor of shape (N, C, H, W), but got {shape!r}.")
+    if images.shape[0] == 0 or len(patches) == 0:
+        raise ValueError(
+            f"Expected a non-empty probe set, but got {images.shape[0]} images and {len(patches)} patches."
+        )
+    if int(patches.image_index.max()) >= images.shape[0] or int(patches.image_index.min()) < 0:
+        raise ValueError(
+            f"Expected patch image indices in [0, {images.shape[0]}), but got indices up to "
+            f"{int(patches.image_index.max())}."
+        )
+    if patches.masks is not None and tuple(patches.masks.shape[1:]) != tuple(images.shape[2:]):
+        raise ValueError(
+            f"Expected patch masks of size {tuple(images.shape[2:])} like the images, "
+            f"but got {tuple(patches.masks.shape[1:])}."
+        )
+
+
+def _embed_resample(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    patches: PatchSet,
+    reduce: Pool,
+    fill: Tensor,
+    batch_size: int,
+    use_masks: bool,
+    input_size: tuple[int, int] | None,
+    keep_aspect: bool,
+    device: torch.device,
+) -> Tensor:
+    module = resolve_layer(model, layer)
+    out: list[Tensor] = []
+    for s in range(0, len(patches), batch_size):
+        idx = patches.image_index[s : s + batch_size]
+        src = images[idx].to(device)
+        masks = patches.masks[s : s + batch_size].to(device) if (use_masks and patches.masks is not None) else None
+        crops = resample_patches(src, patches.boxes[s : s + batch_size], masks, input_size, fill.to(device),
+                                 keep_aspect)
+        act = forward_to_layer(model, module, crops)
+        out.append(_pool_activation(act, reduce, layer).float().cpu())
+    return torch.cat(out)
+
+
+def _embed_roi(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    patches: PatchSet,
+    reduce: Pool,
+    batch_size: int,
+    roi_pool: RoiPool,
+    roi_samples: int,
+    device: torch.device,
+) -> Tensor:
+    module = resolve_layer(model, layer)
+    order = torch.argsort(patches.image_index, stable=True)
+    sorted_index = patches.image_index[order]
+    out: Tensor | None = None
+    h, w = images.shape[2:]
+    for s in range(0, images.shape[0], batch_size):
+        e = min(s + batch_size, images.shape[0])
+        lo, hi = (int(v) for v in torch.searchsorted(sorted_index, torch.tensor([s, e])))
+        if lo == hi:
+            continue
+        feats = forward_to_layer(model, module, images[s:e].to(device))
+        if feats.dim() != 4:
+            raise ValueError(
+                f"Expected layer {layer!r} to give a spatial feature map (B, D, h, w) for mode='roi', "
+                f"but got activations of shape {tuple(feats.shape)!r}; use mode='resample' or a conv layer."
+            )
+        sel = order[lo:hi]
+        # Gather per chunk so memory stays at chunk × D × h × w however many patches an image has.
+        for c in range(0, len(sel), 1024):
+            part = sel[c : c + 1024]
+            f = feats[(patches.image_index[part] - s).to(device)]
+            if roi_pool == "mask" and patches.masks is not None:
+                emb = roi_pool_mask(f, patches.masks[part].to(device), reduce)
+            else:
+                emb = roi_pool_box(f, patches.boxes[part], (h, w), roi_samples, reduce)
+            if out is None:
+                out = torch.empty(len(patches), emb.shape[1], dtype=torch.float32)
+            out[part] = emb.float().cpu()
+    if out is None:  # unreachable: every patch's image index was checked to be in range
+        raise RuntimeError("No patch was embedded.")
+    return out
+
+
+def embed_patches(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    patches: PatchSet,
+    mode: Mode = "roi",
+    reduce: Pool = "mean",
+    batch_size: int = 64,
+    fill: float | Sequence[float] | Tensor | str = 0.5,
+    use_masks: bool = True,
+    input_size: tuple[int, int] | None = None,
+    keep_aspect: bool = False,
+    roi_pool: RoiPool = "mask",
+    roi_samples: int = 4,
+    eval_mode: bool = True,
+) -> Tensor:
+    """Embed every patch of ``patches`` at ``layer``; see the module docstring for the two modes.
+
+    Args:
+        model: the network (left untouched: train/eval flags restored, no grads).
+        layer: dotted layer name whose activations embed the patches.
+        images: the probe images the patches were cut from.
+        patches: the patches (``image_index`` into ``images``).
+        mode: ``"resample"`` (crop, resize, forward) or ``"roi"`` (pool from the image's feature map).
+        reduce: spatial pooling of the layer's activations (or inside the RoI).
+        batch_size: patches per forward (``resample``) or images per forward (``roi``).
+        fill: the neutral value for pixels outside a patch (``resample``): a number, one per channel, or
+            ``"mean"`` for the probe images' channel mean (neutral for normalised inputs).
+        use_masks: grey out pixels outside superpixel masks (``resample``); False crops the plain box.
+        input_size: size patches are resized to (``resample``); default the images' size.
+        keep_aspect: grow boxes to squares before resizing, padding with ``fill`` (``resample``).
+        roi_pool: ``"mask"`` (masked average over the patch mask) or ``"box"`` (RoI-align) for ``roi``.
+        roi_samples: RoI-align samples per side (``roi_pool="box"``).
+        eval_mode: run the model in eval mode (flags restored afterwards).
+
+    Shape:
+        - images: ``(N, C, H, W)``
+        - output: ``(P, D)`` float32, on CPU
+
+    Raises:
+        ValueError: for an unknown layer or option, an empty probe set, patch indices or masks that do not
+            match ``images``, or a layer whose activations cannot be pooled (not ``(B, D, h, w)`` or
+            ``(B, D)``; ``roi`` needs ``(B, D, h, w)``).
+    """
+    if mode not in ("resample", "roi"):
+        raise ValueError(f"Expected `mode` to be one of 'resample', 'roi', but got {mode!r}.")
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"Expected `reduce` to be one of 'mean', 'max', but got {reduce!r}.")
+    if roi_pool not in ("mask", "box"):
+        raise ValueError(f"Expected `roi_pool` to be one of 'mask', 'box', but got {roi_pool!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
+    resolve_layer(model, layer)
+    _check_inputs(images, patches)
+    device = _model_device(model)
+    with preserve_training_mode(model, eval_mode):
+        if mode == "resample":
+            fill_t = _fill_tensor(fill, images)
+            return _embed_resample(model, layer, images, patches, reduce, fill_t, batch_size, use_masks,
+                                   input_size, keep_aspect, device)
+        return _embed_roi(model, layer, images, patches, reduce, batch_size, roi_pool, roi_samples, device)
+
+
+class PatchEmbedder:
+    """Patch embeddings at one layer of a model: ``PatchEmbedder(model, layer).embed(images, patches)``.
+
+    Holds the configuration only (nothing touches the model before :meth:`embed`); the work is
+    :func:`embed_patches`, whose arguments these are.
+
+    Example:
+        >>> from debugger.patches import sliding_windows
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        >>> images = torch.rand(1, 3, 8, 8)
+        >>> PatchEmbedder(net, "1", mode="resample").embed(images, sliding_windows(images, sizes=(8,))).shape
+        torch.Size([1, 4])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        mode: Mode = "roi",
+        reduce: Pool = "mean",
+        batch_size: int = 64,
+        fill: float | Sequence[float] | Tensor | str = 0.5,
+        use_masks: bool = True,
+        input_size: tuple[int, int] | None = None,
+        keep_aspect: bool = False,
+        roi_pool: RoiPool = "mask",
+        roi_samples: int = 4,
+    ) -> None:
+        if mode not in ("resample", "roi"):
+            raise ValueError(f"Expected `mode` to be one of 'resample', 'roi', but got {mode!r}.")
+        self.model = model
+        self.layer = layer
+        self.mode: Mode = mode
+        self.reduce: Pool = reduce
+        self.batch_size = batch_size
+        self.fill = fill
+        self.use_masks = use_masks
+        self.input_size = input_size
+        self.keep_aspect = keep_aspect
+        self.roi_pool: RoiPool = roi_pool
+        self.roi_samples = roi_samples
+
+    def embed(self, images: Tensor, patches: PatchSet) -> Tensor:
+        """Embed ``patches`` cut from ``images``; ``(P, D)``."""
+        return embed_patches(
+            self.model, self.layer, images, patches, mode=self.mode, reduce=self.reduce,
+            batch_size=self.batch_size, fill=self.fill, use_masks=self.use_masks, input_size=self.input_size,
+            keep_aspect=self.keep_aspect, roi_pool=self.roi_pool, roi_samples=self.roi_samples,
+        )

@@ -1,0 +1,193 @@
+import pytest
+import torch
+from torch import nn
+
+from debugger.embed import (
+    PatchEmbedder,
+    embed_patches,
+    forward_to_layer,
+    resample_patches,
+    roi_pool_box,
+    roi_pool_mask,
+)
+from debugger.patches import slic_superpixels, sliding_windows
+from debugger.structures import PatchSet
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        h = self.pool(self.relu(self.bn(self.conv(x))))
+        seq = h.flatten(2)  # (B, D, L): a 3-D activation that cannot be pooled as an image
+        return self.fc(self.flat(seq))
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_resample_patches_exact_crop_and_fill():
+    img = torch.arange(16.0).view(1, 1, 4, 4)
+    out = resample_patches(img, torch.tensor([[2, 0, 4, 2]]), size=(2, 2))
+    assert out.tolist() == [[[[2.0, 3.0], [6.0, 7.0]]]]
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 2] = True
+    out = resample_patches(img, torch.tensor([[2, 0, 4, 2]]), mask, size=(2, 2), fill=-1.0)
+    assert out.tolist() == [[[[2.0, -1.0], [-1.0, -1.0]]]]
+    # nearest-size upsampling of a full box reproduces the image
+    full = resample_patches(img, torch.tensor([[0, 0, 4, 4]]))
+    torch.testing.assert_close(full, img)
+
+
+def test_resample_keep_aspect_pads_with_fill():
+    img = torch.ones(1, 1, 4, 4)
+    out = resample_patches(img, torch.tensor([[0, 1, 4, 3]]), size=(4, 4), fill=0.0, keep_aspect=True)
+    # a 4x2 box grown to a 4x4 square: its own rows are kept, the margins above and below are the fill
+    assert out[0, 0, :, 0].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert out[0, 0, 1:3].eq(1.0).all() and out[0, 0, 0].eq(0.0).all() and out[0, 0, 3].eq(0.0).all()
+
+
+def test_roi_pool_mask_and_box_agree_on_cell_aligned_boxes():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 5, 4, 4)
+    boxes = torch.tensor([[0, 0, 8, 8], [8, 0, 16, 16], [4, 4, 12, 12]])
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        masks[i, y0:y1, x0:x1] = True
+    by_mask = roi_pool_mask(feats, masks)
+    by_box = roi_pool_box(feats, boxes, (16, 16), samples=2)
+    torch.testing.assert_close(by_mask[:1], feats[0, :, :2, :2].mean((1, 2))[None])
+    torch.testing.assert_close(by_mask[1], feats[1, :, :, 2:].mean((1, 2)))
+    torch.testing.assert_close(by_box[:2], by_mask[:2])
+    torch.testing.assert_close(by_box[2], feats[2, :, 1:3, 1:3].mean((1, 2)))
+    mx = roi_pool_mask(feats, masks, reduce="max")
+    torch.testing.assert_close(mx[1], feats[1, :, :, 2:].amax((1, 2)))
+
+
+def test_forward_to_layer_stops_early_and_removes_hook():
+    net = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    out = forward_to_layer(net, "conv", x)
+    torch.testing.assert_close(out, net.conv(x))
+    assert _hooks(net) == 0
+    with pytest.raises(ValueError, match="never did"):
+        forward_to_layer(nn.Sequential(nn.Identity(), nn.Linear(2, 2)), nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_roi_matches_manual_pooling_and_one_forward_per_image_batch():
+    torch.manual_seed(0)
+    net = Net().eval()
+    images = torch.rand(3, 3, 8, 8)
+    ps = sliding_windows(images, sizes=(4,), strides=(4,))
+    net.calls = 0
+    emb = embed_patches(net, "relu", images, ps, mode="roi", batch_size=8)
+    assert net.calls == 1
+    feats = net.relu(net.bn(net.conv(images)))
+    for p in (0, 5, 11):
+        x0, y0, x1, y1 = ps.boxes[p].tolist()
+        expected = feats[ps.image_index[p], :, y0:y1, x0:x1].mean((1, 2))
+        torch.testing.assert_close(emb[p], expected)
+    box = embed_patches(net, "relu", images, ps, mode="roi", roi_pool="box", roi_samples=4)
+    torch.testing.assert_close(box, emb)
+
+
+def test_resample_matches_manual_crop_forward():
+    torch.manual_seed(0)
+    net = Net().eval()
+    images = torch.rand(2, 3, 8, 8)
+    ps = sliding_windows(images, sizes=(4,), strides=(4,))
+    net.calls = 0
+    emb = embed_patches(net, "pool", images, ps, mode="resample", batch_size=3)
+    assert net.calls == 3  # 8 patches in batches of 3
+    p = 6
+    x0, y0, x1, y1 = ps.boxes[p].tolist()
+    crop = images[ps.image_index[p] : ps.image_index[p] + 1, :, y0:y1, x0:x1]
+    up = nn.functional.interpolate(crop, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = net.pool(net.relu(net.bn(net.conv(up)))).mean((2, 3))[0]
+    torch.testing.assert_close(emb[p], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_resample_masks_grey_out_outside_pixels():
+    net = nn.Sequential(nn.Identity())
+    images = torch.zeros(1, 3, 4, 4)
+    images[0, :, :2] = 1.0
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True
+    ps = PatchSet(image_index=torch.tensor([0]), boxes=torch.tensor([[0, 0, 4, 4]]), masks=masks)
+    emb = embed_patches(net, "0", images, ps, mode="resample", fill=0.5)
+    torch.testing.assert_close(emb, torch.full((1, 3), 0.75))  # half ones, half grey
+    emb = embed_patches(net, "0", images, ps, mode="resample", fill=0.5, use_masks=False)
+    torch.testing.assert_close(emb, torch.full((1, 3), 0.5))
+    emb = embed_patches(net, "0", images, ps, mode="resample", fill="mean")
+    torch.testing.assert_close(emb, torch.full((1, 3), 0.75))
+
+
+def test_superpixel_roi_and_embedder_class():
+    torch.manual_seed(0)
+    net = Net()
+    images = torch.rand(2, 3, 8, 8)
+    ps = slic_superpixels(images, n_segments=(4,), min_pixels=1)
+    emb = PatchEmbedder(net, "conv", mode="roi").embed(images, ps)
+    assert emb.shape == (len(ps), 4) and torch.isfinite(emb).all()
+    emb2 = PatchEmbedder(net, "conv", mode="resample", reduce="max").embed(images, ps)
+    assert emb2.shape == (len(ps), 4)
+
+
+def test_model_state_untouched():
+    torch.manual_seed(0)
+    net = Net().train()
+    x = torch.rand(2, 3, 8, 8)
+    net(x).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    running = net.bn.running_mean.clone()
+    ps = sliding_windows(x, sizes=(4,))
+    for mode in ("roi", "resample"):
+        embed_patches(net, "relu", x, ps, mode=mode)
+    assert net.training and net.bn.training
+    assert torch.equal(net.bn.running_mean, running)
+    for p, g in zip(net.parameters(), grads, strict=True):
+        assert torch.equal(p.grad, g)
+    assert _hooks(net) == 0
+
+
+def test_unpoolable_layer_errors():
+    net = Net()
+    images = torch.rand(1, 3, 8, 8)
+    ps = sliding_windows(images, sizes=(4,))
+    with pytest.raises(ValueError, match="spatial feature map"):
+        embed_patches(net, "fc", images, ps, mode="roi")
+    with pytest.raises(ValueError, match="poolable"):
+        embed_patches(nn.Sequential(nn.Flatten(2)), "0", images, ps, mode="resample")
+    # a (B, D) layer is fine for resample
+    assert embed_patches(net, "fc", images, ps, mode="resample").shape == (len(ps), 3)
+    assert _hooks(net) == 0
+
+
+def test_input_errors():
+    net = Net()
+    images = torch.rand(2, 3, 8, 8)
+    ps = sliding_windows(images, sizes=(4,))
+    with pytest.raises(ValueError, match="Nearest valid names"):
+        embed_patches(net, "conv1", images, ps)
+    with pytest.raises(ValueError, match="Expected `mode`"):
+        embed_patches(net, "conv", images, ps, mode="crop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty probe set"):
+        embed_patches(net, "conv", images[:0], ps)
+    with pytest.raises(ValueError, match="image indices"):
+        embed_patches(net, "conv", images[:1], ps)
+    with pytest.raises(ValueError, match="patch masks of size"):
+        embed_patches(net, "conv", torch.rand(2, 3, 9, 9), ps)
+    with pytest.raises(ValueError, match="Expected `fill`"):
+        embed_patches(net, "conv", images, ps, mode="resample", fill=(0.5, 0.5))
+    with pytest.raises(ValueError, match="Expected `batch_size`"):
+        embed_patches(net, "conv", images, ps, batch_size=0)
