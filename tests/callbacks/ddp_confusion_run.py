@@ -1,0 +1,43 @@
+"""Run a ConfusionMonitor on 1 or 2 CPU processes; used by test_ddp.py (a script, not a test module).
+
+Usage: python ddp_confusion_run.py OUT_DIR DEVICES
+The model trains with lr=0 and no BatchNorm, so both runs analyse identical weights; rank zero writes the
+confusion counts to OUT_DIR/.../ranking.json and the probe indices to OUT_DIR/probe.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+from _cbtiny import make_module, make_trainer  # noqa: E402
+
+from callbacks.confusion_monitor import ConfusionMonitor  # noqa: E402
+from callbacks.saliency_monitor import SaliencyMonitor  # noqa: E402
+
+
+def main() -> None:
+    out, devices = Path(sys.argv[1]), int(sys.argv[2])
+    torch.set_num_threads(1)
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, workers=True)
+    module = make_module("pytorch_lightning", lr=0.0, batchnorm=False, n_val=16)
+    conf = ConfusionMonitor(source="annotated", probe_size=15, min_support=2)  # odd: uneven shards
+    sal = SaliencyMonitor("layer1", probe_size=4)  # rank-zero-only work beside the collectives
+    kw = {"strategy": "ddp"} if devices > 1 else {}
+    trainer = make_trainer("pytorch_lightning", out, [conf, sal], max_epochs=2, devices=devices, **kw)
+    trainer.fit(module)
+    if trainer.is_global_zero:
+        (out / "probe.json").write_text(json.dumps({"indices": conf.probe_indices, "world": trainer.world_size,
+                                                      "pid": os.getpid()}))
+
+
+if __name__ == "__main__":
+    main()
