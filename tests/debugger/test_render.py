@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+import torch
+
+from debugger.render import (
+    CORRECT,
+    WRONG,
+    concept_gallery,
+    confusion_heatmap,
+    correctness_colors,
+    declutter_grid,
+    figure_to_array,
+    mosaic,
+    patch_tiles,
+    score_colors,
+    tsne_grid,
+)
+from debugger.structures import PatchSet
+
+
+def _patches():
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0] = 1.0  # red image
+    images[1, 2] = 1.0  # blue image
+    boxes = torch.tensor([[0, 0, 4, 4], [4, 4, 8, 8], [0, 0, 8, 8]])
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True
+    masks[1, 4:, 4:] = True
+    masks[2, :4, :] = True  # only the top half of image 1's box
+    return images, PatchSet(torch.tensor([0, 1, 1]), boxes, masks)
+
+
+def _rgb(fig_array, x, y):
+    return fig_array[:, y, x].tolist()
+
+
+def test_sequential_heatmap_uses_the_colour_map_over_0_1():
+    fig = confusion_heatmap(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), ["a", "b"], title="shadow")
+    ax = fig.axes[0]
+    image = ax.get_images()[0]
+    assert image.get_cmap().name == "Blues"
+    assert image.norm.vmin == 0.0 and image.norm.vmax == 1.0
+    assert ax.get_title() == "shadow"
+    arr = figure_to_array(fig)
+    assert arr.dtype == torch.uint8 and arr.shape[0] == 3
+
+
+def test_diverging_heatmap_is_centred_at_zero_and_symmetric():
+    fig = confusion_heatmap(torch.tensor([[0.2, -0.5], [0.1, 0.0]]), diverging=True)
+    image = fig.axes[0].get_images()[0]
+    assert image.get_cmap().name == "RdBu"
+    assert image.norm.vcenter == 0.0 and image.norm.vmin == -0.5 and image.norm.vmax == 0.5
+    red_end, blue_end = image.get_cmap()(image.norm(-0.5)), image.get_cmap()(image.norm(0.5))
+    assert red_end[0] > red_end[2] and blue_end[2] > blue_end[0]
+    figure_to_array(fig)
+
+
+def test_count_heatmap_scales_to_the_maximum_and_annotates_integers():
+    fig = confusion_heatmap(torch.tensor([[3, 1], [0, 6]]))
+    image = fig.axes[0].get_images()[0]
+    assert image.norm.vmax == 6.0
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "1", "3", "6"]
+    figure_to_array(fig)
+
+
+def test_patch_tiles_crop_and_gray_out_pixels_outside_the_mask():
+    images, patches = _patches()
+    tiles = patch_tiles(images, patches, torch.tensor([0, 2]), size=4)
+    assert tiles.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(tiles[0, :, 1, 1], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(tiles[1, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))  # top half: inside the mask
+    torch.testing.assert_close(tiles[1, :, 3, 0], torch.tensor([0.5, 0.5, 0.5]))  # bottom half: neutral gray
+
+
+def test_gallery_shows_top_patches_best_first_with_correctness_borders():
+    images, patches = _patches()
+    out = concept_gallery(images, patches, torch.tensor([0.1, 0.2, 0.9]), top_k=2, ncols=2, size=16,
+                          correct=torch.tensor([1.0, 1.0, 0.0]))
+    assert out.shape == (3, 20, 38) and out.dtype == torch.uint8
+    # first tile = patch 2 (score 0.9, wrong): red border; second = patch 1 (right): blue border
+    assert _rgb(out, 2, 2) == [round(255 * v) for v in WRONG]
+    assert _rgb(out, 20, 2) == [round(255 * v) for v in CORRECT]
+    assert _rgb(out, 28, 10) == [0, 0, 255]  # inside patch 1: the blue image
+
+
+def test_border_colours():
+    torch.testing.assert_close(correctness_colors(torch.tensor([1.0, 0.0])), torch.tensor([CORRECT, WRONG]))
+    low, high = score_colors(torch.tensor([0.0, 1.0]))
+    assert low[2] > low[0] and high[0] > high[2]
+
+
+def test_mosaic_layout_size():
+    out = mosaic(torch.zeros(5, 3, 4, 4), ncols=2, gap=1)
+    assert out.shape == (3, 3 * 5 + 1, 2 * 5 + 1)
+
+
+def test_declutter_takes_own_cell_then_nearest_free_then_hides():
+    coords = torch.tensor([[0.0, 0.0]] * 5 + [[1.0, 1.0]])
+    cells = declutter_grid(coords, grid=(2, 2), generator=torch.Generator().manual_seed(3))
+    shown = cells[cells >= 0]
+    assert shown.numel() == 4 and shown.unique().numel() == 4
+    assert (cells == -1).sum() == 2
+    assert cells[5] in (3, -1)
+    # the points that share cell 0: whoever is first takes it, the next ones take its neighbours 1 and 2
+    first_five = cells[:5]
+    assert 0 in first_five.tolist()
+    assert set(first_five[first_five >= 0].tolist()) <= {0, 1, 2, 3}
+
+
+def test_declutter_nearest_free_cell_is_the_closest():
+    coords = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.0, 0.0], [1.0, 1.0]])
+    # 3x3 grid: both first points land in the centre cell 4; the second must go to a side neighbour (1, 3, 5, 7)
+    cells = declutter_grid(coords, grid=(3, 3), generator=torch.Generator().manual_seed(0))
+    assert cells[2] == 0 and cells[3] == 8
+    first, second = cells[:2].tolist()
+    assert 4 in (first, second)
+    assert (first if second == 4 else second) in (1, 3, 5, 7)
+
+
+def test_declutter_is_reproducible_and_finer_grids_show_more():
+    coords = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    a = declutter_grid(coords, (4, 4), torch.Generator().manual_seed(1))
+    b = declutter_grid(coords, (4, 4), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert (declutter_grid(coords, (8, 8)) >= 0).sum() > (a >= 0).sum()
+
+
+def test_tsne_grid_places_patches_and_draws_score_borders():
+    pytest.importorskip("sklearn.manifold")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 8, 8, generator=gen)
+    boxes = torch.tensor([[0, 0, 4, 4], [4, 0, 8, 4], [0, 4, 4, 8], [4, 4, 8, 8]]).repeat(4, 1)
+    patches = PatchSet(torch.arange(4).repeat_interleave(4), boxes)
+    emb = torch.randn(16, 5, generator=gen)
+    emb[:8] += 10
+    scores = torch.zeros(16)
+    scores[:8] = 1.0
+    out, cells = tsne_grid(emb, images, patches, grid=(4, 4), tile=12, scores=scores, max_iter=250)
+    assert out.shape == (3, 48, 48) and out.dtype == torch.uint8
+    assert (cells >= 0).all() and cells.unique().numel() == 16
+    high = (score_colors(torch.tensor([1.0]))[0] * 255).round().to(torch.uint8)
+    r, c = divmod(int(cells[0]), 4)
+    assert out[:, r * 12, c * 12].tolist() == high.tolist()
+
+
+def test_tsne_grid_with_given_coords_skips_tsne_and_uses_correctness():
+    images, patches = _patches()
+    coords = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    out, cells = tsne_grid(torch.zeros(3, 2), images, patches, grid=(2, 2), tile=8, coords=coords,
+                           correct=torch.tensor([0.0, 1.0, 1.0]))
+    assert cells.tolist() == [0, 1, 2]
+    assert out[:, 0, 0].tolist() == [round(255 * v) for v in WRONG]
+    assert np.all(out[:, 8:, 8:].numpy() == 255)  # the empty cell stays white
+
+
+def test_documented_errors():
+    images, patches = _patches()
+    with pytest.raises(ValueError, match=r"`matrix` to be a square"):
+        confusion_heatmap(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="`class_names` to hold 2 names"):
+        confusion_heatmap(torch.zeros(2, 2), ["a"])
+    with pytest.raises(ValueError, match="`size` to be a positive"):
+        patch_tiles(images, patches, torch.tensor([0]), size=0)
+    with pytest.raises(ValueError, match="`images` of shape"):
+        patch_tiles(images[:, :2], patches, torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"patch `indices` in \[0, 3\)"):
+        patch_tiles(images, patches, torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"`scores` to have shape \(3,\)"):
+        concept_gallery(images, patches, torch.zeros(2))
+    with pytest.raises(ValueError, match="`ncols` to be a positive"):
+        mosaic(torch.zeros(1, 3, 2, 2), ncols=0)
+    with pytest.raises(ValueError, match="`vmax` to be greater"):
+        score_colors(torch.zeros(1), vmin=1.0, vmax=0.0)
+    with pytest.raises(ValueError, match=r"`coords` to have shape \(P, 2\)"):
+        declutter_grid(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="`grid` to be"):
+        declutter_grid(torch.zeros(3, 2), grid=(0, 2))
+    with pytest.raises(ValueError, match=r"`embeddings` to have shape \(3, D\)"):
+        tsne_grid(torch.zeros(2, 4), images, patches)
+    with pytest.raises(ValueError, match="`scores` to have 3 rows"):
+        tsne_grid(torch.zeros(3, 4), images, patches, scores=torch.zeros(2))
