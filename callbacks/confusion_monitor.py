@@ -12,10 +12,11 @@ Under DDP every rank predicts a shard of the probe set; the counts are a torchme
 needs are gathered by a second ``Metric``, so every rank takes part in the same collectives and the counts equal
 a single process's.
 
-TensorBoard (``confusion/`` tags, all one entry per run): ``matrices`` (a grid of row-normalised matrices, one
-per slice), ``diff`` (change since the previous run, blue = better), scalars ``accuracy/<slice>``
-(classification) or ``iou/<slice>`` (segmentation mean IoU), ``lift/<slice>``, ``accuracy_change/<slice>``, and a
-text table ``failure_ranking``. The ranking of every run is also written to ``ranking.json`` in the run dir.
+TensorBoard (``confusion/`` tags, one entry per run each): ``matrix/<slice>`` (row-normalised matrix of the
+``max_matrix_slices`` worst-ranked slices), ``diff/<slice>`` (change since the previous run, blue = better),
+scalars ``accuracy/<slice>`` (classification) or ``iou/<slice>`` (segmentation mean IoU), ``lift/<slice>`` and
+``accuracy_change/<slice>``, and a text table ``failure_ranking``. Every run's counts and ranking are also
+appended to ``ranking.json`` in the run directory.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class ConfusionMonitor(Monitor):
         top_k: top patches per discovered concept that define its slice.
         min_support: probe images a slice needs for a failure verdict (see :func:`debugger.ranking.rank_failures`).
         ignore_index: target value not counted (segmentation "void").
-        max_matrix_slices: most slices drawn in the ``matrices``/``diff`` figures (worst-ranked first).
+        max_matrix_slices: most slices drawn as ``matrix``/``diff`` images (worst-ranked first).
         **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
 
     Example:
@@ -273,10 +274,11 @@ class ConfusionMonitor(Monitor):
         self.log_scalars(ctx, scalars)
 
         order = [names.index(r.name) for r in ranking][: self.max_matrix_slices]
-        self.log_image(ctx, "matrices", _matrix_figure([names[i] for i in order], counts[order], quality[order], key))
-        if diffs:
-            shown = [names[i] for i in order if names[i] in diffs]
-            self.log_image(ctx, "diff", _matrix_figure(shown, torch.stack([diffs[n] for n in shown]), None, "diff"))
+        classes = self._class_names(num_classes)
+        for i in order:
+            self.log_image(ctx, f"matrix/{names[i]}", _heatmap(counts[i], classes, names[i], key, float(quality[i])))
+            if names[i] in diffs:
+                self.log_image(ctx, f"diff/{names[i]}", _heatmap(diffs[names[i]], classes, names[i], "diff", None))
         table = _ranking_markdown(ranking)
         if ctx.writer is not None:
             ctx.writer.add_text(f"{self.tag_prefix}/failure_ranking", table, global_step=ctx.global_step)
@@ -297,6 +299,14 @@ class ConfusionMonitor(Monitor):
         self._previous = {name: counts[i].detach().cpu() for i, name in enumerate(names)}
         failures = [r.name for r in ranking if r.is_failure]
         return {"slices": len(names), "failures": failures}
+
+    def _class_names(self, num_classes: int) -> list[str] | None:
+        from callbacks._base import _unwrap_dataset
+
+        names = getattr(_unwrap_dataset(self._dataset), "classes", None)
+        if names is not None and len(names) == num_classes:
+            return [str(n) for n in names]
+        return None
 
     @staticmethod
     def _num_classes(ctx: RunContext) -> int:
@@ -328,40 +338,15 @@ def _ranking_markdown(ranking: Sequence[Any]) -> str:
     return "\n".join(rows)
 
 
-def _matrix_figure(names: Sequence[str], mats: Tensor, quality: Tensor | None, kind: str) -> Tensor:
-    """A grid of matrices (row-normalised counts, or differences in [-1, 1]) as a ``(3, H, W)`` image."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+def _heatmap(matrix: Tensor, classes: Sequence[str] | None, name: str, kind: str, quality: float | None) -> Tensor:
+    """One slice's row-normalised confusion matrix, or its change since the previous run, as a ``(3, H, W)`` image."""
     from debugger.confusion import normalize_confusion
+    from debugger.render import confusion_heatmap, figure_to_array
 
-    n = max(1, len(names))
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False, dpi=80)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, name in enumerate(names):
-        ax = axes.flat[i]
-        if kind == "diff":
-            data, cmap, vmin, vmax = mats[i].float().cpu(), "RdBu", -1.0, 1.0
-            title = f"{name} (Δ)"
-        else:
-            data, cmap, vmin, vmax = normalize_confusion(mats[i].cpu(), "true"), "Blues", 0.0, 1.0
-            q = float(quality[i]) if quality is not None else float("nan")
-            title = f"{name}  {kind} {q:.2f}" if not math.isnan(q) else f"{name} (empty)"
-        ax.imshow(np.asarray(data), cmap=cmap, vmin=vmin, vmax=vmax)
-        ax.set_title(title, fontsize=9)
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("predicted", fontsize=7)
-        ax.set_ylabel("true", fontsize=7)
-    fig.tight_layout()
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())  # type: ignore[attr-defined]
-    plt.close(fig)
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+    if kind == "diff":
+        fig = confusion_heatmap(matrix.float().cpu(), classes, title=f"{name}: change since last run", diverging=True)
+    else:
+        support = int(matrix.sum())
+        q = "" if quality is None or math.isnan(quality) else f", {kind} {quality:.2f}"
+        fig = confusion_heatmap(normalize_confusion(matrix.cpu(), "true"), classes, title=f"{name} (n={support}{q})")
+    return figure_to_array(fig).float() / 255.0

@@ -73,8 +73,9 @@ def test_slice_confusion_equals_sklearn_and_lands_in_tensorboard(tmp_path: Any) 
 
     acc = event_accumulator(tmp_path / "run" / "version_0")
     tags = acc.Tags()
-    assert {"confusion/matrices", "confusion/diff"} <= set(tags["images"])
-    assert [e.step for e in acc.Images("confusion/matrices")] == [3, 6]
+    assert {"confusion/matrix/bright", "confusion/matrix/clean", "confusion/diff/stripe"} <= set(tags["images"])
+    assert [e.step for e in acc.Images("confusion/matrix/bright")] == [3, 6]
+    assert [e.step for e in acc.Images("confusion/diff/bright")] == [6]
     expected_scalars = {"confusion/accuracy/all", "confusion/accuracy/bright", "confusion/accuracy_change/clean"}
     assert expected_scalars <= set(tags["scalars"])
     assert "confusion/failure_ranking/text_summary" in tags["tensors"]
