@@ -6,7 +6,9 @@ from debugger.discovery import ConceptDiscovery, concept_precision, dedup_rows, 
 from debugger.structures import Concept, PatchSet
 
 
-def blobs(n_per: int = 40, centers=((0, 0, 0), (12, 0, 0), (0, 12, 0)), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def blobs(
+    n_per: int = 40, centers=((0, 0, 0), (12, 0, 0), (0, 12, 0)), seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     c = torch.tensor(centers, dtype=torch.float32)
     x = torch.cat([torch.randn(n_per, c.shape[1], generator=g) + c[i] for i in range(len(c))])
