@@ -55,6 +55,8 @@ class ConceptReport:
         - overall_confusion: ``(K, K)`` int64 on the whole probe set, or None
         - iou: ``(C, K)`` float, per-class IoU inside each slice (segmentation), or None
         - image_accuracy: ``(N,)`` float, 1/0 per image (classification) or pixel accuracy (segmentation)
+        - ground_truth_precision: ``(C, G)`` float, fraction of each concept's top patches that overlap each
+          ground-truth concept mask (``patches.concept_names``), or None without ground truth
         - diffs: name → ``(C, K, K)`` float, normalized ``second - first`` confusion differences
     """
 
@@ -71,6 +73,7 @@ class ConceptReport:
     overall_confusion: Tensor | None = None
     iou: Tensor | None = None
     image_accuracy: Tensor | None = None
+    ground_truth_precision: Tensor | None = None
     diffs: dict[str, Tensor] = field(default_factory=dict)
     ensembles: dict[str, EnsembleCheck] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +123,7 @@ class ConceptReport:
             "overall_confusion": _maybe(self.overall_confusion),
             "iou": _maybe(self.iou),
             "image_accuracy": _maybe(self.image_accuracy),
+            "ground_truth_precision": _maybe(self.ground_truth_precision),
             "ranking": [_encode_value(row.to_dict()) for row in self.ranking],
             "diffs": {k: encode_tensor(v) for k, v in self.diffs.items()},
             "ensembles": {
@@ -156,6 +160,7 @@ class ConceptReport:
             overall_confusion=_maybe_decode(d.get("overall_confusion")),
             iou=_maybe_decode(d.get("iou")),
             image_accuracy=_maybe_decode(d.get("image_accuracy")),
+            ground_truth_precision=_maybe_decode(d.get("ground_truth_precision")),
             ranking=[ConceptFailure.from_dict(_decode_value(row)) for row in d.get("ranking", [])],
             diffs={k: decode_tensor(v) for k, v in d.get("diffs", {}).items()},
             ensembles={
@@ -231,11 +236,19 @@ class ConceptReport:
         if len(self.ranking) > max_rows:
             lines.append(f"\n… {len(self.ranking) - max_rows} more concepts.")
         accuracy = confusion_accuracy(self.confusion) if self.confusion.numel() else torch.zeros(0)
-        lines += ["", "## Concepts", "", "| id | name | members | coherence | slice accuracy |"]
-        lines.append("|---:|---|---:|---:|---:|")
+        gt = self.ground_truth_precision
+        gt_names = self.patches.concept_names
+        show_gt = gt is not None and gt.numel() > 0 and len(gt_names) == gt.shape[1]
+        header = "| id | name | members | coherence | slice accuracy |"
+        lines += ["", "## Concepts", "", header + (" best ground-truth match (precision@k) |" if show_gt else "")]
+        lines.append("|---:|---|---:|---:|---:|" + ("---|" if show_gt else ""))
         for i, c in enumerate(self.concepts):
             acc = float(accuracy[i]) if i < accuracy.numel() else float("nan")
-            lines.append(f"| {c.id} | {c.name} | {int(c.members.numel())} | {_num(c.coherence)} | {_pct(acc)} |")
+            row = f"| {c.id} | {c.name} | {int(c.members.numel())} | {_num(c.coherence)} | {_pct(acc)} |"
+            if show_gt and gt is not None:
+                j = int(torch.argmax(gt[i]))
+                row += f" {gt_names[j]} ({_pct(float(gt[i, j]))}) |"
+            lines.append(row)
         for name, check in self.ensembles.items():
             lines += ["", f"## Ensemble check `{name}`", ""]
             lines.append("| concept | acc a | acc b | acc ensemble | fixed a | fixed b |")

@@ -44,6 +44,7 @@ def _report(with_masks=True):
         overall_confusion=concept_confusion(preds, target, torch.ones(1, n, dtype=torch.bool), k)[0],
         iou=torch.tensor([[0.5, float("nan"), 1.0, 0.0]] * c),
         image_accuracy=(preds == target).float(),
+        ground_truth_precision=torch.tensor([[0.9, 0.1], [0.2, 0.4], [0.0, 0.0]]),
         diffs={"epoch1->epoch2": confusion_difference(cm, cm.flip(0))},
         ensembles={"a+b": ensemble_check(probs, probs.flip(1), target, membership, k)},
         config={"top_k": 5, "patches": "superpixel", "scales": (1, 2)},
@@ -56,7 +57,8 @@ def test_json_round_trip_loses_nothing():
     text = report.to_json()
     again = ConceptReport.from_json(text)
     assert again.to_json() == text
-    for name in ("membership", "top_patches", "confusion", "overall_confusion", "iou", "image_accuracy"):
+    for name in ("membership", "top_patches", "confusion", "overall_confusion", "iou", "image_accuracy",
+                 "ground_truth_precision"):
         a, b = getattr(report, name), getattr(again, name)
         assert a.dtype == b.dtype and a.shape == b.shape
         assert torch.equal(torch.nan_to_num(a.float(), nan=-7.0), torch.nan_to_num(b.float(), nan=-7.0))
@@ -116,6 +118,7 @@ def test_markdown_summary_lists_ranking_and_concepts():
         assert f"| {c.name} |" in md
     assert "| rank | concept |" in md and "Ensemble check `a+b`" in md and "Difference `epoch1->epoch2`" in md
     assert "Epoch: 3." in md
+    assert "| cluster-0 |" in md and "shadow (90.0%) |" in md and "tint (40.0%) |" in md
 
 
 def test_scores_and_lookup_helpers():

@@ -1,0 +1,429 @@
+"""The end-to-end concept analysis callbacks and the command line call: probe batches in, a ``ConceptReport`` out.
+
+``ConceptAnalysis(model, layer).run(batches)`` chains the engine's steps:
+
+1. :func:`debugger.capture.run_capture` — one forward over the probe batches (contract dicts or ``(x, y)``):
+   predictions and per-sample / per-pixel correctness, images and concept masks kept;
+2. :func:`debugger.patches.extract_patches` — superpixels or multi-scale windows;
+3. :func:`debugger.embed.embed_patches` — patch embeddings at ``layer`` (``"roi"`` or ``"resample"``);
+4. discovery — :mod:`debugger.discovery` (k-means / NMF) or any callable ``(embeddings, patches) -> list[Concept]``;
+5. :func:`debugger.confusion.concept_membership` / :func:`~debugger.confusion.concept_confusion` — every
+   concept's top-``k`` patches → their images (or pixels) → confusion matrix;
+6. :func:`debugger.ranking.rank_failures` — error inside vs outside each slice, failure verdict.
+
+The model is left as it was found: train/eval flags restored, forwards without autograd, ``param.grad``
+untouched. :meth:`ConceptAnalysis.compare` adds a second model (or a later checkpoint) on the same concepts:
+the confusion differences and the ensemble check of seed 000 §7.1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+from debugger.capture import CaptureResult, resolve_layer, run_capture
+from debugger.confusion import (
+    concept_confusion,
+    concept_membership,
+    confusion_difference,
+    confusion_iou,
+    ensemble_check,
+)
+from debugger.ranking import rank_failures
+from debugger.report import ConceptReport
+from debugger.structures import Concept, PatchSet
+
+PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
+Embedding = Literal["roi", "resample"]
+Discoverer = Callable[[Tensor, PatchSet], list[Concept]]
+
+_PATCH_METHODS = ("superpixel", "slic", "quickshift", "window", "windows")
+_EMBEDDINGS = ("roi", "resample")
+
+
+class ConceptAnalysis:
+    """Concept discovery, concept-conditioned confusion and failure ranking at one layer of a model.
+
+    Construction stores configuration only; :meth:`run` does the work and returns a
+    :class:`~debugger.report.ConceptReport`.
+
+    Args:
+        model: the network under analysis (classification logits ``(B, K)`` or segmentation ``(B, K, H, W)``).
+        layer: dotted name of the layer whose activations embed the patches.
+        patches: ``"superpixel"`` (= SLIC), ``"slic"``, ``"quickshift"`` or ``"window"`` (multi-scale windows).
+        embedding: ``"roi"`` (pool from the image's feature map) or ``"resample"`` (the seed's: crop, resize,
+            forward).
+        n_concepts: concepts to find; None lets discovery choose (silhouette).
+        discovery: a :mod:`debugger.discovery` method name (``"kmeans"``, ``"nmf"``), or a callable
+            ``(embeddings, patches) -> list[Concept]`` (e.g. a trained concept extractor's scores).
+        top_k: patches per concept defining its slice (seed 000: 50).
+        min_support: probe images a slice needs for a failure verdict.
+        alpha: significance level of the failure verdict.
+        ignore_index: segmentation target value that is not counted.
+        seed: seeds discovery and the bootstrap.
+        patch_kwargs: passed to :func:`debugger.patches.extract_patches`.
+        embed_kwargs: passed to :func:`debugger.embed.embed_patches`.
+        discovery_kwargs: passed to the discovery function.
+        rank_kwargs: passed to :func:`debugger.ranking.rank_failures`.
+        chunk_size: samples per forward when capturing predictions.
+        min_overlap: a top patch "shows" a ground-truth concept when more than this fraction of its pixels lie
+            in the concept's mask (0: touches it at all); for the report's ground-truth precision.
+
+    Raises:
+        ValueError: for an unknown option or a non-positive ``top_k`` / ``n_concepts``.
+
+    Example:
+        >>> from debugger.structures import Concept
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(4, 2))
+        >>> def by_first_channel(emb, patches):
+        ...     return [Concept(0, "bright", torch.arange(len(patches)), emb[:, 0])]
+        >>> batches = [(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]))]
+        >>> analysis = ConceptAnalysis(net, "1", patches="window", discovery=by_first_channel, top_k=3,
+        ...                            patch_kwargs={"sizes": (4,)})
+        >>> report = analysis.run(batches)
+        >>> report.concept_names, tuple(report.confusion.shape)
+        (['bright'], (1, 2, 2))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        patches: PatchMethod = "superpixel",
+        embedding: Embedding = "roi",
+        n_concepts: int | None = None,
+        discovery: str | Discoverer = "kmeans",
+        top_k: int = 50,
+        min_support: int = 10,
+        alpha: float = 0.05,
+        ignore_index: int | None = None,
+        seed: int = 0,
+        patch_kwargs: dict[str, Any] | None = None,
+        embed_kwargs: dict[str, Any] | None = None,
+        discovery_kwargs: dict[str, Any] | None = None,
+        rank_kwargs: dict[str, Any] | None = None,
+        chunk_size: int = 64,
+        min_overlap: float = 0.0,
+    ) -> None:
+        if patches not in _PATCH_METHODS:
+            raise ValueError(f"Expected `patches` to be one of {_PATCH_METHODS!r}, but got {patches!r}.")
+        if embedding not in _EMBEDDINGS:
+            raise ValueError(f"Expected `embedding` to be one of {_EMBEDDINGS!r}, but got {embedding!r}.")
+        if n_concepts is not None and (not isinstance(n_concepts, int) or n_concepts < 1):
+            raise ValueError(f"Expected `n_concepts` to be None or a positive integer, but got {n_concepts!r}.")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"Expected `top_k` to be a positive integer, but got {top_k!r}.")
+        if not (callable(discovery) or discovery in ("kmeans", "nmf")):
+            raise ValueError(
+                "Expected `discovery` to be 'kmeans', 'nmf' or a callable (embeddings, patches) -> list[Concept], "
+                f"but got {discovery!r}."
+            )
+        self.model = model
+        self.layer = layer
+        self.patches = patches
+        self.embedding = embedding
+        self.n_concepts = n_concepts
+        self.discovery = discovery
+        self.top_k = top_k
+        self.min_support = min_support
+        self.alpha = alpha
+        self.ignore_index = ignore_index
+        self.seed = seed
+        self.patch_kwargs = dict(patch_kwargs or {})
+        self.embed_kwargs = dict(embed_kwargs or {})
+        self.discovery_kwargs = dict(discovery_kwargs or {})
+        self.rank_kwargs = dict(rank_kwargs or {})
+        self.chunk_size = chunk_size
+        self.min_overlap = min_overlap
+
+    def run(
+        self,
+        batches: Iterable[Any],
+        class_names: Sequence[str] | None = None,
+        concept_names: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> ConceptReport:
+        """Analyse the probe batches and return the report.
+
+        Args:
+            batches: contract dict batches or ``(x, y)`` sequences (a DataLoader or a list).
+            class_names: names of the model's classes.
+            concept_names: names of the ground-truth concept masks in the batches (for ``concept_overlap``).
+            meta: free-form values stored in the report (epoch, step, run name).
+
+        Raises:
+            ValueError: for an unknown layer, an empty probe set, malformed batches or a layer whose
+                activations cannot be pooled.
+        """
+        resolve_layer(self.model, self.layer)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        cap = self._capture(batches)
+        timings["capture"] = time.perf_counter() - clock
+        images = cap.images
+        if images is None:  # run_capture was asked to keep them; this would be a bug in capture
+            raise RuntimeError("Expected the capture to keep the probe images, but got none.")
+        num_classes = self._num_classes(cap)
+        segmentation = cap.targets.dim() == 3
+
+        clock = time.perf_counter()
+        names = tuple(concept_names) if concept_names is not None else ()
+        if cap.concept_masks is not None and not names:
+            names = tuple(f"gt-{i}" for i in range(cap.concept_masks.shape[1]))
+        patch_set = self._patches(images, cap.concept_masks, names)
+        timings["patches"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        from debugger.embed import embed_patches
+
+        embeddings = embed_patches(self.model, self.layer, images, patch_set, mode=self.embedding, **self.embed_kwargs)
+        timings["embed"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        concepts = self._discover(embeddings, patch_set)
+        timings["discovery"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        report = self._analyse(cap, patch_set, concepts, num_classes, segmentation)
+        timings["analysis"] = time.perf_counter() - clock
+        report.class_names = tuple(class_names) if class_names is not None else ()
+        report.config = self.config()
+        report.meta = dict(meta or {}, timings=timings, num_patches=len(patch_set),
+                           embedding_dim=int(embeddings.shape[1]))
+        return report
+
+    def compare(self, report: ConceptReport, other: nn.Module, batches: Iterable[Any], name: str = "other",
+                ensemble: bool = True) -> ConceptReport:
+        """Evaluate ``other`` on the same probe batches and the same concept slices as ``report``.
+
+        Adds ``diffs[name]`` (normalized confusion of ``other`` minus this model's, per concept) and, when
+        ``ensemble``, ``ensembles[name]`` (does averaging the two models' softmax probabilities fix each one's
+        errors on the concepts' images?). The batches must be the probe set ``report`` was computed on.
+
+        Raises:
+            ValueError: if the batches do not hold as many images as the report's probe set, or the models
+                disagree in their number of classes.
+        """
+        mine = self._capture(batches, model=self.model, keep_images=False)
+        theirs = self._capture(batches, model=other, keep_images=False)
+        n = int(report.membership.shape[1])
+        if len(mine) != n or len(theirs) != n:
+            raise ValueError(
+                f"Expected the batches to hold the report's {n} probe images, but got {len(mine)}."
+            )
+        if mine.logits is None or theirs.logits is None:
+            raise RuntimeError("Expected the capture to keep the logits, but got none.")
+        if mine.logits.shape != theirs.logits.shape:
+            raise ValueError(
+                f"Expected `other` to output logits of shape {tuple(mine.logits.shape)!r} like the model, "
+                f"but got {tuple(theirs.logits.shape)!r}."
+            )
+        region = self._region(report, mine.targets.dim() == 3)
+        k = report.num_classes
+        cm_other = concept_confusion(theirs.predictions, theirs.targets, region, k, self.ignore_index)
+        cm_mine = concept_confusion(mine.predictions, mine.targets, region, k, self.ignore_index)
+        out = replace(report, diffs=dict(report.diffs), ensembles=dict(report.ensembles))
+        out.diffs[name] = confusion_difference(cm_mine, cm_other)
+        if ensemble:
+            out.ensembles[name] = ensemble_check(
+                mine.logits.float().softmax(1), theirs.logits.float().softmax(1), mine.targets, region, k,
+                self.ignore_index,
+            )
+        return out
+
+    def config(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (stored in every report)."""
+        return {
+            "layer": self.layer,
+            "patches": self.patches,
+            "embedding": self.embedding,
+            "n_concepts": self.n_concepts,
+            "discovery": self.discovery if isinstance(self.discovery, str) else getattr(
+                self.discovery, "__name__", type(self.discovery).__name__
+            ),
+            "top_k": self.top_k,
+            "min_overlap": self.min_overlap,
+            "min_support": self.min_support,
+            "alpha": self.alpha,
+            "ignore_index": self.ignore_index,
+            "seed": self.seed,
+            "patch_kwargs": _jsonable(self.patch_kwargs),
+            "embed_kwargs": _jsonable(self.embed_kwargs),
+            "discovery_kwargs": _jsonable(self.discovery_kwargs),
+            "rank_kwargs": _jsonable(self.rank_kwargs),
+        }
+
+    # -- steps -------------------------------------------------------------------------------------------
+
+    def _capture(self, batches: Iterable[Any], model: nn.Module | None = None, keep_images: bool = True
+                 ) -> CaptureResult:
+        model = self.model if model is None else model
+        return run_capture(
+            model,
+            self.layer if model is self.model else _any_layer(model, self.layer),
+            batches,
+            reduce="mean",
+            dtype=torch.float16,
+            chunk_size=self.chunk_size,
+            keep_logits=True,
+            keep_images=keep_images,
+        )
+
+    @staticmethod
+    def _num_classes(cap: CaptureResult) -> int:
+        logits = cap.logits
+        if logits is None or logits.dim() < 2 or logits.shape[1] < 2:
+            shape = None if logits is None else tuple(logits.shape)
+            raise ValueError(
+                f"Expected the model to output class scores of shape (B, K) or (B, K, H, W) with K >= 2, "
+                f"but got {shape!r}."
+            )
+        return int(logits.shape[1])
+
+    def _patches(self, images: Tensor, concept_masks: Tensor | None, names: tuple[str, ...]) -> PatchSet:
+        from debugger.patches import extract_patches
+
+        method = {"superpixel": "slic", "window": "windows"}.get(self.patches, self.patches)
+        return extract_patches(images, method, concept_masks=concept_masks, concept_names=names,  # type: ignore[arg-type]
+                               **self.patch_kwargs)
+
+    def _discover(self, embeddings: Tensor, patches: PatchSet) -> list[Concept]:
+        if callable(self.discovery):
+            concepts = list(self.discovery(embeddings, patches))
+        else:
+            from debugger import discovery as disc
+
+            kwargs: dict[str, Any] = {"image_index": patches.image_index}
+            kwargs.update(self.discovery_kwargs)
+            concepts = disc.discover_concepts(
+                embeddings, method=cast(Literal["kmeans", "nmf"], self.discovery), n_concepts=self.n_concepts,
+                seed=self.seed, **kwargs,
+            )
+        if not concepts:
+            raise ValueError("Expected discovery to return at least one concept, but got none.")
+        for c in concepts:
+            if c.scores.shape != (len(patches),):
+                raise ValueError(
+                    f"Expected every concept to score all {len(patches)} patches, but got scores of shape "
+                    f"{tuple(c.scores.shape)!r} for {c.name!r}."
+                )
+        return concepts
+
+    def _analyse(self, cap: CaptureResult, patches: PatchSet, concepts: list[Concept], num_classes: int,
+                 segmentation: bool) -> ConceptReport:
+        scores = torch.stack([torch.nan_to_num(c.scores.float(), nan=-torch.inf) for c in concepts])
+        n = len(cap)
+        k = min(self.top_k, len(patches))
+        top = torch.topk(scores, k, dim=1).indices
+        membership = concept_membership(scores, patches.image_index, n, self.top_k)
+        valid = None if self.ignore_index is None else cap.targets != self.ignore_index
+        region = membership
+        if segmentation:
+            region = concept_membership(scores, patches.image_index, n, self.top_k, masks=_masks(patches, cap))
+        confusion = concept_confusion(cap.predictions, cap.targets, region, num_classes, self.ignore_index)
+        everything = torch.ones(1, n, dtype=torch.bool)
+        overall = concept_confusion(cap.predictions, cap.targets, everything, num_classes, self.ignore_index)[0]
+        rank_kwargs: dict[str, Any] = {"min_support": self.min_support, "alpha": self.alpha,
+                       "generator": torch.Generator().manual_seed(self.seed)}
+        rank_kwargs.update(self.rank_kwargs)
+        ranking = rank_failures(~cap.correct, region, names=[c.name for c in concepts], ids=[c.id for c in concepts],
+                                valid=valid, **rank_kwargs)
+        correct = cap.correct.float()
+        if segmentation:
+            v = valid.float() if valid is not None else torch.ones_like(correct)
+            image_accuracy = (correct * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1)
+        else:
+            image_accuracy = correct
+        return ConceptReport(
+            task="segmentation" if segmentation else "classification",
+            layer=self.layer,
+            num_classes=num_classes,
+            concepts=concepts,
+            patches=patches,
+            membership=membership,
+            top_patches=top,
+            confusion=confusion,
+            ranking=ranking,
+            overall_confusion=overall,
+            iou=confusion_iou(confusion) if segmentation else None,
+            image_accuracy=image_accuracy,
+            ground_truth_precision=ground_truth_precision(patches, top, self.min_overlap),
+        )
+
+    def _region(self, report: ConceptReport, segmentation: bool) -> Tensor:
+        if not segmentation:
+            return report.membership
+        n = int(report.membership.shape[1])
+        masks = report.patches.masks
+        if masks is None:
+            from debugger.patches import patch_masks
+
+            masks = patch_masks(report.patches, _image_size(report.patches))
+        scores = torch.stack([torch.nan_to_num(c.scores.float(), nan=-torch.inf) for c in report.concepts])
+        return concept_membership(scores, report.patches.image_index, n, self.top_k, masks=masks)
+
+
+def ground_truth_precision(patches: PatchSet, top: Tensor, min_overlap: float = 0.0) -> Tensor | None:
+    """Fraction of every concept's top patches that show each ground-truth concept (None without ground truth).
+
+    Shape:
+        - top: ``(C, k)`` patch indices
+        - output: ``(C, G)`` float, ``G`` = ground-truth concepts of ``patches.concept_overlap``
+
+    Example:
+        >>> ps = PatchSet(torch.zeros(3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long),
+        ...               concept_overlap=torch.tensor([[0.9], [0.0], [0.2]]))
+        >>> ground_truth_precision(ps, torch.tensor([[0, 2], [1, 2]]))
+        tensor([[1.0000],
+                [0.5000]])
+    """
+    if patches.concept_overlap is None:
+        return None
+    hits = patches.concept_overlap > min_overlap  # (P, G)
+    return hits[top].float().mean(1)
+
+
+def _masks(patches: PatchSet, cap: CaptureResult) -> Tensor:
+    if patches.masks is not None:
+        return patches.masks
+    from debugger.patches import patch_masks
+
+    return patch_masks(patches, tuple(cap.targets.shape[1:]))  # type: ignore[arg-type]
+
+
+def _image_size(patches: PatchSet) -> tuple[int, int]:
+    return int(patches.boxes[:, 3].max()), int(patches.boxes[:, 2].max())
+
+
+def _any_layer(model: nn.Module, preferred: str) -> str:
+    """A layer that runs in ``model``'s forward, to capture predictions: ``preferred`` or the first leaf with weights.
+
+    (The last registered module is no good: LightningModules often end with metrics that never run in forward.)
+    """
+    modules = dict(model.named_modules())
+    if preferred in modules and preferred:
+        return preferred
+    for name, m in modules.items():
+        if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False)):
+            return name
+    raise ValueError(
+        f"Expected `other` to have a submodule with parameters to observe, but got {type(model).__name__}."
+    )
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if isinstance(v, bool | int | float | str | list | dict) or v is None or isinstance(v, Tensor):
+            out[k] = v
+        else:
+            out[k] = repr(v)
+    return out

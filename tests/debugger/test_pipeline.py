@@ -1,0 +1,234 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from debugger.confusion import concept_confusion
+from debugger.pipeline import ConceptAnalysis, ground_truth_precision
+from debugger.report import ConceptReport
+from debugger.structures import Concept
+
+
+class DarknessNet(nn.Module):
+    """Hand-set weights: channel 0 of ``features`` is darkness (1 - mean intensity), channel 1 brightness.
+
+    Predicts class 1 when any pixel is dark, class 0 otherwise — so it fails on every shadowed image of class 0.
+    """
+
+    def __init__(self, segmentation: bool = False) -> None:
+        super().__init__()
+        self.segmentation = segmentation
+        self.features = nn.Conv2d(3, 2, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([[-1 / 3] * 3, [1 / 3] * 3]).view(2, 3, 1, 1))
+            self.features.bias.copy_(torch.tensor([1.0, 0.0]))
+            self.fc.weight.copy_(torch.tensor([[-10.0, 0.0], [10.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([6.0, -6.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.relu(self.features(x))
+        if self.segmentation:  # per-pixel logits from the same rule
+            return torch.einsum("kd,bdhw->bkhw", self.fc.weight, f) + self.fc.bias.view(1, -1, 1, 1)
+        return self.fc(self.pool(f).flatten(1))
+
+
+def _shadow_batches(n=40, seed=0, segmentation=False):
+    """Bright textured 16x16 images; half have a dark 8x8 'shadow' in a random quadrant (exact concept mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = 0.7 + 0.3 * torch.rand(n, 3, 16, 16, generator=gen)
+    masks = torch.zeros(n, 1, 16, 16, dtype=torch.bool)
+    for i in range(0, n, 2):
+        q = int(torch.randint(0, 4, (1,), generator=gen))
+        y, x = 8 * (q // 2), 8 * (q % 2)
+        images[i, :, y : y + 8, x : x + 8] = 0.1 * torch.rand(3, 8, 8, generator=gen)
+        masks[i, 0, y : y + 8, x : x + 8] = True
+    if segmentation:
+        target = torch.zeros(n, 16, 16, dtype=torch.long)
+    else:
+        target = torch.zeros(n, dtype=torch.long)
+        target[1::10] = 1  # a few errors outside the shadow slice too
+    half = n // 2
+    return [
+        {"image": images[s], "target": target[s], "concept_masks": masks[s]}
+        for s in (slice(0, half), slice(half, n))
+    ]
+
+
+WINDOWS = {"sizes": (8,), "strides": (8,)}
+
+
+def _kmeans_by_sklearn(embeddings, patches):
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=2, n_init=4, random_state=0).fit(embeddings.numpy())
+    dist = torch.from_numpy(km.transform(embeddings.numpy())).float()
+    labels = torch.from_numpy(km.labels_).long()
+    return [Concept(i, f"cluster-{i}", (labels == i).nonzero().squeeze(1), -dist[:, i]) for i in range(2)]
+
+
+def test_planted_failure_concept_ranks_first_with_a_pluggable_discovery():
+    model = DarknessNet()
+    analysis = ConceptAnalysis(model, "relu", patches="window", embedding="roi", discovery=_kmeans_by_sklearn,
+                               top_k=20, min_support=5, patch_kwargs=WINDOWS)
+    report = analysis.run(_shadow_batches(), concept_names=["shadow"], meta={"epoch": 2})
+    top = report.ranking[0]
+    assert top.is_failure and top.error_in == 1.0 and top.support == 20
+    idx = [c.id for c in report.concepts].index(top.concept)
+    assert report.ground_truth_precision[idx, 0] >= 0.8
+    assert not report.ranking[1].is_failure
+    assert report.meta["epoch"] == 2 and report.meta["num_patches"] == 160
+    assert report.config["discovery"] == "_kmeans_by_sklearn"
+    assert ConceptReport.from_json(report.to_json()).to_json() == report.to_json()
+
+
+@pytest.mark.parametrize("embedding", ["roi", "resample"])
+def test_planted_failure_found_with_the_built_in_discovery(embedding):
+    pytest.importorskip("debugger.discovery")
+    analysis = ConceptAnalysis(DarknessNet(), "relu", patches="window", embedding=embedding, n_concepts=2,
+                               top_k=20, min_support=5, patch_kwargs=WINDOWS)
+    report = analysis.run(_shadow_batches(), concept_names=["shadow"])
+    top = report.ranking[0]
+    idx = [c.id for c in report.concepts].index(top.concept)
+    assert top.is_failure and report.ground_truth_precision[idx, 0] >= 0.8
+
+
+def test_confusion_in_the_report_is_on_the_top_patches_source_images():
+    batches = _shadow_batches()
+    report = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_kmeans_by_sklearn, top_k=20,
+                             patch_kwargs=WINDOWS).run(batches)
+    image_index = report.patches.image_index
+    target = torch.cat([b["target"] for b in batches])
+    preds = DarknessNet()(torch.cat([b["image"] for b in batches])).argmax(1)
+    for i, c in enumerate(report.concepts):
+        images = image_index[torch.topk(c.scores, 20).indices].unique()
+        assert report.membership[i].nonzero().squeeze(1).tolist() == images.tolist()
+        sel = torch.zeros(40, dtype=torch.bool)
+        sel[images] = True
+        assert torch.equal(report.confusion[i], concept_confusion(preds, target, sel.unsqueeze(0), 2)[0])
+    assert report.overall_confusion.sum() == 40
+    torch.testing.assert_close(report.image_accuracy, (preds == target).float())
+
+
+def test_segmentation_counts_pixels_inside_the_top_patches():
+    batches = _shadow_batches(segmentation=True)
+    report = ConceptAnalysis(DarknessNet(segmentation=True), "relu", patches="window", discovery=_kmeans_by_sklearn,
+                             top_k=20, min_support=5, patch_kwargs=WINDOWS).run(batches, concept_names=["shadow"])
+    assert report.task == "segmentation" and report.iou.shape == (2, 2)
+    # 20 top windows of 8x8 pixels per concept, from distinct images or not, never more pixels than that
+    assert (report.confusion.sum((1, 2)) <= 20 * 64).all()
+    top = report.ranking[0]
+    assert top.test == "bootstrap" and top.is_failure
+    idx = [c.id for c in report.concepts].index(top.concept)
+    assert report.ground_truth_precision[idx, 0] >= 0.8
+    assert report.confusion[idx, 0, 1] == 20 * 64  # every shadow pixel of class 0 predicted as 1
+
+
+def test_analysis_does_not_disturb_the_model():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model must stay frozen
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    grads = [p.grad.clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    for embedding in ("roi", "resample"):
+        ConceptAnalysis(model, "2", patches="window", embedding=embedding, discovery=_kmeans_by_sklearn, top_k=5,
+                        patch_kwargs=WINDOWS).run(_shadow_batches(n=8))
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_compare_adds_differences_and_the_ensemble_check():
+    batches = _shadow_batches()
+    analysis = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_kmeans_by_sklearn, top_k=20,
+                               patch_kwargs=WINDOWS)
+    report = analysis.run(batches)
+    same = analysis.compare(report, DarknessNet(), batches, name="twin")
+    assert torch.equal(same.diffs["twin"], torch.zeros(2, 2, 2))
+    assert same.ensembles["twin"].fixed_a.sum() == 0 and not report.diffs  # the input report is not modified
+
+    class AlwaysZero(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(1, 2)
+
+        def forward(self, x):
+            return torch.tensor([[5.0, -5.0]]) + 0 * self.fc(x.mean((1, 2, 3)).unsqueeze(1))
+
+    other = analysis.compare(report, AlwaysZero(), batches, name="constant")
+    idx = [c.id for c in report.concepts].index(report.ranking[0].concept)
+    # on the shadow slice (all class 0, all wrong) the constant model is right: +1 on the (0, 0) cell
+    assert other.diffs["constant"][idx, 0, 0] == pytest.approx(1.0)
+    check = other.ensembles["constant"]
+    assert check.accuracy_a[idx] == 0.0 and check.accuracy_b[idx] == 1.0
+    assert not math.isnan(float(check.accuracy_ensemble[idx]))
+
+
+def test_ground_truth_precision_without_ground_truth_is_none():
+    from debugger.structures import PatchSet
+
+    ps = PatchSet(torch.zeros(2, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))
+    assert ground_truth_precision(ps, torch.tensor([[0, 1]])) is None
+
+
+class Unpoolable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.flat = nn.Flatten(2)  # (B, D, h*w): neither a feature map nor a vector
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.conv(x)).mean(2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"patches": "grid"}, "`patches` to be one of"),
+        ({"embedding": "pool"}, "`embedding` to be one of"),
+        ({"n_concepts": 0}, "`n_concepts` to be None or a positive"),
+        ({"top_k": 0}, "`top_k` to be a positive"),
+        ({"discovery": "spectral"}, "`discovery` to be 'kmeans', 'nmf' or a callable"),
+    ],
+)
+def test_constructor_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConceptAnalysis(DarknessNet(), "relu", **kwargs)
+
+
+def test_run_errors():
+    batches = _shadow_batches(n=8)
+    with pytest.raises(ValueError, match=r"Nearest valid names: \['relu'"):
+        ConceptAnalysis(DarknessNet(), "reluu", discovery=_kmeans_by_sklearn).run(batches)
+    with pytest.raises(ValueError, match="at least one sample"):
+        ConceptAnalysis(DarknessNet(), "relu", discovery=_kmeans_by_sklearn).run([])
+    with pytest.raises(ValueError, match="`targets` to have batch size"):
+        ConceptAnalysis(DarknessNet(), "relu", discovery=_kmeans_by_sklearn).run(
+            [(torch.rand(4, 3, 16, 16), torch.zeros(3, dtype=torch.long))]
+        )
+    with pytest.raises(ValueError, match="to be poolable"):
+        ConceptAnalysis(Unpoolable(), "flat", patches="window", embedding="resample", discovery=_kmeans_by_sklearn,
+                        patch_kwargs=WINDOWS).run(batches)
+    with pytest.raises(ValueError, match="spatial feature map"):
+        ConceptAnalysis(DarknessNet(), "fc", patches="window", embedding="roi", discovery=_kmeans_by_sklearn,
+                        patch_kwargs=WINDOWS).run(batches)
+    with pytest.raises(ValueError, match="at least one concept"):
+        ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=lambda e, p: [],
+                        patch_kwargs=WINDOWS).run(batches)
+    with pytest.raises(ValueError, match="to score all 32 patches"):
+        ConceptAnalysis(DarknessNet(), "relu", patches="window", patch_kwargs=WINDOWS,
+                        discovery=lambda e, p: [Concept(0, "x", torch.tensor([0]), torch.zeros(3))]).run(batches)
+    analysis = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_kmeans_by_sklearn,
+                               patch_kwargs=WINDOWS)
+    report = analysis.run(batches)
+    with pytest.raises(ValueError, match="the report's 8 probe images"):
+        analysis.compare(report, DarknessNet(), _shadow_batches(n=4))
