@@ -98,7 +98,7 @@ class SyntheticShadow(ImageOnlyTransform):
         self.softness = AP.check_range("softness", softness, 0.0, 1.0)
         self.vertices = AP.check_positive_int("vertices", vertices, 3)
         self.blobs = AP.check_positive_int("blobs", blobs, 1)
-        self.floor = tuple(float(v) for v in floor) if isinstance(floor, Sequence) else float(floor)
+        self.floor = AP.check_value("floor", floor)
         self.object_key = object_key
 
     @property
@@ -157,7 +157,7 @@ class _Occluder(ImageOnlyTransform):
         if not isinstance(blur_sigma, int | float) or blur_sigma <= 0:
             raise ValueError(f"Expected `blur_sigma` to be a positive number, but got {blur_sigma!r}.")
         self.fill = fill
-        self.value = tuple(float(v) for v in value) if isinstance(value, Sequence) else float(value)
+        self.value = AP.check_value("value", value)
         self.noise_std = float(noise_std)
         self.blur_sigma = float(blur_sigma)
 

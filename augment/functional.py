@@ -39,6 +39,16 @@ def _grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> 
     return xs, ys
 
 
+def _per_channel(name: str, value: Tensor | float | tuple[float, ...], images: Tensor) -> Tensor:
+    v = torch.as_tensor(value, dtype=images.dtype, device=images.device)
+    if v.dim() == 0:
+        return v
+    if v.dim() != 1 or v.shape[0] != images.shape[1]:
+        raise ValueError(f"Expected `{name}` to be a number or {images.shape[1]} numbers (one per channel), "
+                         f"but got {tuple(v.shape)} values.")
+    return v.view(1, -1, 1, 1)
+
+
 def soft_edge(signed_distance: Tensor, softness: Tensor) -> Tensor:
     """Gaussian-blurred indicator of ``signed_distance >= 0``.
 
@@ -179,13 +189,14 @@ def darken(
         - floor: scalar or ``(C,)``
         - output: like ``images``
 
+    Raises:
+        ValueError: if ``floor`` has neither one nor ``C`` entries.
+
     Example:
         >>> darken(torch.ones(1, 1, 1, 2), torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([0.5]))
         tensor([[[[1.0000, 0.5000]]]])
     """
-    floor_t = torch.as_tensor(floor, dtype=images.dtype, device=images.device)
-    if floor_t.dim() == 1:
-        floor_t = floor_t.view(1, -1, 1, 1)
+    floor_t = _per_channel("floor", floor, images)
     weight = region.to(images.dtype) * intensity.to(images.dtype).view(-1, 1, 1, 1)
     return images - weight * (images - floor_t)
 
@@ -287,15 +298,14 @@ def occlude(
         - output: like ``images``
 
     Raises:
-        ValueError: if ``fill`` is unknown, or ``noise`` is asked for without ``noise_seeds``.
+        ValueError: if ``fill`` is unknown, ``noise`` is asked for without ``noise_seeds``, or ``value`` has
+            neither one nor ``C`` entries.
 
     Example:
         >>> occlude(torch.ones(1, 1, 1, 2), torch.tensor([[[[1.0, 0.0]]]]))
         tensor([[[[0., 1.]]]])
     """
-    value_t = torch.as_tensor(value, dtype=images.dtype, device=images.device)
-    if value_t.dim() == 1:
-        value_t = value_t.view(1, -1, 1, 1)
+    value_t = _per_channel("value", value, images)
     if fill == "mean":
         filler: Tensor = value_t.expand_as(images)
     elif fill == "noise":

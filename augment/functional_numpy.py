@@ -67,11 +67,19 @@ def shadow_region(kind: str, geometry: np.ndarray, softness: float, height: int,
     return soft_edge(signed, softness)
 
 
+def _per_channel(name: str, value: float | tuple[float, ...], channels: int) -> np.ndarray:
+    v = np.asarray(value, dtype=np.float64)
+    if v.ndim != 0 and v.shape != (channels,):
+        raise ValueError(f"Expected `{name}` to be a number or {channels} numbers (one per channel), "
+                         f"but got {v.shape} values.")
+    return v
+
+
 def darken(image: np.ndarray, region: np.ndarray, intensity: float, floor: float | tuple[float, ...] = 0.0
            ) -> np.ndarray:
     """``x - intensity · region · (x - floor)`` on a float ``(H, W, C)`` image."""
     weight = (region * intensity)[..., None]
-    return image - weight * (image - np.asarray(floor, dtype=np.float64))
+    return image - weight * (image - _per_channel("floor", floor, image.shape[-1]))
 
 
 def boxes_region(boxes: np.ndarray, valid: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -96,10 +104,10 @@ def occlude(image: np.ndarray, region: np.ndarray, fill: str = "mean", value: fl
     :func:`augment.functional.occlude`).
 
     Raises:
-        ValueError: if ``fill`` is unknown.
+        ValueError: if ``fill`` is unknown or ``value`` has neither one nor ``C`` entries.
     """
     h, w, c = image.shape
-    v = np.asarray(value, dtype=np.float64)
+    v = _per_channel("value", value, c)
     if fill == "mean":
         filler = np.broadcast_to(v, image.shape)
     elif fill == "noise":

@@ -42,15 +42,6 @@ def _check_fill(fill: str) -> str:
     return fill
 
 
-def _as_value(name: str, value: float | Sequence[float]) -> float | tuple[float, ...]:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except TypeError:
-        raise ValueError(f"Expected `{name}` to be a number or one number per channel, but got {value!r}.") from None
-
-
 class _Augmentation(nn.Module):
     def __init__(self, p: float, seed: int | None) -> None:
         super().__init__()
@@ -152,7 +143,7 @@ class SyntheticShadow(_Augmentation):
         self.softness = AP.check_range("softness", softness, 0.0, 1.0)
         self.vertices = AP.check_positive_int("vertices", vertices, 3)
         self.blobs = AP.check_positive_int("blobs", blobs, 1)
-        self.floor = _as_value("floor", floor)
+        self.floor = AP.check_value("floor", floor)
 
     def sample(  # type: ignore[override]
         self,
@@ -204,7 +195,7 @@ class _Occluder(_Augmentation):
                  blur_sigma: float, seed: int | None) -> None:
         super().__init__(p, seed)
         self.fill = _check_fill(fill)
-        self.value = _as_value("value", value)
+        self.value = AP.check_value("value", value)
         if not isinstance(noise_std, int | float) or noise_std < 0:
             raise ValueError(f"Expected `noise_std` to be a non-negative number, but got {noise_std!r}.")
         if not isinstance(blur_sigma, int | float) or blur_sigma <= 0:

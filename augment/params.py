@@ -61,6 +61,22 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     return value
 
 
+def check_value(name: str, value: float | Sequence[float]) -> float | tuple[float, ...]:
+    """Return a fill / floor value as a float or a tuple of floats (one per channel).
+
+    Raises:
+        ValueError: if ``value`` is neither a number nor a sequence of numbers.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValueError(f"Expected `{name}` to be a number or one number per channel, but got {value!r}.")
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected `{name}` to be a number or one number per channel, but got {value!r}.") from None
+
+
 def check_generator(generator: Any) -> torch.Generator:
     """Return ``generator`` if it is a CPU ``torch.Generator``.
 
