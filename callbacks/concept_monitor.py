@@ -1,0 +1,374 @@
+"""ConceptMonitor: concept discovery on a fixed probe set while the model trains, seen in TensorBoard.
+
+Each run is one :class:`debugger.pipeline.ConceptAnalysis` over the probe set (patches → embeddings at
+``layer`` → k-means/NMF concepts → concept-conditioned confusion → failure ranking), logged as:
+
+- ``concepts/gallery/rank_01`` … ``rank_<max_galleries>``: the top patches of the concept ranked 1st, 2nd, …
+  as a failure (borders blue = the model is right on the patch's image, red = wrong). Concepts are re-discovered
+  every run, so a tag follows a *rank*, not a cluster id; the ``concepts/summary`` text (the report's
+  markdown) says which concept holds each rank. One image per tag per run keeps the step slider meaningful
+  within TensorBoard's 10-images-per-tag default.
+- ``concepts/grid``: the de-cluttered patch grid of seed 000 §5.1 (a 2-D layout of patch embeddings, one
+  patch per cell, hidden when the grid is full), borders by correctness.
+- the projector (``concepts/patches``): patch embeddings with thumbnails and metadata (concept, correct,
+  class, image, dominant ground-truth concept), subsampled to ``max_projector_points`` (≤ 10,000, the
+  projector's own limit) with thumbnails shrunk so the sprite stays ≤ 8192 px a side.
+- scalars: number of concepts and failure concepts, the top failure's lift and slice accuracy.
+- the concept store: every run's :class:`~debugger.report.ConceptReport` as JSON in
+  ``<run dir>/conceptfix/concepts/reports/`` plus ``latest.json`` (written atomically), for
+  :class:`~callbacks.failure_driven_augmentation.FailureDrivenAugmentation`, ``conceptfix diagnose`` and people.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
+
+Layout = Literal["pca", "tsne"]
+PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
+SPRITE_LIMIT = 8192  # px per side the TensorBoard projector can load
+PROJECTOR_LIMIT = 10_000  # points the projector shows before it subsamples on its own
+
+
+def sprite_thumbnail_size(num_points: int, wanted: int, limit: int = SPRITE_LIMIT) -> int:
+    """Thumbnail side so a square sprite of ``num_points`` thumbnails stays within ``limit`` px.
+
+    Example:
+        >>> sprite_thumbnail_size(10_000, 32), sprite_thumbnail_size(10_000, 128)
+        (32, 81)
+    """
+    if num_points < 1 or wanted < 1:
+        raise ValueError(f"Expected positive `num_points` and `wanted`, but got {num_points!r} and {wanted!r}.")
+    per_side = math.ceil(math.sqrt(num_points))
+    return max(1, min(wanted, limit // per_side))
+
+
+def pca_layout(embeddings: Tensor) -> Tensor:
+    """First two principal components of the embeddings (a cheap layout for the de-cluttered grid).
+
+    Shape:
+        - embeddings: ``(P, D)``; output: ``(P, 2)``
+    """
+    x = embeddings.detach().double()
+    x = x - x.mean(0, keepdim=True)
+    if x.shape[0] < 2 or x.shape[1] < 2:
+        return torch.zeros(x.shape[0], 2, dtype=torch.float32)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return (x @ v[:2].T).float()
+
+
+def select_points(num_points: int, limit: int, seed: int) -> Tensor:
+    """Indices of at most ``limit`` points, a seeded uniform subsample in ascending order."""
+    if num_points <= limit:
+        return torch.arange(num_points)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_points, generator=g)[:limit].sort().values
+
+
+class ConceptMonitor(Monitor):
+    """Discovers concepts on the probe set at a layer and logs galleries, the patch grid, the projector and reports.
+
+    Args:
+        layer: dotted module name whose activations embed the patches.
+        patches: patch method of :class:`~debugger.pipeline.ConceptAnalysis` (superpixels by default).
+        embedding: ``"roi"`` (one forward per image) or ``"resample"`` (one per patch, the seed's).
+        n_concepts: concepts per run; None lets discovery choose by silhouette.
+        discovery: ``"kmeans"`` or ``"nmf"``.
+        top_k: patches per concept that define its slice.
+        min_support: probe images a slice needs for a failure verdict.
+        max_galleries: gallery tags (one per failure rank).
+        gallery_size: patches per gallery.
+        grid: ``(rows, cols)`` of the de-cluttered patch grid; None skips it.
+        grid_layout: ``"pca"`` (fast) or ``"tsne"`` (the seed's; seconds per thousand patches on a CPU).
+        grid_points: most patches laid out on the grid (a seeded subsample).
+        projector: write patch embeddings for TensorBoard's projector.
+        max_projector_points: most projector points (at most 10,000).
+        thumbnail_size: wanted projector thumbnail side (shrunk to keep the sprite ≤ 8192 px).
+        analysis_kwargs: further :class:`~debugger.pipeline.ConceptAnalysis` options (``patch_kwargs`` …).
+        **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
+
+    Example:
+        >>> ConceptMonitor("layer2", every_n_epochs=2).tag_prefix
+        'concepts'
+    """
+
+    tag_root = "concepts"
+
+    def __init__(
+        self,
+        layer: str,
+        patches: PatchMethod = "superpixel",
+        embedding: Literal["roi", "resample"] = "roi",
+        n_concepts: int | None = None,
+        discovery: Literal["kmeans", "nmf"] = "kmeans",
+        top_k: int = 50,
+        min_support: int = 5,
+        max_galleries: int = 6,
+        gallery_size: int = 16,
+        grid: tuple[int, int] | None = (16, 16),
+        grid_layout: Layout = "pca",
+        grid_points: int = 1024,
+        projector: bool = True,
+        max_projector_points: int = 2000,
+        thumbnail_size: int = 32,
+        analysis_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(layer, str) or not layer:
+            raise ValueError(f"Expected `layer` to be a dotted module name, but got {layer!r}.")
+        for name, value in (("max_galleries", max_galleries), ("gallery_size", gallery_size),
+                            ("grid_points", grid_points), ("thumbnail_size", thumbnail_size)):
+            if not isinstance(value, int) or value < (0 if name == "max_galleries" else 1):
+                raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+        if not isinstance(max_projector_points, int) or not 1 <= max_projector_points <= PROJECTOR_LIMIT:
+            raise ValueError(
+                f"Expected `max_projector_points` to be in [1, {PROJECTOR_LIMIT}], but got {max_projector_points!r}."
+            )
+        if grid is not None and (len(grid) != 2 or min(grid) < 1):
+            raise ValueError(f"Expected `grid` to be None or (rows, cols) of positive integers, but got {grid!r}.")
+        if grid_layout not in ("pca", "tsne"):
+            raise ValueError(f"Expected `grid_layout` to be one of ('pca', 'tsne'), but got {grid_layout!r}.")
+        self.layer = layer
+        self.patches = patches
+        self.embedding = embedding
+        self.n_concepts = n_concepts
+        self.discovery = discovery
+        self.top_k = top_k
+        self.min_support = min_support
+        self.max_galleries = max_galleries
+        self.gallery_size = gallery_size
+        self.grid = grid
+        self.grid_layout = grid_layout
+        self.grid_points = grid_points
+        self.projector = projector
+        self.max_projector_points = max_projector_points
+        self.thumbnail_size = thumbnail_size
+        self.analysis_kwargs = dict(analysis_kwargs or {})
+        self.latest_report: Any | None = None  # ConceptReport of the last run
+        self.latest_probe_indices: list[int] = []  # dataset indices of the report's probe images, in order
+        self.latest_report_path: str | None = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        from debugger.capture import resolve_layer
+
+        resolve_layer(pl_module, self.layer)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"latest_report_path": self.latest_report_path, "latest_probe_indices": self.latest_probe_indices}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.latest_report_path = state.get("latest_report_path")
+        self.latest_probe_indices = [int(i) for i in state.get("latest_probe_indices", [])]
+        self.latest_report = None
+        if self.latest_report_path:
+            from pathlib import Path
+
+            from debugger.report import ConceptReport
+
+            if Path(self.latest_report_path).exists():
+                self.latest_report = ConceptReport.load(self.latest_report_path)
+
+    def make_analysis(self, model: Any) -> Any:
+        """The :class:`~debugger.pipeline.ConceptAnalysis` this monitor runs (configuration only)."""
+        from debugger.pipeline import ConceptAnalysis
+
+        opts: dict[str, Any] = {
+            "patches": self.patches,
+            "embedding": self.embedding,
+            "n_concepts": self.n_concepts,
+            "discovery": self.discovery,
+            "top_k": self.top_k,
+            "min_support": self.min_support,
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+        }
+        opts.update(self.analysis_kwargs)
+        return ConceptAnalysis(model, self.layer, **opts)
+
+    def analyse(self, ctx: RunContext) -> dict[str, Any]:
+        from debugger.embed import embed_patches
+
+        probe = ctx.probe
+        analysis = self.make_analysis(ctx.pl_module)
+        report = analysis.run(
+            _probe_batches(probe, self.chunk_size),
+            class_names=self._class_names(),
+            concept_names=probe.concept_names or None,
+            meta={"epoch": ctx.epoch, "global_step": ctx.global_step, "probe_indices": list(probe.indices)},
+        )
+        summary: dict[str, Any] = {
+            "concepts": len(report.concepts),
+            "failures": [f.name for f in report.failures],
+        }
+        self._store(ctx, report)
+        self.latest_report = report
+        self.latest_probe_indices = list(probe.indices)
+
+        scalars = {"count": float(len(report.concepts)), "failures": float(len(report.failures))}
+        if report.ranking:
+            top = report.ranking[0]
+            if math.isfinite(top.lift):
+                scalars["top/lift"] = top.lift
+            scalars["top/error_in"] = top.error_in
+        self.log_scalars(ctx, scalars)
+        if ctx.writer is not None:
+            ctx.writer.add_text(f"{self.tag_prefix}/summary", report.to_markdown(), global_step=ctx.global_step)
+
+        images = to_display(probe.batch.images).cpu()
+        patch_correct = _patch_correctness(report)
+        self._galleries(ctx, report, images, patch_correct)
+        need_embeddings = self.grid is not None or (self.projector and ctx.writer is not None)
+        if need_embeddings and not ctx.out_of_time():
+            embeddings = embed_patches(
+                ctx.pl_module, self.layer, probe.batch.images, report.patches, mode=analysis.embedding,
+                **analysis.embed_kwargs,
+            ).float().cpu()
+            if self.grid is not None and not ctx.out_of_time():
+                self._grid(ctx, report, embeddings, images, patch_correct)
+            if self.projector and ctx.writer is not None and not ctx.out_of_time():
+                summary["projector_points"] = self._projector(ctx, report, embeddings, images, patch_correct, probe)
+        return summary
+
+    # -- outputs -----------------------------------------------------------------------------------------------
+
+    def _store(self, ctx: RunContext, report: Any) -> None:
+        if not ctx.is_global_zero:
+            return
+        folder = ctx.run_dir / "reports"
+        path = report.save(folder / f"report-epoch{ctx.epoch:04d}-step{ctx.global_step:07d}.json")
+        report.save(folder / "latest.json")
+        self.latest_report_path = str(path)
+        self.write_artifact(ctx, "reports/latest.md", report.to_markdown())
+
+    def _galleries(self, ctx: RunContext, report: Any, images: Tensor, patch_correct: Tensor) -> None:
+        from debugger.render import concept_gallery
+
+        for rank, row in enumerate(report.ranking[: self.max_galleries], start=1):
+            concept = report.concept(row.concept)
+            mosaic = concept_gallery(
+                images, report.patches, concept.scores.float(), top_k=self.gallery_size, ncols=8, size=32,
+                correct=patch_correct,
+            )
+            self.log_image(ctx, f"gallery/rank_{rank:02d}", mosaic.float() / 255.0)
+
+    def _grid(self, ctx: RunContext, report: Any, embeddings: Tensor, images: Tensor, patch_correct: Tensor) -> None:
+        from debugger.render import tsne_grid
+
+        grid = self.grid if self.grid is not None else (16, 16)
+        keep = select_points(len(report.patches), self.grid_points, self.seed)
+        sub = _subset_patches(report.patches, keep)
+        coords = pca_layout(embeddings[keep]) if self.grid_layout == "pca" else None
+        mosaic, _ = tsne_grid(
+            embeddings[keep], images, sub, grid=grid, tile=24, correct=patch_correct[keep], coords=coords,
+            seed=self.seed,
+        )
+        self.log_image(ctx, "grid", mosaic.float() / 255.0)
+
+    def _projector(
+        self, ctx: RunContext, report: Any, embeddings: Tensor, images: Tensor, patch_correct: Tensor, probe: ProbeSet
+    ) -> int:
+        from debugger.render import patch_tiles
+
+        keep = select_points(len(report.patches), self.max_projector_points, self.seed)
+        size = sprite_thumbnail_size(int(keep.numel()), self.thumbnail_size)
+        thumbs = patch_tiles(images, report.patches, keep, size=size)
+        scores = report.scores[:, keep]  # (C, p)
+        best = scores.argmax(0) if scores.numel() else torch.zeros(keep.numel(), dtype=torch.long)
+        names = report.concept_names
+        targets = probe.batch.targets.cpu()
+        classes = self._class_names()
+        overlap = report.patches.concept_overlap
+        gt_names = report.patches.concept_names
+        rows = []
+        for j, p in enumerate(keep.tolist()):
+            img = int(report.patches.image_index[p])
+            t = targets[img]
+            cls = str(int(t)) if t.dim() == 0 else "pixels"
+            if classes and t.dim() == 0:
+                cls = classes[int(t)]
+            gt = "none"
+            if overlap is not None and overlap.shape[1] and float(overlap[p].max()) > 0:
+                gt = gt_names[int(overlap[p].argmax())] if gt_names else str(int(overlap[p].argmax()))
+            concept = names[int(best[j])] if names else "none"
+            rows.append([concept, "yes" if float(patch_correct[p]) >= 0.5 else "no", cls, str(img), gt])
+        ctx.writer.add_embedding(
+            embeddings[keep],
+            metadata=rows,
+            metadata_header=["concept", "correct", "class", "image", "ground truth"],
+            label_img=thumbs,
+            global_step=ctx.global_step,
+            tag=f"{self.tag_prefix}/patches",
+        )
+        return int(keep.numel())
+
+    def _class_names(self) -> list[str] | None:
+        names = getattr(_unwrap_dataset(self._dataset), "classes", None)
+        return [str(n) for n in names] if names is not None else None
+
+    # -- for other callbacks -----------------------------------------------------------------------------------
+
+    def concept_slices(self, probe: ProbeSet, top_k: int = 50, pixel: bool = False) -> tuple[list[str], Tensor] | None:
+        """The latest report's concept slices over another probe set, by dataset index.
+
+        A concept's slice holds the images of its top patches; images of ``probe`` that this monitor's probe set
+        does not contain are in no slice (see :meth:`covered`). ``top_k`` and ``pixel`` are accepted for a
+        uniform interface; the slices are the report's (its own ``top_k``, whole images).
+
+        Shape:
+            - output membership: ``(C, len(probe))`` bool
+        """
+        report = self.latest_report
+        if report is None or not self.latest_probe_indices:
+            return None
+        position = {idx: j for j, idx in enumerate(self.latest_probe_indices)}
+        cols = torch.tensor([position.get(i, -1) for i in probe.indices], dtype=torch.long)
+        member = report.membership.bool()
+        out = torch.zeros(member.shape[0], len(probe), dtype=torch.bool)
+        known = cols >= 0
+        out[:, known] = member[:, cols[known]]
+        return list(report.concept_names), out
+
+    def covered(self, probe: ProbeSet) -> Tensor:
+        """Which images of ``probe`` the latest report analysed, ``(len(probe),)`` bool."""
+        mine = set(self.latest_probe_indices)
+        return torch.tensor([i in mine for i in probe.indices], dtype=torch.bool)
+
+
+def _probe_batches(probe: ProbeSet, size: int) -> list[dict[str, Tensor]]:
+    out = []
+    for _, b in probe.chunks(size):
+        d = {"image": b.images, "target": b.targets}
+        if b.concepts is not None:
+            d["concepts"] = b.concepts
+        if b.concept_masks is not None:
+            d["concept_masks"] = b.concept_masks
+        out.append(d)
+    return out
+
+
+def _patch_correctness(report: Any) -> Tensor:
+    """Per patch: 1 when the model is right on its image (pixel accuracy for segmentation)."""
+    acc = report.image_accuracy
+    if acc is None:
+        return torch.ones(len(report.patches))
+    return acc.float().cpu()[report.patches.image_index.cpu()]
+
+
+def _subset_patches(patches: Any, keep: Tensor) -> Any:
+    from debugger.structures import PatchSet
+
+    return PatchSet(
+        image_index=patches.image_index[keep],
+        boxes=patches.boxes[keep],
+        masks=None if patches.masks is None else patches.masks[keep],
+        concept_overlap=None if patches.concept_overlap is None else patches.concept_overlap[keep],
+        concept_names=patches.concept_names,
+        method=patches.method,
+    )

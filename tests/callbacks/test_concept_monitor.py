@@ -1,0 +1,131 @@
+"""ConceptMonitor in real Trainer runs: galleries, grid, projector within its limits, the concept store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _cbtiny import event_accumulator, make_module, make_trainer
+
+from callbacks.concept_monitor import ConceptMonitor, pca_layout, select_points, sprite_thumbnail_size
+
+
+def _monitor(**kw: Any) -> ConceptMonitor:
+    opts: dict[str, Any] = dict(
+        patches="window",
+        n_concepts=3,
+        top_k=8,
+        min_support=2,
+        max_galleries=2,
+        grid=(4, 4),
+        probe_size=12,
+        analysis_kwargs={"patch_kwargs": {"sizes": (4,), "strides": (2,)}},
+    )
+    opts.update(kw)
+    return ConceptMonitor("layer1", **opts)
+
+
+def test_sprite_thumbnails_shrink_to_keep_the_sprite_within_8192_px() -> None:
+    for n in (1, 50, 2000, 10_000):
+        size = sprite_thumbnail_size(n, 64)
+        assert size <= 64 and size * int(torch.tensor(n).sqrt().ceil()) <= 8192
+    assert sprite_thumbnail_size(10_000, 128) == 81
+    with pytest.raises(ValueError, match="Expected positive `num_points`"):
+        sprite_thumbnail_size(0, 32)
+
+
+def test_select_points_is_seeded_sorted_and_capped() -> None:
+    a = select_points(50, 10, seed=1)
+    assert a.tolist() == sorted(a.tolist()) and len(set(a.tolist())) == 10
+    assert torch.equal(a, select_points(50, 10, seed=1))
+    assert select_points(5, 10, seed=1).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_pca_layout_matches_sklearn_up_to_sign() -> None:
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0)) * torch.tensor([5.0, 3, 1, 1, 1, 1])
+    ours = pca_layout(x)
+    ref = torch.from_numpy(decomposition.PCA(2).fit_transform(x.double().numpy())).float()
+    assert torch.allclose(ours.abs(), ref.abs(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layer": ""}, "Expected `layer` to be a dotted module name"),
+        ({"layer": "a", "max_projector_points": 20_000}, r"Expected `max_projector_points` to be in \[1, 10000\]"),
+        ({"layer": "a", "grid": (0, 4)}, "Expected `grid` to be None or"),
+        ({"layer": "a", "grid_layout": "umap"}, "Expected `grid_layout` to be one of"),
+        ({"layer": "a", "gallery_size": 0}, "Expected `gallery_size` to be a positive integer"),
+    ],
+)
+def test_concept_monitor_rejects_bad_configuration(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ConceptMonitor(**kwargs)
+
+
+def test_galleries_grid_projector_and_store_after_a_real_run(tmp_path: Path) -> None:
+    from debugger.report import ConceptReport
+
+    mon = _monitor()
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=2).fit(make_module("pytorch_lightning"))
+    log_dir = tmp_path / "run" / "version_0"
+    acc = event_accumulator(log_dir)
+    tags = acc.Tags()
+    assert {"concepts/gallery/rank_01", "concepts/gallery/rank_02", "concepts/grid"} <= set(tags["images"])
+    assert "concepts/gallery/rank_03" not in tags["images"]
+    assert [e.step for e in acc.Images("concepts/grid")] == [3, 6]
+    assert {"concepts/count", "concepts/failures", "concepts/top/error_in"} <= set(tags["scalars"])
+    assert "concepts/summary/text_summary" in tags["tensors"]
+
+    config = (log_dir / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == 2 and "sprite" in config
+    sprite_dirs = sorted(p.parent for p in log_dir.glob("*/*/sprite.png"))
+    assert len(sprite_dirs) == 2
+    from PIL import Image
+
+    n_points = len((sprite_dirs[-1] / "metadata.tsv").read_text().strip().splitlines()) - 1
+    assert n_points == len(mon.latest_report.patches)  # type: ignore[union-attr]
+    assert max(Image.open(sprite_dirs[-1] / "sprite.png").size) <= 8192
+    header = (sprite_dirs[-1] / "metadata.tsv").read_text().splitlines()[0].split("\t")
+    assert header == ["concept", "correct", "class", "image", "ground truth"]
+
+    store = log_dir / "conceptfix" / "concepts" / "reports"
+    assert len(list(store.glob("report-epoch*.json"))) == 2
+    latest = ConceptReport.load(store / "latest.json")
+    assert latest.concept_names == mon.latest_report.concept_names  # type: ignore[union-attr]
+    assert latest.meta["epoch"] == 1 and latest.meta["probe_indices"] == mon.probe_indices
+
+
+def test_projector_points_are_capped_and_the_report_survives_resume(tmp_path: Path) -> None:
+    mon = _monitor(max_projector_points=10, thumbnail_size=8)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(make_module("pytorch_lightning"))
+    assert mon.runs[-1]["projector_points"] == 10
+    meta = next((tmp_path / "run" / "version_0").glob("*/*/metadata.tsv"))
+    assert len(meta.read_text().strip().splitlines()) == 11
+
+    restored = _monitor()
+    restored.load_state_dict(mon.state_dict())
+    assert restored.latest_report is not None
+    assert restored.latest_report.concept_names == mon.latest_report.concept_names  # type: ignore[union-attr]
+    assert restored.latest_probe_indices == mon.probe_indices
+
+
+def test_concept_slices_map_the_latest_report_onto_another_probe_by_dataset_index(tmp_path: Path) -> None:
+    mon = _monitor()
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(
+        make_module("pytorch_lightning")
+    )
+    probe = mon.probe()
+    assert probe is not None and mon.latest_report is not None
+    reversed_probe = probe.take(len(probe))
+    reversed_probe.indices = list(reversed(probe.indices)) + [10_000]
+    out = mon.concept_slices(reversed_probe)
+    assert out is not None
+    names, member = out
+    assert names == mon.latest_report.concept_names
+    expected = mon.latest_report.membership.bool().flip(1)
+    assert torch.equal(member[:, :-1], expected) and not member[:, -1].any()
+    assert mon.covered(reversed_probe).tolist() == [True] * len(probe) + [False]
