@@ -17,10 +17,15 @@ TensorBoard (``confusion/`` tags, one entry per run each): ``matrix/<slice>`` (r
 scalars ``accuracy/<slice>`` (classification) or ``iou/<slice>`` (segmentation mean IoU), ``lift/<slice>`` and
 ``accuracy_change/<slice>``, and a text table ``failure_ranking``. Every run's counts and ranking are also
 appended to ``ranking.json`` in the run directory.
+
+Discovered concepts are named ``<concept>@<step of their report>`` and enter the ranking and the JSON only
+(their names change with every discovery, which would make a new tag per run); they are ranked against the
+images the ConceptMonitor analysed. Put the ConceptMonitor before this callback for the freshest report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -29,7 +34,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from callbacks._base import Monitor, RunContext
+from callbacks._base import Monitor, ProbeSet, RunContext
 
 Source = Literal["annotated", "discovered", "both"]
 _SOURCES = ("annotated", "discovered", "both")
@@ -163,56 +168,62 @@ class ConfusionMonitor(Monitor):
 
     # -- slices ------------------------------------------------------------------------------------------------
 
-    def slices(self, ctx: RunContext, num_images: int, segmentation: bool) -> tuple[list[str], Tensor | None]:
-        """Names and membership ``(C, N[, H, W])`` over the full (unsharded) probe set of this run."""
+    def slices(self, ctx: RunContext, num_images: int, segmentation: bool) -> tuple[list[str], Tensor | None, Tensor]:
+        """Names, membership ``(C, N[, H, W])`` over the full (unsharded) probe set, and which of its ``N`` images
+        count for each slice's ranking, ``(C, N)`` (discovered concepts only know the ConceptMonitor's images)."""
         names: list[str] = []
         parts: list[Tensor] = []
+        counted: list[Tensor] = []
         full = self.probe(ctx.pl_module.device)
         if full is None:
-            return [], None
+            return [], None, torch.zeros(0, 0, dtype=torch.bool)
         full = full.take(num_images)
+        device = ctx.pl_module.device
         if self.source in ("annotated", "both"):
             m = annotated_membership(full.batch.concepts, full.batch.concept_masks, segmentation)
             if m is not None:
                 k = m.shape[0] - 1
                 given = list(full.concept_names) if len(full.concept_names) == k else [f"concept-{i}" for i in range(k)]
                 names += given + ["clean"]
-                parts.append(m)
+                parts.append(m.to(device))
+                counted.append(torch.ones(k + 1, num_images, dtype=torch.bool, device=device))
         if self.source in ("discovered", "both"):
-            found = self._discovered(ctx, full, segmentation)
+            found = self._discovered(ctx, full) if ctx.is_global_zero else None
+            if ctx.world_size > 1:  # ConceptMonitor runs on rank zero: every rank must count the same slices
+                found = ctx.trainer.strategy.broadcast(found, src=0)
             if found is not None:
                 names += found[0]
-                parts.append(found[1])
+                parts.append(found[1].to(device))
+                counted.append(found[2].to(device).unsqueeze(0).expand(len(found[0]), -1))
         if not parts:
-            return [], None
+            return [], None, torch.zeros(0, num_images, dtype=torch.bool)
         if segmentation and any(p.dim() == 2 for p in parts) and any(p.dim() == 4 for p in parts):
             h, w = full.batch.images.shape[-2:]
             parts = [p if p.dim() == 4 else p.view(*p.shape, 1, 1).expand(-1, -1, h, w) for p in parts]
-        return names, torch.cat(parts).to(ctx.pl_module.device)
+        return names, torch.cat(parts), torch.cat(counted)
 
-    def _discovered(self, ctx: RunContext, full: Any, segmentation: bool) -> tuple[list[str], Tensor] | None:
-        """Slices of the concepts in the latest ConceptMonitor report found on this probe set, if any."""
-        report = None
+    def _discovered(self, ctx: RunContext, full: ProbeSet) -> tuple[list[str], Tensor, Tensor] | None:
+        """The latest ConceptMonitor report's slices on this probe set (renamed ``<name>@<step>``), if any."""
         for cb in getattr(ctx.trainer, "callbacks", []):
-            if hasattr(cb, "latest_report") and getattr(cb, "latest_report", None) is not None:
-                report = cb
-                break
-        if report is None:
-            return None
-        return report.concept_slices(full, top_k=self.top_k, pixel=segmentation)
+            if getattr(cb, "latest_report", None) is not None and hasattr(cb, "concept_slices"):
+                found = cb.concept_slices(full, top_k=self.top_k)
+                if found is None:
+                    continue
+                step = cb.latest_report.meta.get("global_step", "?")
+                return [f"{n}@{step}" for n in found[0]], found[1].cpu(), cb.covered(full).cpu()
+        return None
 
     # -- the run -----------------------------------------------------------------------------------------------
 
     def analyse(self, ctx: RunContext) -> dict[str, Any]:
         from debugger.confusion import ConceptConfusion, confusion_difference
-        from debugger.ranking import rank_failures
 
         device = ctx.pl_module.device
         # positions of this rank's shard within the (possibly subsampled) full probe set
         n_total = ctx.full_size
         positions = torch.arange(ctx.rank, n_total, ctx.world_size, device=device)
         segmentation = ctx.probe.batch.targets.dim() == 3
-        names, membership = self.slices(ctx, n_total, segmentation)
+        names, membership, counted = self.slices(ctx, n_total, segmentation)
 
         preds_metric = ProbePredictions().to(device)
         confusion: Metric | None = None
@@ -254,10 +265,12 @@ class ConfusionMonitor(Monitor):
             return {"slices": 0}
 
         quality = slice_quality(counts, segmentation)
-        ranking = rank_failures(errors, membership, names=names, valid=valid, min_support=self.min_support)
+        ranking = self._rank(errors, membership, names, valid, counted)
         lift = {r.name: r.lift for r in ranking}
         key = "iou" if segmentation else "accuracy"
         for name, q in zip(names, quality.tolist(), strict=True):
+            if "@" in name:  # discovered concepts change with every ConceptMonitor run: ranking and JSON only
+                continue
             if not math.isnan(q):
                 scalars[f"{key}/{name}"] = q
             if name in lift and math.isfinite(lift[name]):
@@ -269,11 +282,11 @@ class ConfusionMonitor(Monitor):
                 diffs[name] = confusion_difference(prev.to(counts.device), counts[i])
                 before = slice_quality(prev.unsqueeze(0), segmentation)[0]
                 change = float(quality[i] - before)
-                if math.isfinite(change):
+                if math.isfinite(change) and "@" not in name:
                     scalars[f"{key}_change/{name}"] = change
         self.log_scalars(ctx, scalars)
 
-        order = [names.index(r.name) for r in ranking][: self.max_matrix_slices]
+        order = [names.index(r.name) for r in ranking if "@" not in r.name][: self.max_matrix_slices]
         classes = self._class_names(num_classes)
         for i in order:
             self.log_image(ctx, f"matrix/{names[i]}", _heatmap(counts[i], classes, names[i], key, float(quality[i])))
@@ -299,6 +312,26 @@ class ConfusionMonitor(Monitor):
         self._previous = {name: counts[i].detach().cpu() for i, name in enumerate(names)}
         failures = [r.name for r in ranking if r.is_failure]
         return {"slices": len(names), "failures": failures}
+
+    def _rank(self, errors: Tensor, membership: Tensor, names: list[str], valid: Tensor | None, counted: Tensor
+              ) -> list[Any]:
+        """Failure ranking; slices that only know part of the probe set are ranked against that part alone."""
+        from debugger.ranking import rank_failures
+
+        groups: dict[bytes, list[int]] = {}
+        for i in range(len(names)):
+            groups.setdefault(bytes(counted[i].cpu().numpy().tobytes()), []).append(i)
+        rows = []
+        for idx in groups.values():
+            images = counted[idx[0]]
+            unit = images.view(-1, *([1] * (errors.dim() - 1))).expand_as(errors)
+            v = unit if valid is None else unit & valid
+            rows += rank_failures(errors, membership[idx], names=[names[i] for i in idx], ids=idx, valid=v,
+                                  min_support=self.min_support)
+        if len(groups) == 1:
+            return rows
+        rows.sort(key=lambda r: (not r.is_failure, -_finite(r.lift_low), -_finite(r.lift)))
+        return [dataclasses.replace(r, rank=rank) for rank, r in enumerate(rows, start=1)]
 
     def _class_names(self, num_classes: int) -> list[str] | None:
         from callbacks._base import _unwrap_dataset
@@ -326,6 +359,10 @@ class ConfusionMonitor(Monitor):
             except ValueError:
                 return []
         return []
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
 
 
 def _ranking_markdown(ranking: Sequence[Any]) -> str:

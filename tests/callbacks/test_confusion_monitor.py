@@ -94,3 +94,37 @@ def test_previous_counts_survive_a_checkpoint_for_epoch_diffs(tmp_path: Any) -> 
     restored.load_state_dict(mon.state_dict())
     assert set(restored._previous) == {"bright", "stripe", "clean"}
     assert all(torch.equal(restored._previous[k], mon._previous[k]) for k in mon._previous)
+
+
+def test_discovered_slices_come_from_the_concept_monitor_and_count_only_its_images(tmp_path: Any) -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    from callbacks.concept_monitor import ConceptMonitor
+
+    concepts = ConceptMonitor(
+        "layer1", patches="window", n_concepts=2, top_k=6, probe_size=10, max_galleries=1, grid=None,
+        projector=False, analysis_kwargs={"patch_kwargs": {"sizes": (4,), "strides": (4,)}},
+    )
+    confusion = ConfusionMonitor(source="both", probe_size=14, min_support=1)  # same seed: a superset probe
+    module = make_module("pytorch_lightning")
+    make_trainer("pytorch_lightning", tmp_path, [concepts, confusion], max_epochs=1, logger=False).fit(module)
+
+    assert confusion.latest is not None and concepts.latest_report is not None
+    step = concepts.latest_report.meta["global_step"]
+    discovered = [f"{n}@{step}" for n in concepts.latest_report.concept_names]
+    assert confusion.latest["names"] == ["bright", "stripe", "clean", *discovered]
+    probe = confusion.probe()
+    assert probe is not None and probe.indices[:10] == concepts.probe_indices
+    with torch.no_grad():
+        module.eval()
+        preds = module(probe.batch.images).argmax(1)
+    counts = torch.tensor(confusion.latest["counts"])
+    for c in range(len(discovered)):
+        keep = torch.zeros(14, dtype=torch.bool)
+        keep[:10] = concepts.latest_report.membership[c].bool()
+        expected = metrics.confusion_matrix(probe.batch.targets[keep], preds[keep], labels=[0, 1, 2])
+        assert counts[3 + c].tolist() == expected.tolist()
+    rows = {r["name"]: r for r in confusion.latest["ranking"]}
+    for name in discovered:  # ranked against the 10 images discovery saw, not all 14
+        assert rows[name]["count_in"] + rows[name]["count_out"] == 10
+    assert rows["bright"]["count_in"] + rows["bright"]["count_out"] == 14
+    assert sorted(r["rank"] for r in confusion.latest["ranking"]) == list(range(1, len(rows) + 1))
