@@ -1,0 +1,165 @@
+"""Does discovery + failure ranking find the planted failure concept? (issue 3, "Finds the planted failure")
+
+For each seed, a baseline ResNet is trained on the planted-concepts data where one concept (``shadow``, or
+``occluder`` in the second scenario) is rare in training and common at validation, so the model fails on it.
+``ConceptAnalysis`` then runs on a validation probe set (SLIC superpixels, k-means at ``layer2``), once per
+embedding mode (``roi`` and ``resample``). A seed passes when the #1 ranked concept is a failure concept whose
+top-50 patches overlap the planted concept's mask in >= 80% of cases (precision@50 against ground truth).
+Target: >= 4 of 5 seeds for each scenario and embedding mode.
+
+Recorded per run: the baseline's accuracy with / without the concept, the top-ranked concept (lift, interval,
+p-value, support, precision@50 for every ground-truth concept), the rank of the best-matching concept, and
+timings. Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_planted_failure.py`` (about 15 minutes on 2 cores;
+``--seeds 0 --quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
+    # concept -> prevalence per split; the rest of the defaults stay
+    "shadow": {"train": {"shadow": 0.03}, "val": {"shadow": 0.5}},
+    "occluder": {"train": {"shadow": 0.3, "occluder": 0.02}, "val": {"shadow": 0.15, "occluder": 0.5}},
+}
+
+
+def _record(name: str, results: dict[str, Any]) -> Path:
+    try:
+        from benchmarks.harness import record  # the shared harness, when it is there
+
+        return Path(record(name, results))
+    except ImportError:
+        import torch
+
+        out = ROOT / "benchmarks" / "results" / f"{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        machine = {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        out.write_text(json.dumps({"name": name, "machine": machine, "results": results}, indent=2))
+        return out
+
+
+def run_seed(scenario: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from debugger.pipeline import ConceptAnalysis
+    from recipes.baseline import fit_baseline
+    from recipes.data.planted import PlantedConceptsDataModule
+    from recipes.models import ResNetClassifier
+
+    prevalence = SCENARIOS[scenario]
+    dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=args.probe_size, test_size=8,
+                                   batch_size=64, seed=seed, prevalence=prevalence, cache_dir=None)
+    clock = time.perf_counter()
+    model = fit_baseline(dm, ResNetClassifier(width=16), max_epochs=args.epochs, seed=seed)
+    train_s = time.perf_counter() - clock
+    dm.setup("validate")
+    ds = dm.dataset("val")
+    names = list(ds.concept_names)
+    target_idx = names.index(scenario)
+    batches = list(DataLoader(ds, batch_size=100))
+    images = torch.cat([b["image"] for b in batches])
+    targets = torch.cat([b["target"] for b in batches])
+    present = torch.cat([b["concept_masks"] for b in batches])[:, target_idx].flatten(1).any(1)
+    with torch.no_grad():
+        correct = model(images).argmax(1) == targets
+    base = {
+        "scenario": scenario,
+        "seed": seed,
+        "train_seconds": round(train_s, 1),
+        "probe_images": len(ds),
+        "concept_prevalence_in_probe": float(present.float().mean()),
+        "accuracy_with_concept": float(correct[present].float().mean()),
+        "accuracy_without_concept": float(correct[~present].float().mean()),
+    }
+    rows = []
+    for embedding in ("roi", "resample"):
+        clock = time.perf_counter()
+        report = ConceptAnalysis(model, args.layer, patches="superpixel", embedding=embedding,
+                                 n_concepts=args.n_concepts, top_k=50, seed=seed).run(batches, concept_names=names)
+        seconds = time.perf_counter() - clock
+        ids = [c.id for c in report.concepts]
+        gt = report.ground_truth_precision
+        top = report.ranking[0]
+        top_gt = gt[ids.index(top.concept)]
+        matching = [row.rank for row in report.ranking if gt[ids.index(row.concept)][target_idx] >= 0.8]
+        rows.append(dict(
+            base,
+            embedding=embedding,
+            analysis_seconds=round(seconds, 1),
+            num_patches=len(report.patches),
+            num_concepts=len(report.concepts),
+            top_concept=top.name,
+            top_is_failure=top.is_failure,
+            top_lift=round(top.lift, 3),
+            top_lift_interval=[round(top.lift_low, 3), round(top.lift_high, 3)],
+            top_p_adjusted=top.p_adjusted,
+            top_support=top.support,
+            top_error_in=round(top.error_in, 3),
+            top_error_out=round(top.error_out, 3),
+            top_precision_at_50={n: round(float(v), 3) for n, v in zip(names, top_gt.tolist(), strict=True)},
+            best_match_rank=min(matching) if matching else None,
+            failures=len(report.failures),
+            passed=bool(top.is_failure and float(top_gt[target_idx]) >= 0.8),
+        ))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--train-size", type=int, default=3000)
+    parser.add_argument("--probe-size", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--layer", default="layer2")
+    parser.add_argument("--n-concepts", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, not recorded")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_size, args.probe_size, args.epochs = 256, 60, 1
+
+    import torch
+
+    torch.set_num_threads(1)
+    from recipes.baseline import quiet_lightning
+
+    quiet_lightning()
+    rows = [row for scenario in args.scenarios for seed in args.seeds for row in run_seed(scenario, seed, args)]
+    summary = {}
+    for scenario in args.scenarios:
+        for embedding in ("roi", "resample"):
+            mine = [r for r in rows if r["scenario"] == scenario and r["embedding"] == embedding]
+            summary[f"{scenario}/{embedding}"] = {
+                "passed": sum(r["passed"] for r in mine),
+                "seeds": len(mine),
+                "target": "#1 failure concept with precision@50 >= 0.8 in >= 4 of 5 seeds",
+            }
+    print(json.dumps(summary, indent=2))
+    if not args.quick:
+        config = {k: v for k, v in vars(args).items() if k != "quick"}
+        path = _record("planted_failure", {"config": config, "summary": summary, "runs": rows})
+        print(f"recorded {path}")
+
+
+if __name__ == "__main__":
+    main()
