@@ -331,6 +331,7 @@ class Monitor(_CallbackBase):
     """
 
     sharded: ClassVar[bool] = False
+    needs_probe: ClassVar[bool] = True
     probe_extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -432,7 +433,7 @@ class Monitor(_CallbackBase):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # trainer.log_dir broadcasts, so every rank must ask for it here, never inside a rank-zero-only branch.
         self._run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "conceptfix" / self.tag_prefix
-        if stage != "fit":
+        if stage != "fit" or not self.needs_probe:
             return
         self._dataset = self.probe_dataset if self.probe_dataset is not None else self._validation_dataset(trainer)
         if self._dataset is None:
@@ -512,13 +513,13 @@ class Monitor(_CallbackBase):
 
     def run(self, trainer: Any, pl_module: Any) -> None:
         """Run the analysis now (the scheduled hooks call this; it can be called by hand too)."""
-        probe = self.probe(pl_module.device)
+        probe = self.probe(pl_module.device) if self.needs_probe else _empty_probe(pl_module.device)
         if probe is None:
             return
         rank = int(getattr(trainer, "global_rank", 0))
         world = int(getattr(trainer, "world_size", 1))
         zero = bool(getattr(trainer, "is_global_zero", True))
-        n = max(1, math.ceil(self.probe_fraction * len(probe)))
+        n = max(1, math.ceil(self.probe_fraction * len(probe))) if len(probe) else 0
         if self.sharded and world > 1:
             n = int(trainer.strategy.broadcast(n, src=0))  # every rank joins the same collectives
         elif not zero:
@@ -613,6 +614,10 @@ class Monitor(_CallbackBase):
         else:
             path.write_text(json.dumps(content, indent=1, default=_json_default))
         return path
+
+
+def _empty_probe(device: torch.device | str) -> ProbeSet:
+    return ProbeSet([], Batch(torch.zeros(0, 1, 1, 1, device=device), torch.zeros(0, dtype=torch.long, device=device)))
 
 
 def _json_default(o: Any) -> Any:

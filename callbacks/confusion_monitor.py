@@ -296,8 +296,14 @@ class ConfusionMonitor(Monitor):
         if ctx.writer is not None:
             ctx.writer.add_text(f"{self.tag_prefix}/failure_ranking", table, global_step=ctx.global_step)
 
+        from debugger.confusion import concept_confusion
+
+        everything = torch.ones(1, n_total, dtype=torch.bool, device=device)
+        overall_counts = concept_confusion(preds, targets, everything, num_classes, self.ignore_index)[0]
         result.update(
             {
+                "overall": overall_counts.cpu().tolist(),
+                "num_classes": num_classes,
                 "counts": counts.cpu().tolist(),
                 "quality": quality.cpu().tolist(),
                 "quality_kind": key,

@@ -1,0 +1,343 @@
+"""FailureDrivenAugmentation: turn the latest failure concepts into the augmentation policy training uses.
+
+After each scheduled run of the monitors it reads the newest evidence — the
+:class:`~debugger.report.ConceptReport` of a :class:`~callbacks.concept_monitor.ConceptMonitor` on the same
+trainer, the last result of a :class:`~callbacks.confusion_monitor.ConfusionMonitor`, or a report JSON on
+disk — and, for every **failure concept** (significant lift, enough support), decides:
+
+- **which transform**: by the concept's name (annotated slices) or the ground-truth concept its top patches
+  show (discovered clusters, ``ground_truth_precision`` ≥ ``min_precision``), looked up in ``augmentations``
+  (``shadow → SyntheticShadow``, ``occluder → Cutout`` by default); unmatched failures use ``fallback``;
+- **on which samples and how strongly**: the classes whose error rate inside the concept's slice exceeds
+  their overall error rate get a class rule with ``p = base + (max_p - base) · (err_in - err_all) / err_in``,
+  so a class that fails only under the concept is augmented hardest.
+
+The result is one :class:`augment.AugmentationPolicy` per transform (rules carry their reasons). It is set
+as ``policy`` on the objects in ``targets`` (e.g. the joint-batch integration or any holder the training step
+reads), passed to ``on_update``, kept in the checkpoint, written to ``policy.json`` in the run directory, and
+logged to TensorBoard: ``augmentation/policy`` (text: what changed and why) and scalars
+``augmentation/<transform>/max_p`` and ``augmentation/<transform>/rules``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from augment.policy import AugmentationPolicy
+from callbacks._base import Monitor, RunContext
+
+Source = Literal["auto", "concepts", "confusion"]
+_SOURCES = ("auto", "concepts", "confusion")
+DEFAULT_AUGMENTATIONS: dict[str, str] = {"shadow": "SyntheticShadow", "occluder": "Cutout"}
+
+
+@dataclass(frozen=True)
+class FailureEvidence:
+    """One failure concept and the confusion counts a policy is derived from.
+
+    Shape:
+        - confusion_in: ``(K, K)`` counts inside the concept's slice
+        - confusion_all: ``(K, K)`` counts over the whole probe set
+    """
+
+    name: str
+    matches: str | None
+    lift: float
+    confusion_in: Tensor
+    confusion_all: Tensor
+
+
+def class_error_rates(confusion: Tensor) -> tuple[Tensor, Tensor]:
+    """Per ground-truth class error rate and support of a ``(K, K)`` confusion matrix (NaN where no support).
+
+    Example:
+        >>> err, n = class_error_rates(torch.tensor([[3, 1], [0, 0]]))
+        >>> err.tolist()[0], n.tolist()
+        (0.25, [4, 0])
+    """
+    cm = confusion.double()
+    support = cm.sum(1)
+    correct = torch.diagonal(cm)
+    err = torch.where(support > 0, 1 - correct / support.clamp_min(1), torch.full_like(support, float("nan")))
+    return err, support.long()
+
+
+def derive_policies(
+    failures: Sequence[FailureEvidence],
+    augmentations: Mapping[str, str] = DEFAULT_AUGMENTATIONS,
+    fallback: str | None = None,
+    base: float = 0.0,
+    max_p: float = 0.8,
+    min_class_support: int = 3,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, AugmentationPolicy]:
+    """One policy per transform from the failure concepts (see the module docstring for the rule).
+
+    A class that several failures point at under the same transform keeps its strongest rule.
+
+    Example:
+        >>> inside = torch.tensor([[1, 3], [0, 4]])  # class 0 wrong 3/4 times inside the slice
+        >>> overall = torch.tensor([[8, 2], [1, 9]])  # ... and 2/10 overall
+        >>> policies = derive_policies([FailureEvidence("shadow", "shadow", 2.5, inside, overall)])
+        >>> policies["SyntheticShadow"].probabilities(torch.tensor([0, 1])).tolist()
+        [0.5866666436195374, 0.0]
+    """
+    if not 0.0 <= base <= max_p <= 1.0:
+        raise ValueError(f"Expected 0 <= `base` <= `max_p` <= 1, but got base={base!r}, max_p={max_p!r}.")
+    if not isinstance(min_class_support, int) or min_class_support < 1:
+        raise ValueError(f"Expected `min_class_support` to be a positive integer, but got {min_class_support!r}.")
+    best: dict[str, dict[int, tuple[float, str]]] = {}
+    for f in failures:
+        key = f.matches if f.matches is not None else f.name
+        transform = augmentations.get(key, fallback)
+        if transform is None:
+            continue
+        err_in, n_in = class_error_rates(f.confusion_in)
+        err_all, _ = class_error_rates(f.confusion_all)
+        for c in range(int(err_in.shape[0])):
+            e_in, e_all, n = float(err_in[c]), float(err_all[c]), int(n_in[c])
+            if n < min_class_support or math.isnan(e_in) or math.isnan(e_all) or e_in <= e_all:
+                continue
+            p = base + (max_p - base) * (e_in - e_all) / e_in
+            cname = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            shown = f"{f.name} (shows {f.matches})" if f.matches and f.matches != f.name else f.name
+            reason = (
+                f"class {cname} is wrong {e_in:.0%} of the time in the '{shown}' slice (n={n}) vs {e_all:.0%} "
+                f"overall; concept lift {f.lift:.2f}"
+            )
+            rules = best.setdefault(transform, {})
+            if c not in rules or rules[c][0] < p:
+                rules[c] = (p, reason)
+    out: dict[str, AugmentationPolicy] = {}
+    for transform, rules in best.items():
+        policy = AugmentationPolicy(base=base, augmentation=transform)
+        for c in sorted(rules):
+            cname = class_names[c] if class_names is not None and c < len(class_names) else ""
+            policy = policy.with_class(c, round(rules[c][0], 4), reason=rules[c][1], name=cname)
+        out[transform] = policy
+    return out
+
+
+def policy_changes(old: Mapping[str, AugmentationPolicy], new: Mapping[str, AugmentationPolicy]) -> list[str]:
+    """What changed between two policy sets, one line per added, removed or re-weighted rule.
+
+    Example:
+        >>> a = {"Cutout": AugmentationPolicy().with_class(1, 0.5)}
+        >>> b = {"Cutout": AugmentationPolicy().with_class(1, 0.7, reason="worse")}
+        >>> policy_changes(a, b)
+        ['Cutout: class 1 p 0.50 → 0.70 (worse)']
+    """
+    lines: list[str] = []
+    for transform in sorted(set(old) | set(new)):
+        before = {(r.kind, r.index): r for r in old[transform].rules} if transform in old else {}
+        after = {(r.kind, r.index): r for r in new[transform].rules} if transform in new else {}
+        for key in sorted(set(before) | set(after)):
+            b, a = before.get(key), after.get(key)
+            label = f"{key[0]} {(a or b).name or key[1]}"  # type: ignore[union-attr]
+            if b is None and a is not None:
+                lines.append(f"{transform}: + {label} p={a.p:.2f} ({a.reason})")
+            elif a is None and b is not None:
+                lines.append(f"{transform}: − {label} (no longer a failure)")
+            elif a is not None and b is not None and abs(a.p - b.p) > 1e-6:
+                lines.append(f"{transform}: {label} p {b.p:.2f} → {a.p:.2f} ({a.reason})")
+    return lines
+
+
+class FailureDrivenAugmentation(Monitor):
+    """Updates the augmentation policy from the latest failure concepts and logs what changed and why.
+
+    Args:
+        targets: transform name → object whose ``policy`` attribute is set (e.g. the training integration's
+            augmenter); a transform without a target is still decided, stored and logged.
+        on_update: called with the new ``{transform: policy}`` whenever it changes.
+        source: ``"concepts"`` (the ConceptMonitor's report), ``"confusion"`` (the ConfusionMonitor's
+            annotated and discovered slices), or ``"auto"`` (the report when there is one, else the confusion).
+        report_path: read the evidence from this ConceptReport JSON instead (e.g. from ``conceptfix diagnose``).
+        augmentations: failure concept (or the ground-truth concept it shows) → transform name.
+        fallback: transform for failure concepts not in ``augmentations``; None leaves them alone.
+        base: probability for samples no rule matches.
+        max_p: probability of a class that fails only inside the concept's slice.
+        min_class_support: slice samples of a class needed before it gets a rule.
+        min_precision: share of a discovered concept's top patches that must show a ground-truth concept for
+            the concept to be treated as that one.
+        keep_when_no_evidence: keep the current policy when no evidence exists yet (instead of clearing it).
+        **kwargs: scheduling options of :class:`callbacks._base.Monitor` (no probe set is used).
+
+    Example:
+        >>> fda = FailureDrivenAugmentation(every_n_epochs=2, fallback="HideAndSeek")
+        >>> fda.policies
+        {}
+    """
+
+    tag_root = "augmentation"
+    needs_probe = False  # reads other callbacks' results; no probe images of its own
+
+    def __init__(
+        self,
+        targets: Mapping[str, Any] | None = None,
+        on_update: Callable[[dict[str, AugmentationPolicy]], None] | None = None,
+        source: Source = "auto",
+        report_path: str | None = None,
+        augmentations: Mapping[str, str] | None = None,
+        fallback: str | None = None,
+        base: float = 0.0,
+        max_p: float = 0.8,
+        min_class_support: int = 3,
+        min_precision: float = 0.5,
+        keep_when_no_evidence: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if source not in _SOURCES:
+            raise ValueError(f"Expected `source` to be one of {_SOURCES!r}, but got {source!r}.")
+        if not 0.0 <= base <= max_p <= 1.0:
+            raise ValueError(f"Expected 0 <= `base` <= `max_p` <= 1, but got base={base!r}, max_p={max_p!r}.")
+        if not 0.0 <= min_precision <= 1.0:
+            raise ValueError(f"Expected `min_precision` to be in [0, 1], but got {min_precision!r}.")
+        if not isinstance(min_class_support, int) or min_class_support < 1:
+            raise ValueError(f"Expected `min_class_support` to be a positive integer, but got {min_class_support!r}.")
+        for name, obj in (targets or {}).items():
+            if not hasattr(obj, "policy"):
+                kind = type(obj).__name__
+                raise ValueError(f"Expected target {name!r} to have a `policy` attribute, but got {kind}.")
+        self.targets = dict(targets or {})
+        self.on_update = on_update
+        self.source = source
+        self.report_path = report_path
+        self.augmentations = dict(DEFAULT_AUGMENTATIONS if augmentations is None else augmentations)
+        self.fallback = fallback
+        self.base = base
+        self.max_p = max_p
+        self.min_class_support = min_class_support
+        self.min_precision = min_precision
+        self.keep_when_no_evidence = keep_when_no_evidence
+        self.policies: dict[str, AugmentationPolicy] = {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"policies": {k: v.to_dict() for k, v in self.policies.items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.policies = {k: AugmentationPolicy.from_dict(v) for k, v in state.get("policies", {}).items()}
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.policies:  # a resumed run trains with the policy it had
+            self._apply(self.policies)
+
+    # -- evidence ----------------------------------------------------------------------------------------------
+
+    def evidence(self, trainer: Any) -> tuple[list[FailureEvidence], list[str] | None, str] | None:
+        """The failure concepts to act on, the class names, and where they came from; None without evidence."""
+        if self.report_path is not None:
+            from debugger.report import ConceptReport
+
+            if not Path(self.report_path).exists():
+                return None
+            return self._from_report(ConceptReport.load(self.report_path)) + (self.report_path,)
+        callbacks = list(getattr(trainer, "callbacks", []))
+        if self.source in ("auto", "concepts"):
+            for cb in callbacks:
+                report = getattr(cb, "latest_report", None)
+                if report is not None:
+                    step = report.meta.get("global_step", "?")
+                    return self._from_report(report) + (f"{type(cb).__name__} report of step {step}",)
+        if self.source in ("auto", "confusion"):
+            for cb in callbacks:
+                latest = getattr(cb, "latest", None)
+                if isinstance(latest, dict) and "overall" in latest:
+                    return self._from_confusion(latest) + (f"{type(cb).__name__} of step {latest['step']}",)
+        return None
+
+    def _from_report(self, report: Any) -> tuple[list[FailureEvidence], list[str] | None]:
+        if report.overall_confusion is None:
+            return [], None
+        gt_names = list(report.patches.concept_names)
+        out = []
+        for row in report.failures:
+            i = next(j for j, c in enumerate(report.concepts) if c.id == row.concept)
+            matches = None
+            if report.ground_truth_precision is not None and gt_names:
+                prec = report.ground_truth_precision[i]
+                if prec.numel() and float(prec.max()) >= self.min_precision:
+                    matches = gt_names[int(prec.argmax())]
+            out.append(FailureEvidence(row.name, matches, row.lift, report.confusion[i], report.overall_confusion))
+        return out, list(report.class_names) or None
+
+    def _from_confusion(self, latest: dict[str, Any]) -> tuple[list[FailureEvidence], list[str] | None]:
+        names = latest["names"]
+        counts = torch.tensor(latest["counts"], dtype=torch.long)
+        overall = torch.tensor(latest["overall"], dtype=torch.long)
+        out = []
+        for row in latest["ranking"]:
+            if not row["is_failure"] or row["name"] == "clean":
+                continue
+            i = names.index(row["name"])
+            out.append(FailureEvidence(row["name"], None, float(row["lift"]), counts[i], overall))
+        return out, None
+
+    # -- the run -----------------------------------------------------------------------------------------------
+
+    def analyse(self, ctx: RunContext) -> dict[str, Any]:
+        found = self.evidence(ctx.trainer)
+        if found is None:
+            if ctx.is_global_zero and ctx.writer is not None:
+                ctx.writer.add_text(f"{self.tag_prefix}/policy", "No failure evidence yet; policy unchanged.",
+                                    global_step=ctx.global_step)
+            return {"evidence": None}
+        failures, class_names, where = found
+        new = derive_policies(failures, self.augmentations, self.fallback, self.base, self.max_p,
+                              self.min_class_support, class_names)
+        if not new and self.keep_when_no_evidence and not failures:
+            new = dict(self.policies)
+        changes = policy_changes(self.policies, new)
+        if changes:
+            self._apply(new)
+        self.policies = new
+
+        scalars: dict[str, float] = {}
+        for transform, policy in new.items():
+            scalars[f"{transform}/rules"] = float(len(policy.rules))
+            scalars[f"{transform}/max_p"] = max([r.p for r in policy.rules], default=policy.base)
+        scalars["failures"] = float(len(failures))
+        self.log_scalars(ctx, scalars)
+        text = _markdown(where, failures, new, changes)
+        if ctx.writer is not None:
+            ctx.writer.add_text(f"{self.tag_prefix}/policy", text, global_step=ctx.global_step)
+        entry = {
+            "epoch": ctx.epoch,
+            "step": ctx.global_step,
+            "evidence": where,
+            "failures": [f.name for f in failures],
+            "changes": changes,
+            "policies": {k: v.to_dict() for k, v in new.items()},
+        }
+        history = [*(r.get("policy_entry") for r in self.runs if r.get("policy_entry")), entry]
+        self.write_artifact(ctx, "policy.json", history)
+        return {"failures": [f.name for f in failures], "changes": len(changes), "policy_entry": entry}
+
+    def _apply(self, policies: dict[str, AugmentationPolicy]) -> None:
+        for transform, target in self.targets.items():
+            target.policy = policies.get(transform, AugmentationPolicy(base=0.0, augmentation=transform))
+        if self.on_update is not None:
+            self.on_update(dict(policies))
+
+
+def _markdown(where: str, failures: Sequence[FailureEvidence], policies: Mapping[str, AugmentationPolicy],
+              changes: Sequence[str]) -> str:
+    lines = [f"Evidence: {where}.", ""]
+    if failures:
+        shown = ", ".join(f"`{f.name}`" + (f" (shows {f.matches})" if f.matches and f.matches != f.name else "")
+                          for f in failures)
+        lines.append(f"Failure concepts: {shown}.")
+    else:
+        lines.append("No failure concepts.")
+    lines += ["", "**Changes:**" if changes else "No changes.", *[f"- {c}" for c in changes], ""]
+    for transform, policy in policies.items():
+        lines.append(f"- `{transform}`: {policy.explain()}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""FailureDrivenAugmentation: policies derived from failure evidence, applied, logged, kept across resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _cbtiny import event_accumulator, lightning, make_module, make_trainer
+from torch import nn
+
+from augment.policy import AugmentationPolicy
+from callbacks.failure_driven_augmentation import (
+    FailureDrivenAugmentation,
+    FailureEvidence,
+    class_error_rates,
+    derive_policies,
+    policy_changes,
+)
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.policy = AugmentationPolicy()
+
+
+def test_class_error_rates_are_per_true_class() -> None:
+    err, n = class_error_rates(torch.tensor([[3, 1, 0], [2, 2, 0], [0, 0, 0]]))
+    assert err[:2].tolist() == [0.25, 0.5] and torch.isnan(err[2]) and n.tolist() == [4, 4, 0]
+
+
+def test_derive_policies_targets_classes_that_fail_more_inside_the_slice() -> None:
+    inside = torch.tensor([[4, 0, 0], [3, 1, 0], [0, 0, 1]])  # class 1 wrong 3/4 inside
+    overall = torch.tensor([[20, 0, 0], [5, 15, 0], [0, 0, 9]])  # 5/20 overall
+    policies = derive_policies(
+        [FailureEvidence("cluster-2", "shadow", 3.0, inside, overall)], base=0.1, max_p=0.9,
+        min_class_support=2, class_names=["a", "b", "c"],
+    )
+    assert list(policies) == ["SyntheticShadow"]
+    (rule,) = policies["SyntheticShadow"].rules
+    assert (rule.kind, rule.index, rule.name) == ("class", 1, "b")
+    assert rule.p == pytest.approx(0.1 + 0.8 * (0.75 - 0.25) / 0.75, abs=1e-4)
+    assert "75%" in rule.reason and "25%" in rule.reason and "shows shadow" in rule.reason
+    # class 2 has one sample in the slice: below min_class_support; class 0 never fails
+    assert derive_policies([FailureEvidence("stripes", None, 2.0, inside, overall)]) == {}
+    fb = derive_policies([FailureEvidence("stripes", None, 2.0, inside, overall)], fallback="HideAndSeek")
+    assert list(fb) == ["HideAndSeek"]
+    with pytest.raises(ValueError, match="Expected 0 <= `base` <= `max_p` <= 1"):
+        derive_policies([], base=0.9, max_p=0.5)
+
+
+def test_the_strongest_rule_wins_when_two_failures_share_a_transform() -> None:
+    overall = torch.tensor([[10, 0], [2, 8]])
+    weak = FailureEvidence("shadow", None, 1.5, torch.tensor([[5, 0], [2, 3]]), overall)
+    strong = FailureEvidence("cluster-1", "shadow", 4.0, torch.tensor([[5, 0], [4, 1]]), overall)
+    (rule,) = derive_policies([weak, strong])["SyntheticShadow"].rules
+    assert rule.p == pytest.approx(0.8 * (0.8 - 0.2) / 0.8) and "cluster-1" in rule.reason
+
+
+def test_policy_changes_report_added_removed_and_reweighted_rules() -> None:
+    old = {"Cutout": AugmentationPolicy().with_class(1, 0.5).with_class(2, 0.3)}
+    new = {"Cutout": AugmentationPolicy().with_class(1, 0.7, "worse"), "SyntheticShadow":
+           AugmentationPolicy().with_class(0, 0.2, "new", name="cat")}
+    assert policy_changes(old, new) == [
+        "Cutout: class 1 p 0.50 → 0.70 (worse)",
+        "Cutout: − class 2 (no longer a failure)",
+        "SyntheticShadow: + class cat p=0.20 (new)",
+    ]
+    assert policy_changes(new, new) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"source": "oracle"}, "Expected `source` to be one of"),
+        ({"base": 0.5, "max_p": 0.2}, "Expected 0 <= `base` <= `max_p` <= 1"),
+        ({"min_precision": 2.0}, "Expected `min_precision` to be in"),
+        ({"min_class_support": 0}, "Expected `min_class_support`"),
+        ({"targets": {"Cutout": object()}}, "Expected target 'Cutout' to have a `policy` attribute"),
+    ],
+)
+def test_failure_driven_augmentation_rejects_bad_configuration(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FailureDrivenAugmentation(**kwargs)
+
+
+def _confusion_source(flavour: str) -> Any:
+    """A callback carrying a ConfusionMonitor-style result in which class 1 fails on 'bright' images."""
+    L = lightning(flavour)
+
+    class FakeConfusion(L.Callback):
+        latest = {
+            "step": 3,
+            "names": ["bright", "stripe", "clean"],
+            "counts": [[[4, 0, 0], [3, 1, 0], [0, 0, 4]], [[2, 0, 0], [0, 2, 0], [0, 0, 2]],
+                       [[4, 0, 0], [0, 4, 0], [0, 0, 4]]],
+            "overall": [[8, 0, 0], [3, 7, 0], [0, 0, 8]],
+            "ranking": [
+                {"name": "bright", "is_failure": True, "lift": 4.0},
+                {"name": "stripe", "is_failure": False, "lift": 1.0},
+                {"name": "clean", "is_failure": False, "lift": 0.0},
+            ],
+        }
+
+    return FakeConfusion()
+
+
+def test_policy_is_applied_logged_written_and_restored(tmp_path: Path) -> None:
+    holder = Holder()
+    seen: list[dict[str, AugmentationPolicy]] = []
+    fda = FailureDrivenAugmentation(targets={"SyntheticShadow": holder}, on_update=seen.append,
+                                    augmentations={"bright": "SyntheticShadow"}, min_class_support=2)
+    trainer = make_trainer("pytorch_lightning", tmp_path, [_confusion_source("pytorch_lightning"), fda], max_epochs=2)
+    trainer.fit(make_module("pytorch_lightning"))
+
+    (rule,) = holder.policy.rules
+    assert (rule.index, rule.p) == (1, pytest.approx(0.8 * (0.75 - 0.3) / 0.75, abs=1e-4))
+    assert len(seen) == 1  # the second epoch changed nothing
+    acc = event_accumulator(tmp_path / "run" / "version_0")
+    assert "augmentation/policy/text_summary" in acc.Tags()["tensors"]
+    assert {"augmentation/SyntheticShadow/max_p", "augmentation/failures"} <= set(acc.Tags()["scalars"])
+    history = json.loads((tmp_path / "run" / "version_0" / "conceptfix" / "augmentation" / "policy.json").read_text())
+    assert [len(h["changes"]) for h in history] == [1, 0] and history[0]["failures"] == ["bright"]
+    assert "FakeConfusion of step 3" in history[0]["evidence"]
+
+    holder2 = Holder()
+    resumed = FailureDrivenAugmentation(targets={"SyntheticShadow": holder2})
+    resumed.load_state_dict(fda.state_dict())
+    resumed.on_fit_start(None, None)
+    assert holder2.policy == holder.policy
+
+
+def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_show(tmp_path: Path) -> None:
+    from debugger.pipeline import ConceptAnalysis
+    from debugger.structures import Concept
+
+    # class c has channel c raised; a "bright" top-left quarter on channel 0 flips classes 1 and 2 to class 0
+    n = 24
+    targets = torch.arange(n) % 3
+    images = torch.zeros(n, 3, 8, 8)
+    images[torch.arange(n), targets] = 1.0
+    bright = torch.arange(n) % 2 == 0
+    images[bright, 0, :4, :4] += 8.0
+    masks = torch.zeros(n, 1, 8, 8, dtype=torch.bool)
+    masks[bright, 0, :4, :4] = True
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def by_ground_truth(embeddings: torch.Tensor, patches: Any) -> list[Concept]:
+        s = patches.concept_overlap[:, 0].float()
+        return [Concept(0, "cluster-0", (s > 0).nonzero().flatten(), s),
+                Concept(1, "cluster-1", (s == 0).nonzero().flatten(), 1 - s)]
+
+    batch = {"image": images, "target": targets, "concepts": bright.float()[:, None], "concept_masks": masks}
+    report = ConceptAnalysis(model, "0", patches="window", discovery=by_ground_truth, top_k=12, min_support=2,
+                             patch_kwargs={"sizes": (4,), "strides": (4,)}).run([batch], concept_names=["bright"])
+    assert [f.name for f in report.failures] == ["cluster-0"]
+    path = report.save(tmp_path / "report.json")
+
+    fda = FailureDrivenAugmentation(report_path=str(path), augmentations={"bright": "SyntheticShadow"})
+    found = fda.evidence(trainer=None)
+    assert found is not None
+    failures, _, where = found
+    assert failures[0].matches == "bright" and where == str(path)
+    policy = derive_policies(failures, {"bright": "SyntheticShadow"})["SyntheticShadow"]
+    assert sorted(r.index for r in policy.rules) == [1, 2]  # class 0 is never wrong
+    assert all(r.p == pytest.approx(0.8 * (1.0 - 0.5) / 1.0) for r in policy.rules)
