@@ -7,7 +7,7 @@ The steps, in order:
 2. **k** is chosen, when not given, by the silhouette score of a fit on a random subsample
    (``search_sample`` rows, silhouette on ``silhouette_sample`` of them) for every k in ``k_range``.
 3. The final fit on all unique rows: k-means (``MiniBatchKMeans`` above ``minibatch_above`` rows) or NMF
-   (``MiniBatchNMF`` above that size; NMF needs non-negative embeddings, e.g. after a ReLU).
+   (``MiniBatchNMF`` above ten times that; NMF needs non-negative embeddings, e.g. after a ReLU).
 4. **Scores** for every patch and cluster: the negative Euclidean distance to the centroid (k-means) or the
    NMF coefficient times the component's norm (NMF). A patch belongs to its best-scoring cluster.
 5. **Outliers** (ACE keeps only the patches nearest each centre): a member whose score falls more than
@@ -104,7 +104,7 @@ def _kmeans(k: int, n: int, seed: int, minibatch_above: int) -> Any:
 def _nmf(k: int, n: int, seed: int, minibatch_above: int) -> Any:
     from sklearn.decomposition import NMF, MiniBatchNMF
 
-    if n > minibatch_above:
+    if n > 10 * minibatch_above:  # coordinate-descent NMF stays fast (linear in n) much longer than k-means
         return MiniBatchNMF(n_components=k, random_state=seed, init="nndsvda", batch_size=2048, max_iter=200)
     return NMF(n_components=k, random_state=seed, init="nndsvda", max_iter=400)
 
@@ -134,10 +134,10 @@ def select_k(
     embeddings: Tensor | np.ndarray,
     k_range: tuple[int, int] = (2, 12),
     method: Method = "kmeans",
-    search_sample: int = 20000,
+    search_sample: int = 5000,
     silhouette_sample: int = 2000,
     seed: int = 0,
-    minibatch_above: int = 5000,
+    minibatch_above: int = 10000,
 ) -> tuple[int, dict[int, float]]:
     """Choose the number of clusters by silhouette score (fits on a subsample; silhouette on a smaller one).
 
@@ -315,9 +315,9 @@ def discover_concepts(
     min_images: int = 1,
     outlier_mad: float = 3.0,
     dedup_tol: float | None = 1e-3,
-    search_sample: int = 20000,
+    search_sample: int = 5000,
     silhouette_sample: int = 2000,
-    minibatch_above: int = 5000,
+    minibatch_above: int = 10000,
     coherence_sample: int = 200,
     seed: int = 0,
 ) -> list[Concept]:
@@ -336,7 +336,7 @@ def discover_concepts(
         dedup_tol: near-duplicate tolerance relative to the median embedding norm; None disables.
         search_sample: rows used to fit each candidate k.
         silhouette_sample: rows used for each silhouette score.
-        minibatch_above: use the mini-batch estimators above this many (unique) rows.
+        minibatch_above: use mini-batch k-means above this many (unique) rows (mini-batch NMF above 10×).
         coherence_sample: members per concept used to estimate its coherence.
         seed: seeds every random choice (subsamples, initialisation).
 
@@ -387,9 +387,9 @@ class ConceptDiscovery:
         min_images: int = 1,
         outlier_mad: float = 3.0,
         dedup_tol: float | None = 1e-3,
-        search_sample: int = 20000,
+        search_sample: int = 5000,
         silhouette_sample: int = 2000,
-        minibatch_above: int = 5000,
+        minibatch_above: int = 10000,
         coherence_sample: int = 200,
         seed: int = 0,
     ) -> None:
