@@ -2,8 +2,9 @@
 
 For each concept, the ``top_k`` patches by concept score point back to their source images; the model's
 confusion matrix is computed on just those images (classification) or on just the pixels of those patches
-(segmentation). All concepts are counted in one ``bincount`` over flat indices
-``concept * K * K + target * K + prediction``: no Python loop over concepts or samples.
+(segmentation). Counting is batched: image-level slices sum per-image cell histograms with one ``(C, N) @
+(N, K*K)`` product; pixel-level slices use one ``bincount`` over flat ``(concept, target * K + prediction)``
+indices per chunk of concepts (chunks bound the index buffer). No Python loop over samples or pixels.
 
 The pieces:
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 Normalize = Literal["true", "pred", "all"]
+_CHUNK_ELEMENTS = 1 << 22  # (concept, pixel) pairs per bincount: bounds the int64 index buffer to 32 MiB
 _NORMALIZE = ("true", "pred", "all")
 
 
@@ -105,7 +107,7 @@ def concept_confusion(
     num_classes: int,
     ignore_index: int | None = None,
 ) -> Tensor:
-    """Confusion matrix of every concept's slice, all concepts in one ``bincount``.
+    """Confusion matrix of every concept's slice, all concepts at once.
 
     Rows are ground-truth classes, columns predicted classes (sklearn's convention).
 
@@ -138,18 +140,30 @@ def concept_confusion(
                  [0, 0]]])
     """
     preds, target, membership = _check_inputs(preds, target, membership, num_classes)
-    keep = membership if membership.dim() == target.dim() + 1 else _broadcast(membership, target)
     valid = torch.ones_like(target, dtype=torch.bool)
     if ignore_index is not None:
         valid = target != ignore_index
     _check_labels(preds, target, valid, num_classes)
-    keep = keep & valid.unsqueeze(0)
-    idx = keep.nonzero(as_tuple=True)
-    concept = idx[0]
-    sample = idx[1:]
-    flat = (concept * num_classes + target[sample]) * num_classes + preds[sample]
-    counts = torch.bincount(flat, minlength=membership.shape[0] * num_classes * num_classes)
-    return counts.view(membership.shape[0], num_classes, num_classes)
+    num_concepts, n, kk = membership.shape[0], target.shape[0], num_classes * num_classes
+    # Each counted unit's cell of the K x K matrix; ignored units go to an extra bin that is dropped.
+    code = torch.where(valid, target * num_classes + preds, torch.full_like(target, kk)).reshape(n, -1)
+    if membership.dim() == 2:
+        # Image-level slices: one histogram per image, then (C, N) @ (N, K*K) sums them per concept.
+        offsets = torch.arange(n, device=code.device).unsqueeze(1) * (kk + 1)
+        hist = torch.bincount((offsets + code).reshape(-1), minlength=n * (kk + 1)).view(n, kk + 1)[:, :kk]
+        counts = membership.to(torch.float64) @ hist.to(torch.float64)
+        return counts.round().long().view(num_concepts, num_classes, num_classes)
+    # Pixel-level slices: one bincount over (concept, cell) per chunk of concepts, chunks bounded in memory.
+    flat_code = code.reshape(1, -1)
+    units = flat_code.shape[1]
+    chunk = max(1, _CHUNK_ELEMENTS // max(units, 1))
+    out = []
+    for c0 in range(0, num_concepts, chunk):
+        sel = membership[c0 : c0 + chunk].reshape(-1, units)
+        offsets = torch.arange(sel.shape[0], device=code.device).unsqueeze(1) * (kk + 1)
+        counts = torch.bincount((offsets + flat_code)[sel], minlength=sel.shape[0] * (kk + 1))
+        out.append(counts.view(-1, kk + 1)[:, :kk])
+    return torch.cat(out).view(num_concepts, num_classes, num_classes)
 
 
 def normalize_confusion(confmat: Tensor, normalize: Normalize = "true") -> Tensor:

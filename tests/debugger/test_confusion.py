@@ -196,3 +196,19 @@ def test_other_documented_errors():
     metric = ConceptConfusion(2, 2)
     with pytest.raises(ValueError, match="2 concept rows"):
         metric.update(torch.tensor([0]), torch.tensor([0]), torch.ones(3, 1, dtype=torch.bool))
+
+
+def test_pixel_counting_in_small_chunks_equals_one_chunk(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    preds = torch.randint(0, 3, (4, 6, 6), generator=gen)
+    target = torch.randint(0, 3, (4, 6, 6), generator=gen)
+    target[1, :2] = 255
+    membership = torch.rand(5, 4, 6, 6, generator=gen) > 0.5
+    whole = concept_confusion(preds, target, membership, 3, ignore_index=255)
+    monkeypatch.setattr("debugger.confusion._CHUNK_ELEMENTS", 1)
+    assert torch.equal(concept_confusion(preds, target, membership, 3, ignore_index=255), whole)
+    image_level = concept_confusion(preds, target, membership.flatten(2).any(2), 3, ignore_index=255)
+    pixel_all = concept_confusion(
+        preds, target, membership.flatten(2).any(2)[:, :, None, None].expand(-1, -1, 6, 6), 3, ignore_index=255
+    )
+    assert torch.equal(image_level, pixel_all)
