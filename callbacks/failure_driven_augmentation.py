@@ -154,8 +154,9 @@ class FailureDrivenAugmentation(Monitor):
     """Updates the augmentation policy from the latest failure concepts and logs what changed and why.
 
     Args:
-        targets: transform name → object whose ``policy`` attribute is set (e.g. the training integration's
-            augmenter); a transform without a target is still decided, stored and logged.
+        targets: transform name → object whose ``policy`` attribute is set; by default every
+            :class:`~callbacks.joint_batch.JointBatchTraining` on the trainer, by its occluder's class name. A
+            transform without a target is still decided, stored and logged.
         on_update: called with the new ``{transform: policy}`` whenever it changes.
         source: ``"concepts"`` (the ConceptMonitor's report), ``"confusion"`` (the ConfusionMonitor's
             annotated and discovered slices), or ``"auto"`` (the report when there is one, else the confusion).
@@ -219,12 +220,17 @@ class FailureDrivenAugmentation(Monitor):
         self.min_precision = min_precision
         self.keep_when_no_evidence = keep_when_no_evidence
         self.policies: dict[str, AugmentationPolicy] = {}
+        self._auto_targets: dict[str, Any] = {}
 
     def extra_state(self) -> dict[str, Any]:
         return {"policies": {k: v.to_dict() for k, v in self.policies.items()}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.policies = {k: AugmentationPolicy.from_dict(v) for k, v in state.get("policies", {}).items()}
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._auto_targets = {} if self.targets else training_targets(getattr(trainer, "callbacks", []))
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.policies:  # a resumed run trains with the policy it had
@@ -322,10 +328,26 @@ class FailureDrivenAugmentation(Monitor):
         return {"failures": [f.name for f in failures], "changes": len(changes), "policy_entry": entry}
 
     def _apply(self, policies: dict[str, AugmentationPolicy]) -> None:
-        for transform, target in self.targets.items():
+        for transform, target in (self.targets or getattr(self, "_auto_targets", {})).items():
             target.policy = policies.get(transform, AugmentationPolicy(base=0.0, augmentation=transform))
         if self.on_update is not None:
             self.on_update(dict(policies))
+
+
+def training_targets(callbacks: Sequence[Any]) -> dict[str, Any]:
+    """The trainer's joint-batch integrations by occluder name (``{"Cutout": JointBatchTraining(...)}``).
+
+    Any callback with a ``policy`` attribute and a ``joint`` augmenter counts; its transform is the class name of
+    ``joint.occluder`` (or of ``joint`` itself when it has no occluder).
+    """
+    found: dict[str, Any] = {}
+    for cb in callbacks:
+        joint = getattr(cb, "joint", None)
+        if joint is None or not hasattr(cb, "policy"):
+            continue
+        occluder = getattr(joint, "occluder", None)
+        found.setdefault(type(occluder if occluder is not None else joint).__name__, cb)
+    return found
 
 
 def _markdown(where: str, failures: Sequence[FailureEvidence], policies: Mapping[str, AugmentationPolicy],

@@ -166,3 +166,20 @@ def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_sh
     policy = derive_policies(failures, {"bright": "SyntheticShadow"})["SyntheticShadow"]
     assert sorted(r.index for r in policy.rules) == [1, 2]  # class 0 is never wrong
     assert all(r.p == pytest.approx(0.8 * (1.0 - 0.5) / 1.0) for r in policy.rules)
+
+
+def test_joint_batch_training_callbacks_are_targeted_by_occluder_name(tmp_path: Path) -> None:
+    from augment import Cutout, JointBatch, SyntheticShadow
+    from callbacks.failure_driven_augmentation import training_targets
+    from callbacks.joint_batch import JointBatchTraining
+
+    shadow = JointBatchTraining(JointBatch(SyntheticShadow()))
+    cutout = JointBatchTraining(JointBatch(Cutout(size=2)))
+    assert training_targets([shadow, cutout, Holder()]) == {"SyntheticShadow": shadow, "Cutout": cutout}
+
+    fda = FailureDrivenAugmentation(augmentations={"bright": "SyntheticShadow"}, min_class_support=2)
+    callbacks = [_confusion_source("pytorch_lightning"), shadow, fda]
+    make_trainer("pytorch_lightning", tmp_path, callbacks, max_epochs=1, logger=False).fit(
+        make_module("pytorch_lightning")
+    )
+    assert shadow.policy is not None and [r.index for r in shadow.policy.rules] == [1]
