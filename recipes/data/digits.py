@@ -20,7 +20,7 @@ class DigitsDataset(Dataset):
     Example:
         >>> ds = DigitsDataset("val", image_size=16)
         >>> tuple(ds[0]["image"].shape), len(ds)
-        ((1, 16, 16), 270)
+        ((1, 16, 16), 269)
     """
 
     classes = tuple(str(d) for d in range(10))
