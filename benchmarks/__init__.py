@@ -1,0 +1,1 @@
+"""Speed, scale and effectiveness measurements; run one with ``python -m benchmarks.<name>``."""
