@@ -1,0 +1,87 @@
+"""Contract tests over the registry of every public callback: both flavours, checkpoint round trip, no side effects."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _cbtiny import FLAVOURS, lightning
+
+import callbacks
+from callbacks import CALLBACKS, Monitor
+
+FACTORIES: dict[str, Callable[[], Any]] = {
+    "ConceptMonitor": lambda: callbacks.ConceptMonitor("layer1", every_n_epochs=2, name="x"),
+    "ConfusionMonitor": lambda: callbacks.ConfusionMonitor(every_n_train_steps=5),
+    "FailureDrivenAugmentation": lambda: callbacks.FailureDrivenAugmentation(fallback="Cutout"),
+    "JointBatchTraining": lambda: callbacks.JointBatchTraining(
+        importlib.import_module("augment").JointBatch(importlib.import_module("augment").Cutout(size=2))
+    ),
+    "SaliencyMonitor": lambda: callbacks.SaliencyMonitor("layer1", num_images=2),
+}
+
+
+def _public_callback_classes() -> set[str]:
+    base = callbacks._base._CallbackBase
+    found = set()
+    for info in pkgutil.iter_modules(callbacks.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"callbacks.{info.name}")
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, base) and obj.__module__ == module.__name__ \
+                    and not name.startswith("_"):
+                found.add(name)
+    return found
+
+
+def test_every_public_callback_is_in_the_registry_and_has_a_factory() -> None:
+    listed = {c.__name__ for c in CALLBACKS}
+    assert _public_callback_classes() == listed
+    assert set(FACTORIES) == listed
+    assert listed <= set(callbacks.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_callback_is_accepted_by_both_lightning_flavours(name: str) -> None:
+    cb = FACTORIES[name]()
+    for flavour in FLAVOURS:
+        assert isinstance(cb, lightning(flavour).Callback)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_construction_has_no_side_effects_and_state_round_trips(name: str, tmp_path: Path) -> None:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        cb = FACTORIES[name]()
+    finally:
+        os.chdir(cwd)
+    assert list(tmp_path.iterdir()) == []
+    assert name in cb.state_key
+    state = cb.state_dict()
+    twin = FACTORIES[name]()
+    twin.load_state_dict(state)
+    assert _same(twin.state_dict(), state)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return bool(a == b)
+
+
+def test_monitors_have_distinct_tag_roots() -> None:
+    roots = [c.tag_root for c in CALLBACKS if issubclass(c, Monitor)]
+    assert len(roots) == len(set(roots)) and "monitor" not in roots
