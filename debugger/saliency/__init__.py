@@ -32,6 +32,7 @@ from debugger.saliency.cam import (
     normgrad_from,
     selective_normgrad_from,
 )
+from debugger.saliency.evaluation import PointingGame, center_baseline, pointing_game
 from debugger.saliency.gradient import (
     Gradient,
     GradientXInput,
@@ -57,6 +58,7 @@ from debugger.saliency.perturbation import (
     occlusion,
     perturb_with_pyramid,
 )
+from debugger.saliency.sanity import cascading_randomization, class_sensitivity, parameter_layers, spearman
 from debugger.saliency.targets import ClassTarget, PixelTarget, RegionTarget, resolve_target
 
 __all__ = [
@@ -74,11 +76,15 @@ __all__ = [
     "NormGrad",
     "Occlusion",
     "PixelTarget",
+    "PointingGame",
     "RegionTarget",
     "SelectiveNormGrad",
     "SmoothGrad",
     "SmoothMaskGenerator",
     "blur_pyramid",
+    "cascading_randomization",
+    "center_baseline",
+    "class_sensitivity",
     "combine_maps",
     "conv_normgrad_from",
     "extremal_perturbation",
@@ -96,9 +102,12 @@ __all__ = [
     "min_max_normalize",
     "normgrad_from",
     "occlusion",
+    "parameter_layers",
     "perturb_with_pyramid",
+    "pointing_game",
     "reduce_channels",
     "resolve_target",
     "selective_normgrad_from",
     "smoothgrad",
+    "spearman",
 ]
