@@ -412,3 +412,57 @@ def tsne_coords(embeddings: Tensor, seed: int = 0, **tsne_kwargs: Any) -> Tensor
 
 def _to_uint8(x: Tensor) -> Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def report_images(
+    report: Any,
+    images: Tensor,
+    max_concepts: int = 8,
+    gallery_size: int = 16,
+    tile: int = 32,
+) -> dict[str, Tensor]:
+    """The pictures of a :class:`~debugger.report.ConceptReport`, keyed by TensorBoard tag.
+
+    One tag per picture (TensorBoard keeps only 10 images per tag), for the worst ``max_concepts`` concepts of
+    the ranking: ``concepts/<rank>-<name>/confusion`` (row-normalized, sequential), ``.../gallery`` (top
+    patches with correctness borders), and ``diffs/<diff>/<rank>-<name>`` (diverging) for every difference.
+
+    Args:
+        report: the report.
+        images: the probe images the report was computed on, in ``[0, 1]``.
+        max_concepts: concepts drawn, worst first.
+        gallery_size: patches per gallery.
+        tile: gallery tile side.
+
+    Shape:
+        - images: ``(N, C, H, W)``
+        - values: ``(3, H', W')`` uint8
+
+    Raises:
+        ValueError: if ``images`` does not hold the report's probe images.
+    """
+    from debugger.confusion import normalize_confusion
+
+    n = int(report.membership.shape[1])
+    if images.dim() != 4 or images.shape[0] != n:
+        raise ValueError(f"Expected `images` to be the report's {n} probe images (N, C, H, W), "
+                         f"but got {tuple(images.shape)!r}.")
+    ids = [c.id for c in report.concepts]
+    names = list(report.class_names) or None
+    correct = None
+    if report.image_accuracy is not None:
+        correct = report.image_accuracy.float()[report.patches.image_index]
+    out: dict[str, Tensor] = {}
+    for row in report.ranking[:max_concepts]:
+        i = ids.index(row.concept)
+        concept = report.concepts[i]
+        prefix = f"concepts/{row.rank:02d}-{concept.name}"
+        title = f"{concept.name}: error {100 * row.error_in:.0f}% vs {100 * row.error_out:.0f}%"
+        fig = confusion_heatmap(normalize_confusion(report.confusion[i]), names, title=title)
+        out[f"{prefix}/confusion"] = figure_to_array(fig)
+        out[f"{prefix}/gallery"] = concept_gallery(images, report.patches, concept.scores, top_k=gallery_size,
+                                                   size=tile, correct=correct)
+        for diff_name, diff in report.diffs.items():
+            fig = confusion_heatmap(diff[i], names, title=f"{diff_name}: {concept.name}", diverging=True)
+            out[f"diffs/{diff_name}/{row.rank:02d}-{concept.name}"] = figure_to_array(fig)
+    return out

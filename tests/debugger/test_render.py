@@ -179,3 +179,29 @@ def test_documented_errors():
         tsne_grid(torch.zeros(2, 4), images, patches)
     with pytest.raises(ValueError, match="`scores` to have 3 rows"):
         tsne_grid(torch.zeros(3, 4), images, patches, scores=torch.zeros(2))
+
+
+def test_report_images_one_tag_per_picture_worst_first():
+    from debugger.confusion import concept_confusion, concept_membership, confusion_difference
+    from debugger.ranking import rank_failures
+    from debugger.render import report_images
+    from debugger.report import ConceptReport
+    from debugger.structures import Concept
+
+    images, patches = _patches()
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.1, 0.9, 0.8]])
+    concepts = [Concept(i, f"c{i}", torch.tensor([i]), scores[i]) for i in range(2)]
+    membership = concept_membership(scores, patches.image_index, 2, top_k=1)
+    preds, target = torch.tensor([1, 1]), torch.tensor([0, 1])
+    cm = concept_confusion(preds, target, membership, 2)
+    ranking = rank_failures(preds != target, membership, names=["c0", "c1"], min_support=1)
+    report = ConceptReport("classification", "layer", 2, concepts, patches, membership, torch.tensor([[0], [1]]), cm,
+                           ranking, class_names=("a", "b"), image_accuracy=(preds == target).float(),
+                           diffs={"e1-e2": confusion_difference(cm, cm)})
+    pictures = report_images(report, images, gallery_size=2, tile=8)
+    first = report.ranking[0].name
+    assert f"concepts/01-{first}/confusion" in pictures and f"concepts/01-{first}/gallery" in pictures
+    assert f"diffs/e1-e2/02-{report.ranking[1].name}" in pictures
+    assert len(pictures) == 6 and all(v.dtype == torch.uint8 and v.shape[0] == 3 for v in pictures.values())
+    with pytest.raises(ValueError, match="the report's 2 probe images"):
+        report_images(report, images[:1])
