@@ -22,12 +22,11 @@ from callbacks.confusion_monitor import ConfusionMonitor  # noqa: E402
 from callbacks.saliency_monitor import SaliencyMonitor  # noqa: E402
 
 
-def main() -> None:
-    out, devices = Path(sys.argv[1]), int(sys.argv[2])
+def run(out: Path, devices: int) -> None:
     torch.set_num_threads(1)
     import pytorch_lightning as pl
 
-    pl.seed_everything(0, workers=True)
+    pl.seed_everything(0, workers=True, verbose=False)
     module = make_module("pytorch_lightning", lr=0.0, batchnorm=False, n_val=16)
     conf = ConfusionMonitor(source="annotated", probe_size=15, min_support=2)  # odd: uneven shards
     sal = SaliencyMonitor("layer1", probe_size=4)  # rank-zero-only work beside the collectives
@@ -37,6 +36,10 @@ def main() -> None:
     if trainer.is_global_zero:
         (out / "probe.json").write_text(json.dumps({"indices": conf.probe_indices, "world": trainer.world_size,
                                                       "pid": os.getpid()}))
+
+
+def main() -> None:
+    run(Path(sys.argv[1]), int(sys.argv[2]))
 
 
 if __name__ == "__main__":

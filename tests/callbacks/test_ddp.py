@@ -15,11 +15,17 @@ SCRIPT = Path(__file__).with_name("ddp_confusion_run.py")
 
 
 def _run(out: Path, devices: int) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1", PL_DISABLE_FORK="1")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(devices)], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if devices == 1:  # in this process: the same seeded weights, no second interpreter start-up
+        from ddp_confusion_run import run
+
+        run(out, 1)
+    else:  # Lightning's DDP launcher re-runs the script for rank 1
+        env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), str(out), str(devices)], capture_output=True, text=True, timeout=120,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "probe.json").read_text())
     ranking = json.loads((out / "run" / "version_0" / "conceptfix" / "confusion" / "ranking.json").read_text())
     return {"meta": meta, "ranking": ranking}
