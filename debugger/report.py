@@ -244,11 +244,11 @@ class ConceptReport:
         lines.append("|---:|---|---:|---:|---:|" + ("---|" if show_gt else ""))
         for i, c in enumerate(self.concepts):
             acc = float(accuracy[i]) if i < accuracy.numel() else float("nan")
-            row = f"| {c.id} | {c.name} | {int(c.members.numel())} | {_num(c.coherence)} | {_pct(acc)} |"
+            line = f"| {c.id} | {c.name} | {int(c.members.numel())} | {_num(c.coherence)} | {_pct(acc)} |"
             if show_gt and gt is not None:
                 j = int(torch.argmax(gt[i]))
-                row += f" {gt_names[j]} ({_pct(float(gt[i, j]))}) |"
-            lines.append(row)
+                line += f" {gt_names[j]} ({_pct(float(gt[i, j]))}) |"
+            lines.append(line)
         for name, check in self.ensembles.items():
             lines += ["", f"## Ensemble check `{name}`", ""]
             lines.append("| concept | acc a | acc b | acc ensemble | fixed a | fixed b |")
