@@ -196,9 +196,49 @@ def darken(
         >>> darken(torch.ones(1, 1, 1, 2), torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([0.5]))
         tensor([[[[1.0000, 0.5000]]]])
     """
+    weight = region.to(torch.float32) * intensity.to(device=region.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    return scale_towards(images, 1.0 - weight, floor)
+
+
+def scale_towards(images: Tensor, factor: Tensor, floor: Tensor | float | tuple[float, ...] = 0.0) -> Tensor:
+    """``floor + factor · (x - floor)``: one pass over the images when ``floor`` is 0.
+
+    Shape:
+        - images: ``(B, C, H, W)``
+        - factor: ``(B, 1, H, W)``
+        - floor: scalar or ``(C,)``
+        - output: like ``images``
+
+    Raises:
+        ValueError: if ``floor`` has neither one nor ``C`` entries.
+    """
+    factor = factor.to(images.dtype)
+    if isinstance(floor, int | float) and floor == 0:
+        return images * factor
     floor_t = _per_channel("floor", floor, images)
-    weight = region.to(images.dtype) * intensity.to(images.dtype).view(-1, 1, 1, 1)
-    return images - weight * (images - floor_t)
+    return torch.addcmul(floor_t, images - floor_t, factor)
+
+
+def line_shadow_factor(geometry: Tensor, softness: Tensor, strength: Tensor, height: int, width: int) -> Tensor:
+    """``1 - strength · line_shadow_region(...)``, fused: the brightness factor of a line shadow.
+
+    The signed distance to a line is a row term plus a column term, so the per-pixel work is one add, one
+    ``erf`` and one multiply-add: ``1 - s/2 - (s/2) · erf(d / (σ√2))``.
+
+    Shape:
+        - geometry: ``(B, 3)``
+        - softness: ``(B,)``
+        - strength: ``(B,)``, the intensity (0 for samples left unchanged)
+        - output: ``(B, 1, H, W)``
+    """
+    b = geometry.shape[0]
+    xs, ys = _grid(height, width, geometry.device, geometry.dtype)
+    px, py, angle = (geometry[:, i].view(-1, 1, 1) for i in range(3))
+    k = 1.0 / (softness.clamp_min(_MIN_SOFTNESS).to(geometry.dtype) * _SQRT2).view(-1, 1, 1)
+    t = ((ys - py) * (torch.sin(angle) * k)) + ((xs - px) * (torch.cos(angle) * k))
+    t = t.erf_()
+    half = (0.5 * strength.to(t.dtype)).view(b, 1, 1)
+    return torch.addcmul(1.0 - half, t, half, value=-1.0).unsqueeze(1)
 
 
 def boxes_region(boxes: Tensor, valid: Tensor, height: int, width: int) -> Tensor:

@@ -186,8 +186,14 @@ class SyntheticShadow(_Augmentation):
         """Apply ``params`` deterministically."""
         images = check_images(images)
         _, _, h, w = images.shape
-        region = self.region(params, h, w, images.device)
-        return AF.darken(images, region, params.intensity.to(images.device), self.floor)
+        p = params.to(images.device)
+        strength = p.intensity * p.applied.to(p.intensity.dtype)
+        if p.kind == "line":
+            factor = AF.line_shadow_factor(p.geometry, p.softness, strength, h, w)
+        else:
+            region = AF.shadow_region(p.kind, p.geometry, p.softness, h, w)  # type: ignore[arg-type]
+            factor = 1.0 - region * strength.view(-1, 1, 1, 1)
+        return AF.scale_towards(images, factor, self.floor)
 
 
 class _Occluder(_Augmentation):
