@@ -77,7 +77,8 @@ class ConceptMonitor(Monitor):
         layer: dotted module name whose activations embed the patches.
         patches: patch method of :class:`~debugger.pipeline.ConceptAnalysis` (superpixels by default).
         embedding: ``"roi"`` (one forward per image) or ``"resample"`` (one per patch, the seed's).
-        n_concepts: concepts per run; None lets discovery choose by silhouette.
+        n_concepts: concepts per run. A fixed k keeps a run at about a second for 64 probe images; None lets
+            discovery choose k by silhouette, which costs several seconds more per run on a CPU.
         discovery: ``"kmeans"`` or ``"nmf"``.
         top_k: patches per concept that define its slice.
         min_support: probe images a slice needs for a failure verdict.
@@ -104,7 +105,7 @@ class ConceptMonitor(Monitor):
         layer: str,
         patches: PatchMethod = "superpixel",
         embedding: Literal["roi", "resample"] = "roi",
-        n_concepts: int | None = None,
+        n_concepts: int | None = 8,
         discovery: Literal["kmeans", "nmf"] = "kmeans",
         top_k: int = 50,
         min_support: int = 5,

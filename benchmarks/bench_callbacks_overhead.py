@@ -1,0 +1,118 @@
+"""Overhead of the default monitor set on one epoch of the Fashion-MNIST baseline (target: ≤ 5% wall time).
+
+Trains ``ResNetClassifier(in_channels=1)`` for one epoch on Fashion-MNIST (55,000 training images, 5,000
+validation images, batch 128, one CPU thread) with and without ``callbacks.default_monitors("layer2", "layer3")``
+(ConceptMonitor, ConfusionMonitor, SaliencyMonitor at their default cadence: once per epoch), both with a
+TensorBoard logger. Runs are interleaved (plain, monitored, monitored, plain, ...) and seeded alike, so machine
+drift hits both; the result is the ratio of median epoch wall times, plus the monitors' own measured time as a
+fraction of the plain epoch (less noisy on a shared machine) and whether the training loss trajectory is identical.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_callbacks_overhead [--repeats 2] [--train-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def one_epoch(monitored: bool, train_size: int | None, root: str) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+
+    from callbacks import default_monitors
+    from recipes.baseline import quiet_lightning
+    from recipes.data import FashionMNISTDataModule
+    from recipes.models import ResNetClassifier
+
+    quiet_lightning()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, workers=True, verbose=False)
+    dm = FashionMNISTDataModule(batch_size=128, train_size=train_size, val_size=5000)
+    model = ResNetClassifier(num_classes=10, in_channels=1)
+    losses: list[float] = []
+
+    class LossTrace(pl.Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            losses.append(float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs))
+
+    monitors = default_monitors("layer2", "layer3") if monitored else []
+    logger = pl.loggers.TensorBoardLogger(root, name="monitored" if monitored else "plain")
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, logger=logger, callbacks=[LossTrace(), *monitors],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=True,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    wall = time.perf_counter() - start
+    monitor_seconds = {type(m).__name__: sum(r["seconds"] for r in m.runs) for m in monitors}
+    return {"wall_s": wall, "monitor_s": monitor_seconds, "losses": losses,
+            "batches": len(losses), "runs": {type(m).__name__: len(m.runs) for m in monitors}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--train-size", type=int, default=None, help="cap the training split (default: all)")
+    parser.add_argument("--name", default="callbacks_overhead")
+    args = parser.parse_args()
+
+    from benchmarks.harness import record
+
+    plain: list[dict[str, Any]] = []
+    monitored: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as root:
+        for r in range(args.repeats):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for flag in order:
+                out = one_epoch(flag, args.train_size, root)
+                (monitored if flag else plain).append(out)
+                print(f"repeat {r} {'monitored' if flag else 'plain'}: {out['wall_s']:.1f}s {out['monitor_s']}",
+                      flush=True)
+
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        n = len(xs)
+        return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+    p_med = median([o["wall_s"] for o in plain])
+    m_med = median([o["wall_s"] for o in monitored])
+    own = [sum(o["monitor_s"].values()) for o in monitored]
+    results = {
+        "setup": {
+            "data": "Fashion-MNIST train (55,000 unless capped) / val 5,000, batch 128",
+            "model": "ResNetClassifier(in_channels=1, width=16, blocks=(1,1,1))",
+            "monitors": "default_monitors('layer2', 'layer3'): ConceptMonitor, ConfusionMonitor, SaliencyMonitor",
+            "cadence": "every_n_epochs=1 (default); one run each per epoch",
+            "threads": 1,
+            "train_size": args.train_size,
+            "repeats": args.repeats,
+        },
+        "plain_epoch_s": [round(o["wall_s"], 3) for o in plain],
+        "monitored_epoch_s": [round(o["wall_s"], 3) for o in monitored],
+        "median_plain_s": round(p_med, 3),
+        "median_monitored_s": round(m_med, 3),
+        "wall_overhead_ratio": round(m_med / p_med - 1, 4),
+        "monitor_own_s": [{k: round(v, 3) for k, v in o["monitor_s"].items()} for o in monitored],
+        "monitor_own_fraction_of_plain_epoch": round(median(own) / p_med, 4),
+        "target": "<= 0.05",
+        "meets_target_wall": m_med / p_med - 1 <= 0.05,
+        "meets_target_own_time": median(own) / p_med <= 0.05,
+        "identical_loss_trajectory": all(o["losses"] == plain[0]["losses"] for o in plain + monitored),
+        "batches_per_epoch": plain[0]["batches"],
+    }
+    path = record(args.name, results)
+    print(f"wall overhead {results['wall_overhead_ratio']:+.2%}, monitors' own time "
+          f"{results['monitor_own_fraction_of_plain_epoch']:.2%} of a plain epoch; identical losses: "
+          f"{results['identical_loss_trajectory']} -> {path}")
+
+
+if __name__ == "__main__":
+    main()
