@@ -198,25 +198,42 @@ class ConceptAnalysis:
                            embedding_dim=int(embeddings.shape[1]))
         return report
 
-    def compare(self, report: ConceptReport, other: nn.Module, batches: Iterable[Any], name: str = "other",
-                ensemble: bool = True) -> ConceptReport:
+    def compare(
+        self,
+        report: ConceptReport,
+        other: nn.Module,
+        batches: Iterable[Any],
+        name: str = "other",
+        ensemble: bool = True,
+        against: Literal["model", "report"] = "model",
+    ) -> ConceptReport:
         """Evaluate ``other`` on the same probe batches and the same concept slices as ``report``.
 
-        Adds ``diffs[name]`` (normalized confusion of ``other`` minus this model's, per concept) and, when
-        ``ensemble``, ``ensembles[name]`` (does averaging the two models' softmax probabilities fix each one's
-        errors on the concepts' images?). The batches must be the probe set ``report`` was computed on.
+        Adds ``diffs[name]``: the normalized confusion of ``other`` minus that of the reference, per concept.
+        The reference is this analysis' model evaluated now (``against="model"``: model vs model), or the
+        confusion stored in ``report`` (``against="report"``: epoch vs epoch — pass the same model, trained
+        further, as ``other``). With ``against="model"`` and ``ensemble``, also adds ``ensembles[name]``: does
+        averaging the two models' softmax probabilities fix each one's errors on the concepts' images?
+        The batches must be the probe set ``report`` was computed on. Returns a new report.
 
         Raises:
-            ValueError: if the batches do not hold as many images as the report's probe set, or the models
-                disagree in their number of classes.
+            ValueError: if ``against`` is not a valid option, the batches do not hold the report's probe images,
+                or the models disagree in their outputs' shape.
         """
-        mine = self._capture(batches, model=self.model, keep_images=False)
-        theirs = self._capture(batches, model=other, keep_images=False)
+        if against not in ("model", "report"):
+            raise ValueError(f"Expected `against` to be one of 'model', 'report', but got {against!r}.")
         n = int(report.membership.shape[1])
-        if len(mine) != n or len(theirs) != n:
-            raise ValueError(
-                f"Expected the batches to hold the report's {n} probe images, but got {len(mine)}."
-            )
+        theirs = self._capture(batches, model=other, keep_images=False)
+        if len(theirs) != n:
+            raise ValueError(f"Expected the batches to hold the report's {n} probe images, but got {len(theirs)}.")
+        region = self._region(report, theirs.targets.dim() == 3)
+        k = report.num_classes
+        cm_other = concept_confusion(theirs.predictions, theirs.targets, region, k, self.ignore_index)
+        out = replace(report, diffs=dict(report.diffs), ensembles=dict(report.ensembles))
+        if against == "report":
+            out.diffs[name] = confusion_difference(report.confusion, cm_other)
+            return out
+        mine = self._capture(batches, model=self.model, keep_images=False)
         if mine.logits is None or theirs.logits is None:
             raise RuntimeError("Expected the capture to keep the logits, but got none.")
         if mine.logits.shape != theirs.logits.shape:
@@ -224,11 +241,7 @@ class ConceptAnalysis:
                 f"Expected `other` to output logits of shape {tuple(mine.logits.shape)!r} like the model, "
                 f"but got {tuple(theirs.logits.shape)!r}."
             )
-        region = self._region(report, mine.targets.dim() == 3)
-        k = report.num_classes
-        cm_other = concept_confusion(theirs.predictions, theirs.targets, region, k, self.ignore_index)
         cm_mine = concept_confusion(mine.predictions, mine.targets, region, k, self.ignore_index)
-        out = replace(report, diffs=dict(report.diffs), ensembles=dict(report.ensembles))
         out.diffs[name] = confusion_difference(cm_mine, cm_other)
         if ensemble:
             out.ensembles[name] = ensemble_check(
@@ -366,7 +379,8 @@ class ConceptAnalysis:
 
             masks = patch_masks(report.patches, _image_size(report.patches))
         scores = torch.stack([torch.nan_to_num(c.scores.float(), nan=-torch.inf) for c in report.concepts])
-        return concept_membership(scores, report.patches.image_index, n, self.top_k, masks=masks)
+        top_k = max(1, int(report.top_patches.shape[1]))
+        return concept_membership(scores, report.patches.image_index, n, top_k, masks=masks)
 
 
 def ground_truth_precision(patches: PatchSet, top: Tensor, min_overlap: float = 0.0) -> Tensor | None:

@@ -172,6 +172,23 @@ def test_compare_adds_differences_and_the_ensemble_check():
     assert not math.isnan(float(check.accuracy_ensemble[idx]))
 
 
+def test_epoch_difference_against_the_stored_confusion():
+    batches = _shadow_batches()
+    model = DarknessNet()
+    analysis = ConceptAnalysis(model, "relu", patches="window", discovery=_kmeans_by_sklearn, top_k=20,
+                               patch_kwargs=WINDOWS)
+    report = analysis.run(batches)
+    assert torch.equal(analysis.compare(report, model, batches, "e0", against="report").diffs["e0"],
+                       torch.zeros(2, 2, 2))
+    with torch.no_grad():  # "train" the model further: it now never predicts class 1
+        model.fc.bias.copy_(torch.tensor([100.0, -100.0]))
+    later = analysis.compare(report, model, batches, "e1", against="report")
+    idx = [c.id for c in report.concepts].index(report.ranking[0].concept)
+    assert later.diffs["e1"][idx, 0, 0] == pytest.approx(1.0) and "e1" not in later.ensembles
+    with pytest.raises(ValueError, match="`against` to be one of"):
+        analysis.compare(report, model, batches, against="epoch")
+
+
 def test_ground_truth_precision_without_ground_truth_is_none():
     from debugger.structures import PatchSet
 
