@@ -144,13 +144,13 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--probe-size", type=int, default=400)
-    p.add_argument("--layer", default="layer2")
+    p.add_argument("--layer", default="layer3", help="the last conv stage, as seed 000 §7.1 takes the final conv layer")
     p.add_argument("--patches", choices=("slic", "quickshift", "windows"), default="slic")
     p.add_argument("--n-concepts", type=int, default=None)
     p.add_argument("--k-range", type=int, nargs=2, default=[8, 16])
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--cache-dir", type=Path, default=None, help="keep trained baselines here between runs")
-    p.add_argument("--name", default=None, help="result file name (default planted_failure_<failure>)")
+    p.add_argument("--name", default=None, help="result file name (default concepts_<failure>)")
     args = p.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -185,7 +185,7 @@ def main() -> None:
         summary["roi"]["mean_patches_per_second"] / summary["resample"]["mean_patches_per_second"]
     )
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    path = _record(args.name or f"planted_failure_{args.failure}", {"config": config, "summary": summary,
+    path = _record(args.name or f"concepts_{args.failure}", {"config": config, "summary": summary,
                                                                      "rows": rows, "threads": 1})
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")

@@ -321,7 +321,8 @@ def stream_capture(
     The model's train/eval flags are restored when the generator finishes or is closed.
 
     Raises:
-        ValueError: on an unknown layer, a non-positive ``chunk_size`` or a malformed batch.
+        ValueError: on an unknown layer (at the first iteration), a non-positive ``chunk_size``, a malformed
+            batch, or predictions whose shape does not match the targets.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))

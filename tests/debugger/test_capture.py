@@ -179,6 +179,10 @@ def test_works_under_callers_inference_mode():
 
 def test_empty_probe_set_and_bad_chunk_size():
     net = TinyNet()
+    with pytest.raises(ValueError, match="Nearest valid names"):
+        run_capture(net, "layer9", [(torch.zeros(1, 3, 2, 2), torch.zeros(1, dtype=torch.long))])
+    with pytest.raises(ValueError, match="Expected `images`"):
+        run_capture(net, "fc", [(torch.zeros(3, 2, 2), torch.zeros(1, dtype=torch.long))])
     with pytest.raises(ValueError, match="empty"):
         run_capture(net, "fc", [])
     with pytest.raises(ValueError, match="Expected `chunk_size`"):

@@ -121,9 +121,9 @@ def test_transform_predict_and_patchset_image_index():
 
 
 def test_minibatch_path_and_reproducible():
-    x, y = blobs(400)
-    a = discover_concepts(x, n_concepts=3, minibatch_above=100, seed=3)
-    b = discover_concepts(x, n_concepts=3, minibatch_above=100, seed=3)
+    x, y = blobs(60)
+    a = discover_concepts(x, n_concepts=3, minibatch_above=50, seed=3)
+    b = discover_concepts(x, n_concepts=3, minibatch_above=50, seed=3)
     assert [c.members.tolist() for c in a] == [c.members.tolist() for c in b]
     for c in a:
         assert len(set(y[c.members].tolist())) == 1
