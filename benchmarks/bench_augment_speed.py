@@ -66,41 +66,45 @@ def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
+def _measure(size: int, batch: int, repeat: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=g)
+    imgs = [(xi.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for xi in x]
+    imgs_f = [xi.permute(1, 2, 0).numpy() for xi in x]
+    rs = A.RandomShadow(shadow_roi=(0, 0, 1, 1), p=1.0)
+    rs.set_random_seed(0)
+    twin = albu.SyntheticShadow(p=1.0)
+    twin.set_random_seed(0)
+    cases: dict[str, Callable[[], Any]] = {
+        "albumentations.RandomShadow (per sample, uint8)": lambda: [rs(image=i)["image"] for i in imgs],
+        "albumentations.RandomShadow (per sample, float32)": lambda: [rs(image=i)["image"] for i in imgs_f],
+        "SyntheticShadow line (batched)": lambda: augment.SyntheticShadow(p=1.0, seed=0)(x),
+        "SyntheticShadow polygon (batched)": lambda: augment.SyntheticShadow(p=1.0, kind="polygon", seed=0)(x),
+        "SyntheticShadow canopy (batched)": lambda: augment.SyntheticShadow(p=1.0, kind="canopy", seed=0)(x),
+        "augment.albu.SyntheticShadow line (per sample, float32)": lambda: [twin(image=i)["image"] for i in imgs_f],
+        "Cutout N=4 (batched)": lambda: augment.Cutout(count=4, size=size // 4, seed=0)(x),
+        "HideAndSeek G=4 (batched)": lambda: augment.HideAndSeek(grid=4, seed=0)(x),
+    }
+    per: dict[str, Any] = {}
+    for name, fn in cases.items():
+        sec = _median_seconds(fn, repeat)
+        per[name] = {"seconds_per_batch": sec, "images_per_second": batch / sec}
+        print(f"{size:4d}px B={batch:3d}  {name:58s} {batch / sec:10.0f} img/s", flush=True)
+    ref = per["albumentations.RandomShadow (per sample, uint8)"]["images_per_second"]
+    ratios = {k: v["images_per_second"] / ref for k, v in per.items()}
+    target = ratios["SyntheticShadow line (batched)"]
+    per["speedup_vs_RandomShadow_uint8"] = ratios
+    per["target_met (line >= 2x)"] = bool(target >= 2.0)
+    print(f"{size:4d}px B={batch:3d}  batched line shadow vs RandomShadow: {target:.2f}x", flush=True)
+    return per
+
+
 def run(sizes: list[int], batches: list[int], repeat: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     results: dict[str, Any] = {"batches": batches, "repeat": repeat, "threads": 1, "runs": {}}
-    for size, batch in ((s, b) for s in sizes for b in batches):
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(batch, 3, size, size, generator=g)
-        imgs = [(xi.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for xi in x]
-        imgs_f = [xi.permute(1, 2, 0).numpy() for xi in x]
-        rs = A.RandomShadow(shadow_roi=(0, 0, 1, 1), p=1.0)
-        rs.set_random_seed(0)
-        twin = albu.SyntheticShadow(p=1.0)
-        twin.set_random_seed(0)
-        cases: dict[str, Callable[[], Any]] = {
-            "albumentations.RandomShadow (per sample, uint8)": lambda: [rs(image=i)["image"] for i in imgs],
-            "albumentations.RandomShadow (per sample, float32)": lambda: [rs(image=i)["image"] for i in imgs_f],
-            "SyntheticShadow line (batched)": lambda: augment.SyntheticShadow(p=1.0, seed=0)(x),
-            "SyntheticShadow polygon (batched)": lambda: augment.SyntheticShadow(p=1.0, kind="polygon", seed=0)(x),
-            "SyntheticShadow canopy (batched)": lambda: augment.SyntheticShadow(p=1.0, kind="canopy", seed=0)(x),
-            "augment.albu.SyntheticShadow line (per sample, float32)": lambda: [twin(image=i)["image"]
-                                                                                for i in imgs_f],
-            "Cutout N=4 (batched)": lambda: augment.Cutout(count=4, size=size // 4, seed=0)(x),
-            "HideAndSeek G=4 (batched)": lambda: augment.HideAndSeek(grid=4, seed=0)(x),
-        }
-        per: dict[str, Any] = {}
-        for name, fn in cases.items():
-            sec = _median_seconds(fn, repeat)
-            per[name] = {"seconds_per_batch": sec, "images_per_second": batch / sec}
-            print(f"{size:4d}px B={batch:3d}  {name:58s} {batch / sec:10.0f} img/s", flush=True)
-        ref = per["albumentations.RandomShadow (per sample, uint8)"]["images_per_second"]
-        ratios = {k: v["images_per_second"] / ref for k, v in per.items()}
-        target = ratios["SyntheticShadow line (batched)"]
-        per["speedup_vs_RandomShadow_uint8"] = ratios
-        per["target_met (line >= 2x)"] = bool(target >= 2.0)
-        results["runs"][f"{size}px_B{batch}"] = per
-        print(f"{size:4d}px B={batch:3d}  batched line shadow vs RandomShadow: {target:.2f}x", flush=True)
+    for size in sizes:
+        for batch in batches:
+            results["runs"][f"{size}px_B{batch}"] = _measure(size, batch, repeat)
     return results
 
 
