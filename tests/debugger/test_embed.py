@@ -191,3 +191,19 @@ def test_input_errors():
         embed_patches(net, "conv", images, ps, mode="resample", fill=(0.5, 0.5))
     with pytest.raises(ValueError, match="Expected `batch_size`"):
         embed_patches(net, "conv", images, ps, batch_size=0)
+
+
+def test_hook_removed_when_forward_raises_before_the_layer():
+    class Boom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    net = Boom().train()
+    images = torch.rand(1, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="boom"):
+        embed_patches(net, "conv", images, sliding_windows(images, sizes=(4,)))
+    assert _hooks(net) == 0 and net.training
