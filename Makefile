@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench install install-test clean
+.PHONY: demo test lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,6 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check debugger callbacks augment recipes tests benchmarks
 	$(BIN)/mypy
-
-bench: install-test
-	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

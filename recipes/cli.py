@@ -34,7 +34,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from recipes.models import ResNetClassifier
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=500, test_size=2000, seed=args.seed)
+    dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=500, test_size=args.test_size, seed=args.seed)
     print(f"conceptfix demo: planted-concept data ({args.train_size} training images; shadows in "
           f"{100 * dm.dataset('train').table[0, 0]:.0f}% of training and "
           f"{100 * dm.dataset('test').table[0, 0]:.0f}% of test images)", flush=True)
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train the baseline on built-in planted-concept data and report per concept")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs (default: %(default)s)")
     demo.add_argument("--train-size", type=int, default=6000, help="training images (default: %(default)s)")
+    demo.add_argument("--test-size", type=int, default=2000, help="test images (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seeds data and training (default: %(default)s)")
     demo.set_defaults(func=run_demo)
     return parser

@@ -115,8 +115,8 @@ class ChunkedDataset(Dataset):
 def _load(path: Path) -> dict[str, Tensor] | None:
     try:
         return torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError):
-        return None  # missing or unreadable: regenerate
+    except Exception:  # missing, truncated or not a tensor file: regenerate
+        return None
 
 
 def _save(chunk: dict[str, Tensor], path: Path) -> None:

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from recipes.baseline import fit_baseline, predict, slice_metrics
+from recipes.data import PlantedConceptsDataModule, RoadScenesDataModule
+from recipes.models import ResNetClassifier, SegmentationNet
+
+
+def test_classifier_trains_for_a_few_steps_and_loss_falls():
+    dm = PlantedConceptsDataModule(train_size=128, val_size=32, test_size=64, batch_size=32, cache_dir=None)
+    model = ResNetClassifier(width=4)
+    x = dm.dataset("train").materialize()
+    before = torch.nn.functional.cross_entropy(model.eval()(x["image"]), x["target"]).item()
+    fit_baseline(dm, model, max_epochs=2, seed=0)
+    after = torch.nn.functional.cross_entropy(model(x["image"]), x["target"]).item()
+    assert after < before
+    m = slice_metrics(model, dm.dataset("test"))
+    assert 0 <= m["all"] <= 1 and set(m["shadow"]) == {"with", "without", "n_with", "n_without"}
+
+
+def test_segmentation_net_trains_and_reports_iou_per_class():
+    dm = RoadScenesDataModule(train_size=8, val_size=4, test_size=4, batch_size=4, cache_dir=None)
+    model = fit_baseline(dm, SegmentationNet(width=4), max_epochs=1, seed=0)
+    m = slice_metrics(model, dm.dataset("test"))
+    assert len(m["all"]["iou"]) == 3 and 0 <= m["all"]["pixel_acc"] <= 1
+
+
+def test_models_take_plain_pairs_as_well_as_contract_dicts():
+    model = ResNetClassifier(width=4, in_channels=1)
+    x, y = torch.rand(6, 1, 16, 16), torch.randint(10, (6,))
+    out = predict(model, [(x, y)])
+    assert out["pred"].shape == (6,) and "concepts" not in out
+    assert model.training  # predict restores the mode it found
+    loss_pair = model._step((x, y), "train")
+    loss_dict = model._step({"image": x, "target": y}, "train")
+    assert torch.allclose(loss_pair, loss_dict)
+
+
+def test_readable_layer_names():
+    names = dict(ResNetClassifier(blocks=(1, 2)).named_children())
+    assert {"stem", "layer1", "layer2", "pool", "fc"} <= set(names)
+    seg = dict(SegmentationNet().named_children())
+    assert {"enc1", "enc2", "bottleneck", "dec2", "dec1", "head"} <= set(seg)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_classes": 1}, "num_classes"),
+        ({"width": 0}, "width"),
+        ({"blocks": ()}, "blocks"),
+        ({"stem_stride": 3}, "stem_stride"),
+        ({"lr": 0.0}, "lr"),
+    ],
+)
+def test_classifier_rejects_bad_configuration(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNetClassifier(**kwargs)
+
+
+def test_segmentation_rejects_sizes_the_unet_cannot_pool():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SegmentationNet(width=4)(torch.zeros(1, 3, 30, 30))
+
+
+def test_fit_baseline_rejects_bad_epochs():
+    dm = PlantedConceptsDataModule(train_size=8, val_size=8, test_size=8, cache_dir=None)
+    with pytest.raises(ValueError, match="max_epochs"):
+        fit_baseline(dm, max_epochs=0)
