@@ -130,9 +130,9 @@ def _check(b: Batch) -> None:
 def as_sample(image: Tensor, target: Tensor | int, concepts: Tensor | None = None,
               concept_masks: Tensor | None = None) -> Sample:
     """Build one contract sample, leaving out the optional fields that are unknown."""
-    s: Sample = {IMAGE: image, TARGET: torch.as_tensor(target, dtype=torch.long)}
+    s: Sample = {"image": image, "target": torch.as_tensor(target, dtype=torch.long)}
     if concepts is not None:
-        s[CONCEPTS] = concepts
+        s["concepts"] = concepts
     if concept_masks is not None:
-        s[CONCEPT_MASKS] = concept_masks
+        s["concept_masks"] = concept_masks
     return s

@@ -7,7 +7,7 @@ plain ``(x, y)`` batches.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -48,6 +48,8 @@ def _stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
 class _Trainable(pl.LightningModule):
     """Optimiser, schedule and the train/val/test steps shared by both baselines."""
 
+    metrics: nn.ModuleDict
+
     def __init__(self, lr: float, weight_decay: float) -> None:
         super().__init__()
         if lr <= 0:
@@ -81,8 +83,11 @@ class _Trainable(pl.LightningModule):
     def update_metrics(self, stage: str, logits: Tensor, targets: Tensor) -> None:
         raise NotImplementedError
 
+    def _metric(self, stage: str) -> torchmetrics.Metric:
+        return cast(torchmetrics.Metric, self.metrics[stage + "_"])
+
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
         steps = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -158,7 +163,7 @@ class ResNetClassifier(_Trainable):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
     def update_metrics(self, stage: str, logits: Tensor, targets: Tensor) -> None:
-        metric = self.metrics[stage + "_"]
+        metric = self._metric(stage)
         metric(logits, targets)
         self.log(f"{stage}/acc", metric, prog_bar=stage != "train", batch_size=len(targets))
 
@@ -218,14 +223,15 @@ class SegmentationNet(_Trainable):
         return self.head(d1)
 
     def update_metrics(self, stage: str, logits: Tensor, targets: Tensor) -> None:
-        self.metrics[stage + "_"].update(logits.argmax(1), targets)
+        self._metric(stage).update(logits.argmax(1), targets)
 
     def _log_iou(self, stage: str) -> None:
-        iou = self.metrics[stage + "_"].compute()
+        metric = self._metric(stage)
+        iou = metric.compute()
         for c, v in enumerate(iou):
             self.log(f"{stage}/iou_{c}", v)
         self.log(f"{stage}/miou", iou.mean(), prog_bar=True)
-        self.metrics[stage + "_"].reset()
+        metric.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_iou("train")

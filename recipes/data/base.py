@@ -6,7 +6,6 @@ import hashlib
 import inspect
 import os
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,21 @@ def default_cache_dir() -> Path | None:
     return Path.home() / ".cache" / "conceptfix" / "data"
 
 
-@cache
+_DIGESTS: dict[str, str] = {}
+
+
 def _code_digest(cls: type) -> str:
     """A digest of the generator's source, so a cache never serves chunks made by older code."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
     for c in cls.__mro__:
         if c.__module__.startswith("recipes."):
             h.update(inspect.getsource(sys.modules[c.__module__]).encode())
     h.update(inspect.getsource(render).encode())
-    return h.hexdigest()[:16]
+    _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 class ChunkedDataset(Dataset):
