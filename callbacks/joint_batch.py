@@ -19,18 +19,21 @@ test and predict batches are untouched.
 sample depends on the current model, so the module's ``training_step`` is wrapped:
 
 1. the user's ``training_step`` runs on the clean batch ``X`` with a forward hook on ``layer``;
-2. ``torch.autograd.grad`` of that loss with respect to the captured activation (``retain_graph=True``) gives
-   the gradient at the layer — a backward pass from the loss down to ``layer`` that computes activation
-   gradients only: no parameter gradient is computed or touched, nothing runs below the layer;
-3. NormGrad at the layer, ``‖g_u‖·‖x_u‖`` with respect to the ground-truth label (the training loss), places the
-   ``S × S`` occluders; the user's ``training_step`` runs again on ``X ⊙ M``;
-4. the wrapper returns ``(L_clean + L_occluded) / 2``; Lightning's single backward of it and the optimizer step
-   then see exactly the gradient of the mean loss over the ``2B`` joint batch.
+2. the clean half's backward runs right away, as ``torch.autograd.grad`` of ``L_clean / 2`` with respect to
+   the parameters *and* the captured activation: one backward pass gives the clean half's parameter gradients
+   and, on the way, the gradient at the layer, so NormGrad ``‖g_u‖·‖x_u‖`` (with respect to the ground-truth
+   label, i.e. the training loss) costs almost nothing extra. Nothing is written to ``param.grad`` here;
+3. NormGrad places the ``S × S`` occluders; the user's ``training_step`` runs again on ``X ⊙ M``;
+4. the wrapper returns the joint loss ``(L_clean + L_occluded) / 2`` (for logging and for Lightning's
+   backward) through a node whose backward also delivers the clean gradients of step 2. Lightning's single
+   backward therefore runs the occluded half's backward only, and ``param.grad`` at the optimizer step is
+   exactly the gradient of the mean loss over the ``2B`` joint batch — scaled by gradient accumulation and
+   AMP like any loss, and accumulated through the normal path that DDP's hooks watch.
 
-What differs from one joint forward: BatchNorm normalises each half with its own batch statistics (and
-updates its running statistics twice per step), and ``training_step`` logs twice per step (Lightning averages
-them). The extra cost over a plain joint step is the partial activation-gradient pass of step 2 — the deeper
-``layer``, the cheaper (``benchmarks/bench_augment_step.py`` measures it).
+What differs from one joint forward of ``2B`` rows: BatchNorm normalises each half with its own batch
+statistics (and updates its running statistics twice per step), ``training_step`` runs twice per step (its
+logs are averaged by Lightning), and the clean half's gradients are one step's worth of extra memory.
+Manual optimisation is not supported (the wrapper needs Lightning to run the backward).
 
 Per-sample probabilities come from an :class:`~augment.AugmentationPolicy` (``policy=``), evaluated on each
 batch's targets and concepts, so the closed loop can target failing classes or concept slices; samples the
@@ -132,8 +135,27 @@ class _AfterBatchTransfer:
         return augment_batch(batch, self.owner.joint, self.owner.policy)
 
 
+class _AddGradients(torch.autograd.Function):
+    """Identity on the loss whose backward also hands precomputed gradients to parameters.
+
+    The clean half's parameter gradients are computed inside ``training_step`` (where Lightning has not yet
+    zeroed the old ones), so they cannot be accumulated there; passing them through this node lets Lightning's
+    own backward deliver them, scaled like the rest of the loss (gradient accumulation, AMP) and through the
+    normal accumulation path that DDP's gradient hooks watch.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, loss: Tensor, stash: list[Tensor], *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.stash = stash
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:  # type: ignore[override]
+        return (grad, None, *(grad * g for g in ctx.stash))
+
+
 class _SaliencyTrainingStep:
-    """Replaces a module's ``training_step`` while installed: clean pass, NormGrad, occluded pass."""
+    """Replaces a module's ``training_step`` while installed: clean pass + backward, NormGrad, occluded pass."""
 
     def __init__(self, owner: JointBatchTraining, module: nn.Module, original: Any, layer: nn.Module) -> None:
         self.owner, self.module, self.original, self.layer = owner, module, original, layer
@@ -154,15 +176,19 @@ class _SaliencyTrainingStep:
                 "but it did not run or has no gradient."
             )
         activation = captured[-1]
-        (grad,) = torch.autograd.grad(clean_loss, activation, retain_graph=True)
-        saliency = normgrad_from(activation.detach(), grad)[:, 0]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        # The clean half's whole backward, once: its parameter gradients (delivered by Lightning's backward
+        # below) and, on the way, the gradient at the layer that NormGrad needs.
+        grads = torch.autograd.grad(0.5 * clean_loss, [activation, *params], allow_unused=True)
+        saliency = normgrad_from(activation.detach(), grads[0])[:, 0]
+        stash = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:], strict=True)]
         b = unpack_batch(batch)
         probabilities = self.owner.policy.probabilities(b.targets, b.concepts) if self.owner.policy else None
         occluder: nn.Module = joint.occluder  # type: ignore[assignment]
         occluded, _ = occluder(b.images, saliency=saliency, probabilities=probabilities, return_params=True)
-        occluded_batch = _replace_images(batch, occluded)
-        occluded_out = self.original(occluded_batch, *args, **kwargs)
-        loss = 0.5 * (clean_loss + _loss_of(occluded_out))
+        occluded_out = self.original(_replace_images(batch, occluded), *args, **kwargs)
+        joint_loss = 0.5 * (clean_loss.detach() + _loss_of(occluded_out))
+        loss = _AddGradients.apply(joint_loss, stash, *params)
         if isinstance(occluded_out, Mapping):
             return {**occluded_out, "loss": loss}
         return loss
@@ -193,8 +219,8 @@ class JointBatchTraining(_CallbackBase):
     Raises:
         ValueError: if ``joint`` is neither ``JointBatch`` nor ``BatchAugment``; if ``layer`` is missing for
             saliency occlusion or given without it; if saliency occlusion is asked of ``BatchAugment``; in
-            ``setup`` if ``layer`` is not a layer of the module (listing the nearest names) or the module is
-            already wrapped by another ``JointBatchTraining``.
+            ``setup`` if ``layer`` is not a layer of the module (listing the nearest names), the module is
+            already wrapped by another ``JointBatchTraining``, or it uses manual optimisation with saliency.
 
     Example:
         >>> from augment import Cutout
@@ -258,6 +284,9 @@ class JointBatchTraining(_CallbackBase):
                 return
             raise ValueError(f"Expected one JointBatchTraining per module, but {type(module).__name__} is already "
                              "wrapped by another.")
+        if self.saliency_guided and getattr(module, "automatic_optimization", True) is False:
+            raise ValueError("Expected a module with automatic optimisation for saliency-guided joint batches, "
+                             "but got automatic_optimization=False.")
         original = getattr(host, attr)
         if self.saliency_guided:
             layer = resolve_layer(module, self.layer)  # type: ignore[arg-type]

@@ -219,6 +219,19 @@ def test_saliency_step_gradient_is_the_joint_mean_and_leaves_param_grads_alone()
     assert "training_step" not in host.__dict__
 
 
+def test_saliency_step_clean_gradients_follow_loss_scaling():
+    host = _Host()
+    x, y = torch.rand(4, 3, 12, 12), torch.tensor([0, 1, 2, 1])
+    cb = JointBatchTraining(JointBatch(SaliencyOcclusion(size=4, jitter=0, seed=0)), layer="net.2")
+    cb.install(host)
+    host.training_step((x, y), 0)["loss"].backward()
+    full = [p.grad.clone() for p in host.parameters()]
+    host.zero_grad()
+    (0.25 * host.training_step((x, y), 0)["loss"]).backward()  # like accumulate_grad_batches=4
+    for a, p in zip(full, host.parameters(), strict=True):
+        assert torch.allclose(0.25 * a, p.grad, atol=1e-7)
+
+
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_saliency_joint_batches_in_a_trainer(flavour, tmp_path):
     module = _module(flavour)
@@ -272,6 +285,11 @@ def test_errors():
         nl = NoLoss()
         JointBatchTraining(JointBatch(SaliencyOcclusion(size=2)), layer="net.2").install(nl)
         nl.training_step((torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), 0)
+
+    manual = _Host()
+    manual.automatic_optimization = False
+    with pytest.raises(ValueError, match="Expected a module with automatic optimisation"):
+        JointBatchTraining(JointBatch(SaliencyOcclusion()), layer="net.2").install(manual)
 
     frozen = _Host()
     frozen.requires_grad_(False)
