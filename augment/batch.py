@@ -199,7 +199,14 @@ class JointBatch(nn.Module):
         b = check_images(images).shape[0]
         targets = _check_targets(targets, b)
         extras = _check_extras(extras, b)
-        images, targets, extras = _augment(self.augment, images, targets, extras, generator)
+        # Full-resolution occluder inputs (object masks, a saliency map at image size) describe the pixels, so
+        # the standard augmentation moves them too.
+        hw = images.shape[-2:]
+        moved = {k: v for k, v in occluder_kwargs.items()
+                 if isinstance(v, Tensor) and v.dim() >= 3 and v.shape[0] == b and v.shape[-2:] == hw}
+        images, targets, both = _augment(self.augment, images, targets, {**extras, **moved}, generator)
+        extras = {k: both[k] for k in extras}
+        occluder_kwargs.update({k: both[k] for k in moved})
         occluded, params = self.occluder(images, probabilities=probabilities, generator=generator,
                                          return_params=True, **occluder_kwargs)
         index = torch.arange(b, device=images.device).repeat(2)

@@ -41,6 +41,21 @@ def test_joint_batch_augments_before_duplication_and_masks_follow():
     assert torch.equal(out.extras["concept_masks"], out.images > 40)
 
 
+def test_joint_batch_moves_full_resolution_occluder_inputs_with_the_augmentation():
+    obj = torch.zeros(64, 16, 16, dtype=torch.bool)
+    obj[:, 1:4, 1:4] = True
+    joint = JointBatch(augment.SyntheticShadow(p=1.0, seed=0), augment=RandomCropFlip(padding=4, seed=0))
+    out = joint(torch.ones(64, 1, 16, 16), torch.zeros(64), object_masks=obj)
+    px, py = out.params[0].geometry[:, 0], out.params[0].geometry[:, 1]
+    # The same crop (same seed, first draw) applied to the mask gives the box the shadows must cross.
+    crop = RandomCropFlip(padding=4, seed=0)
+    _, moved_obj = crop(torch.ones(64, 1, 16, 16), obj)
+    box = augment.functional.mask_bounding_boxes(moved_obj)
+    inside = (px >= box[:, 0]) & (px <= box[:, 2]) & (py >= box[:, 1]) & (py <= box[:, 3])
+    assert inside.all()
+    assert not torch.equal(box, augment.functional.mask_bounding_boxes(obj))
+
+
 def test_joint_batch_per_sample_probabilities():
     out = JointBatch(augment.Cutout(size=3, seed=0))(_x(), torch.zeros(4, dtype=torch.long),
                                                      probabilities=torch.tensor([0.0, 1.0, 0.0, 1.0]))
