@@ -166,3 +166,22 @@ def test_mask_bounding_boxes_and_empty_masks():
     m = torch.zeros(2, 5, 6, dtype=torch.bool)
     m[0, 1:4, 2:5] = True
     assert AF.mask_bounding_boxes(m).tolist() == [[2.0, 1.0, 5.0, 4.0], [0.0, 0.0, 6.0, 5.0]]
+
+
+def test_samplers_and_numpy_kernels_reject_bad_input():
+    from augment import functional_numpy as NF
+    from augment import params as AP
+
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="Expected `kind` to be one of"):
+        AP.sample_shadow(1, 4, 4, g, kind="cloud")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Expected `saliency` to be a tensor of shape \(B, h, w\)"):
+        AP.sample_saliency_occlusion(torch.zeros(4, 4), 4, 4, g)
+    with pytest.raises(ValueError, match="Expected `kind` to be one of"):
+        NF.shadow_region("cloud", np.zeros(3), 0.0, 4, 4)
+    with pytest.raises(ValueError, match="Expected `fill` to be one of"):
+        NF.occlude(np.zeros((4, 4, 1)), np.zeros((4, 4)), "zeros")
+    with pytest.raises(ValueError, match="Expected `intensity` to be a pair"):
+        AP.check_range("intensity", (0.1, 0.2, 0.3), 0, 1)
+    with pytest.raises(ValueError, match="Expected `value` to be a number or one number per channel"):
+        AP.check_value("value", "abc")

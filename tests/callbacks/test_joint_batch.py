@@ -299,3 +299,12 @@ def test_errors():
         frozen.training_step((torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), 0)
     with pytest.raises(ValueError, match="Expected a batch"):
         augment_batch(torch.zeros(2), JointBatch(Cutout()))
+
+
+def test_callback_pickles_for_spawned_processes():
+    import pickle
+
+    cb = JointBatchTraining(JointBatch(SaliencyOcclusion(size=2, seed=0)), layer="net.2",
+                            policy=AugmentationPolicy().with_class(1, 1.0))
+    clone = pickle.loads(pickle.dumps(cb))
+    assert clone.layer == "net.2" and clone.policy == cb.policy and clone.state_key == cb.state_key
