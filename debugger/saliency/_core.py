@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.capture import resolve_layer
+from debugger.capture import preserve_training_mode, resolve_layer
 from debugger.saliency.targets import TargetLike, resolve_target
 
 
@@ -29,14 +29,8 @@ def attribution_mode(model: nn.Module) -> Iterator[None]:
 
     Each module's own ``training`` flag is restored (a model may be partly frozen in eval mode on purpose).
     """
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            model.eval()
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with preserve_training_mode(model), torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def prepare_input(x: Tensor) -> Tensor:

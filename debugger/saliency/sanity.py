@@ -72,9 +72,9 @@ def parameter_layers(model: nn.Module) -> list[str]:
 
 
 def _redraw_(module: nn.Module, generator: torch.Generator) -> None:
-    """Re-draw each parameter of ``module`` from a normal with the parameter's own mean and std."""
+    """Re-draw each parameter of ``module`` (and its children) from a normal with its own mean and std."""
     with torch.no_grad():
-        for p in module.parameters(recurse=False):
+        for p in module.parameters():
             std = float(p.std()) if p.numel() > 1 else 0.0
             std = std if std > 0 else 1.0
             noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
@@ -93,7 +93,8 @@ def cascading_randomization(
 
     The model is deep-copied once (the caller's model is never modified); the parameters of ``layers``
     (default :func:`parameter_layers`, output end first) are re-drawn cumulatively, one more layer each
-    step, from normals matching each parameter's mean and std. Buffers (BatchNorm statistics) are kept.
+    step, from normals matching each parameter's mean and std; a layer may name a block, whose parameters are
+    all re-drawn together. Buffers (BatchNorm statistics) are kept.
     ``target`` stays fixed: ``"predicted"`` is resolved once on the trained model.
 
     Args:

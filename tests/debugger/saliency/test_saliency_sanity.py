@@ -121,3 +121,14 @@ def test_center_baseline_and_metric():
     assert float(metric.compute()) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="Expected `tolerance` to be non-negative"):
         PointingGame(tolerance=-1)
+
+
+def test_cascading_randomization_accepts_blocks(net, images):
+    block = nn.Sequential()
+    block.add_module("body", net)
+    out = cascading_randomization(lambda m: Gradient(m).attribute, block, images, TARGETS_4, layers=["body"])
+    assert list(out) == ["body"] and out["body"].shape == (4,)
+    assert out["body"].mean() < 0.9
+
+
+TARGETS_4 = torch.tensor([0, 3, 1, 4])
