@@ -218,7 +218,8 @@ class ConceptAnalysis:
 
         Raises:
             ValueError: if ``against`` is not a valid option, the batches do not hold the report's probe images,
-                or the models disagree in their outputs' shape.
+                ``other`` does not output the report's number of classes, or the two models' outputs differ in
+                shape.
         """
         if against not in ("model", "report"):
             raise ValueError(f"Expected `against` to be one of 'model', 'report', but got {against!r}.")
@@ -226,8 +227,14 @@ class ConceptAnalysis:
         theirs = self._capture(batches, model=other, keep_images=False)
         if len(theirs) != n:
             raise ValueError(f"Expected the batches to hold the report's {n} probe images, but got {len(theirs)}.")
-        region = self._region(report, theirs.targets.dim() == 3)
         k = report.num_classes
+        if theirs.logits is None or theirs.logits.dim() < 2 or theirs.logits.shape[1] != k:
+            shape = None if theirs.logits is None else tuple(theirs.logits.shape)
+            raise ValueError(
+                f"Expected `other` to output {k} class scores at dim 1 like the report's model, "
+                f"but got shape {shape!r}."
+            )
+        region = self._region(report, theirs.targets.dim() == 3)
         cm_other = concept_confusion(theirs.predictions, theirs.targets, region, k, self.ignore_index)
         out = replace(report, diffs=dict(report.diffs), ensembles=dict(report.ensembles))
         if against == "report":

@@ -249,3 +249,8 @@ def test_run_errors():
     report = analysis.run(batches)
     with pytest.raises(ValueError, match="the report's 8 probe images"):
         analysis.compare(report, DarknessNet(), _shadow_batches(n=4))
+    three = nn.Sequential(nn.Conv2d(3, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match=r"`other` to output 2 class scores at dim 1 .* \(8, 3\)"):
+        analysis.compare(report, three, batches)
+    with pytest.raises(ValueError, match=r"`other` to output 2 class scores"):
+        analysis.compare(report, three, batches, against="report")
