@@ -2,8 +2,8 @@
 
 After each scheduled run of the monitors it reads the newest evidence — the
 :class:`~debugger.report.ConceptReport` of a :class:`~callbacks.concept_monitor.ConceptMonitor` on the same
-trainer, the last result of a :class:`~callbacks.confusion_monitor.ConfusionMonitor`, or a report JSON on
-disk — and, for every **failure concept** (significant lift, enough support), decides:
+trainer and/or the last result of a :class:`~callbacks.confusion_monitor.ConfusionMonitor`, or a report JSON
+on disk — and, for every **failure concept** (significant lift, enough support), decides:
 
 - **which transform**: by the concept's name (annotated slices) or the ground-truth concept its top patches
   show (discovered clusters, ``ground_truth_precision`` ≥ ``min_precision``), looked up in ``augmentations``
@@ -159,7 +159,8 @@ class FailureDrivenAugmentation(Monitor):
             transform without a target is still decided, stored and logged.
         on_update: called with the new ``{transform: policy}`` whenever it changes.
         source: ``"concepts"`` (the ConceptMonitor's report), ``"confusion"`` (the ConfusionMonitor's
-            annotated and discovered slices), or ``"auto"`` (the report when there is one, else the confusion).
+            annotated and discovered slices), or ``"auto"`` (both: the report's failure concepts and the
+            ConfusionMonitor's annotated failure slices).
         report_path: read the evidence from this ConceptReport JSON instead (e.g. from ``conceptfix diagnose``).
         augmentations: failure concept (or the ground-truth concept it shows) → transform name.
         fallback: transform for failure concepts not in ``augmentations``; None leaves them alone.
@@ -247,18 +248,29 @@ class FailureDrivenAugmentation(Monitor):
                 return None
             return self._from_report(ConceptReport.load(self.report_path)) + (self.report_path,)
         callbacks = list(getattr(trainer, "callbacks", []))
+        failures: list[FailureEvidence] = []
+        class_names: list[str] | None = None
+        sources: list[str] = []
         if self.source in ("auto", "concepts"):
             for cb in callbacks:
                 report = getattr(cb, "latest_report", None)
                 if report is not None:
-                    step = report.meta.get("global_step", "?")
-                    return self._from_report(report) + (f"{type(cb).__name__} report of step {step}",)
+                    found, class_names = self._from_report(report)
+                    failures += found
+                    sources.append(f"{type(cb).__name__} report of step {report.meta.get('global_step', '?')}")
+                    break
         if self.source in ("auto", "confusion"):
             for cb in callbacks:
                 latest = getattr(cb, "latest", None)
                 if isinstance(latest, dict) and "overall" in latest:
-                    return self._from_confusion(latest) + (f"{type(cb).__name__} of step {latest['step']}",)
-        return None
+                    # discovered slices ("name@step") are the report's concepts again: count them once
+                    skip_discovered = bool(sources)
+                    failures += self._from_confusion(latest, skip_discovered)[0]
+                    sources.append(f"{type(cb).__name__} of step {latest['step']}")
+                    break
+        if not sources:
+            return None
+        return failures, class_names, " and ".join(sources)
 
     def _from_report(self, report: Any) -> tuple[list[FailureEvidence], list[str] | None]:
         if report.overall_confusion is None:
@@ -275,13 +287,14 @@ class FailureDrivenAugmentation(Monitor):
             out.append(FailureEvidence(row.name, matches, row.lift, report.confusion[i], report.overall_confusion))
         return out, list(report.class_names) or None
 
-    def _from_confusion(self, latest: dict[str, Any]) -> tuple[list[FailureEvidence], list[str] | None]:
+    def _from_confusion(self, latest: dict[str, Any], skip_discovered: bool = False
+                        ) -> tuple[list[FailureEvidence], list[str] | None]:
         names = latest["names"]
         counts = torch.tensor(latest["counts"], dtype=torch.long)
         overall = torch.tensor(latest["overall"], dtype=torch.long)
         out = []
         for row in latest["ranking"]:
-            if not row["is_failure"] or row["name"] == "clean":
+            if not row["is_failure"] or row["name"] == "clean" or (skip_discovered and "@" in row["name"]):
                 continue
             i = names.index(row["name"])
             out.append(FailureEvidence(row["name"], None, float(row["lift"]), counts[i], overall))

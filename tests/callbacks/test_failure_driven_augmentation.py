@@ -132,7 +132,8 @@ def test_policy_is_applied_logged_written_and_restored(tmp_path: Path) -> None:
     assert holder2.policy == holder.policy
 
 
-def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_show(tmp_path: Path) -> None:
+def _bright_report() -> Any:
+    """A real ConceptReport in which discovered 'cluster-0' shows the 'bright' concept and is a failure."""
     from debugger.pipeline import ConceptAnalysis
     from debugger.structures import Concept
 
@@ -153,8 +154,12 @@ def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_sh
                 Concept(1, "cluster-1", (s == 0).nonzero().flatten(), 1 - s)]
 
     batch = {"image": images, "target": targets, "concepts": bright.float()[:, None], "concept_masks": masks}
-    report = ConceptAnalysis(model, "0", patches="window", discovery=by_ground_truth, top_k=12, min_support=2,
-                             patch_kwargs={"sizes": (4,), "strides": (4,)}).run([batch], concept_names=["bright"])
+    return ConceptAnalysis(model, "0", patches="window", discovery=by_ground_truth, top_k=12, min_support=2,
+                           patch_kwargs={"sizes": (4,), "strides": (4,)}).run([batch], concept_names=["bright"])
+
+
+def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_show(tmp_path: Path) -> None:
+    report = _bright_report()
     assert [f.name for f in report.failures] == ["cluster-0"]
     path = report.save(tmp_path / "report.json")
 
@@ -183,3 +188,20 @@ def test_joint_batch_training_callbacks_are_targeted_by_occluder_name(tmp_path: 
         make_module("pytorch_lightning")
     )
     assert shadow.policy is not None and [r.index for r in shadow.policy.rules] == [1]
+
+
+def test_auto_source_combines_the_concept_report_and_annotated_confusion_failures() -> None:
+    L = lightning("pytorch_lightning")
+    report = _bright_report()
+
+    class ReportHolder(L.Callback):
+        latest_report = report
+
+    trainer = type("T", (), {"callbacks": [ReportHolder(), _confusion_source("pytorch_lightning")]})()
+    found = FailureDrivenAugmentation().evidence(trainer)
+    assert found is not None
+    failures, _, where = found
+    assert [f.name for f in failures] == ["cluster-0", "bright"]
+    assert where.startswith("ReportHolder report") and "FakeConfusion of step 3" in where
+    only = FailureDrivenAugmentation(source="confusion").evidence(trainer)
+    assert only is not None and [f.name for f in only[0]] == ["bright"]
