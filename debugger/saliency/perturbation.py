@@ -160,21 +160,29 @@ def perturb_with_pyramid(pyramid: Tensor, mask: Tensor) -> Tensor:
         - mask: ``(N, 1, H, W)`` in ``[0, 1]``
         - return: ``(N, C, H, W)``
     """
-    levels = pyramid.shape[1] - 1
+    return _perturb_pairs(_level_pairs(pyramid), mask)
+
+
+def _level_pairs(pyramid: Tensor) -> Tensor:
+    """Each level next to its difference to the following one, ``(N, L, 2C, H, W)``: one gather per step."""
+    return torch.cat([pyramid[:, :-1], pyramid[:, 1:] - pyramid[:, :-1]], dim=2)
+
+
+def _perturb_pairs(pairs: Tensor, mask: Tensor) -> Tensor:
+    levels = pairs.shape[1]
     t = ((1 - mask) * levels).clamp(0, levels)  # continuous level index, (N, 1, H, W)
     # floor/frac interpolation (not hat functions), so the gradient is non-zero at m = 0 and m = 1 too
     lo = t.detach().floor().clamp(max=levels - 1).long()
-    frac = (t - lo.to(t.dtype)).unsqueeze(2)  # (N, 1, 1, H, W)
-    idx = lo.unsqueeze(2).expand(-1, -1, pyramid.shape[2], -1, -1)
-    below = pyramid.gather(1, idx)
-    above = pyramid.gather(1, idx + 1)
-    return (below + (above - below) * frac).squeeze(1)
+    frac = t - lo.to(t.dtype)
+    picked = pairs.gather(1, lo.unsqueeze(2).expand(-1, -1, pairs.shape[2], -1, -1)).squeeze(1)
+    below, step = picked.chunk(2, dim=1)
+    return below + step * frac
 
 
-def _perturb(x: Tensor, mask: Tensor, kind: Perturbation, pyramid: Tensor | None) -> Tensor:
+def _perturb(x: Tensor, mask: Tensor, kind: Perturbation, pairs: Tensor | None) -> Tensor:
     if kind == "blur":
-        assert pyramid is not None  # internal invariant, set up by the caller
-        return perturb_with_pyramid(pyramid, mask)
+        assert pairs is not None  # internal invariant: the caller built the pyramid's level pairs
+        return _perturb_pairs(pairs, mask)
     if kind == "constant":
         mean = x.mean(dim=(2, 3), keepdim=True)
         return x * mask + mean * (1 - mask)
@@ -245,13 +253,13 @@ def meaningful_perturbation(
         target = fix_target(model, x, target)
         b, _, h, w = x.shape
         size = (h, w)
-        pyramid = blur_pyramid(x, max_blur or _default_blur(size)) if perturbation == "blur" else None
+        pairs = _level_pairs(blur_pyramid(x, max_blur or _default_blur(size))) if perturbation == "blur" else None
         m = torch.ones(b, 1, max(1, h // mask_scale), max(1, w // mask_scale), device=x.device, dtype=x.dtype)
         m.requires_grad_(True)
         opt = torch.optim.Adam([m], lr=lr)
         for _ in range(iterations):
             up = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            xp = _perturb(x, up, perturbation, pyramid)
+            xp = _perturb(x, up, perturbation, pairs)
             if jitter > 1:
                 shift = torch.randint(0, jitter, (2,), generator=generator).tolist()
                 xp = torch.roll(xp, shifts=(shift[0], shift[1]), dims=(2, 3))
@@ -519,7 +527,7 @@ def extremal_perturbation(
         with torch.no_grad():
             clean = copy_scores(target, model(x), 1)
         # area-major layout: mask index a * B + i, so each area's chunk is a B-sample batch in input order
-        pyr = pyramid.repeat(n_areas, 1, 1, 1, 1)
+        pyr = _level_pairs(pyramid).repeat(n_areas, 1, 1, 1, 1)
         area_of = area_t.to(x.device, x.dtype).repeat_interleave(b)
         param = torch.full((n_areas * b, 1, *gen.lattice_shape), 0.5, device=x.device, dtype=x.dtype)
         velocity = torch.zeros_like(param)
@@ -544,7 +552,7 @@ def extremal_perturbation(
         with torch.no_grad():
             masks = torch.cat([gen(param[s : s + per_chunk]) for s in range(0, n_masks, per_chunk)])
             scores = torch.cat([
-                copy_scores(target, model(perturb_with_pyramid(pyr[s : s + per_chunk], masks[s : s + per_chunk])),
+                copy_scores(target, model(_perturb_pairs(pyr[s : s + per_chunk], masks[s : s + per_chunk])),
                             masks[s : s + per_chunk].shape[0] // b)
                 for s in range(0, n_masks, per_chunk)
             ])
@@ -562,13 +570,13 @@ def _extremal_energy(
 ) -> Tensor:
     copies = mask.shape[0] // b
     if variant == "dual":  # one forward for both games: preserved copies first, deleted copies after
-        both = torch.cat([perturb_with_pyramid(pyramid, mask), perturb_with_pyramid(pyramid, 1 - mask)])
+        both = torch.cat([_perturb_pairs(pyramid, mask), _perturb_pairs(pyramid, 1 - mask)])
         scores = copy_scores(target, model(both), 2 * copies)
         reward = scores[: mask.shape[0]] - scores[mask.shape[0] :]
     elif variant == "preserve":
-        reward = copy_scores(target, model(perturb_with_pyramid(pyramid, mask)), copies)
+        reward = copy_scores(target, model(_perturb_pairs(pyramid, mask)), copies)
     else:
-        reward = -copy_scores(target, model(perturb_with_pyramid(pyramid, 1 - mask)), copies)
+        reward = -copy_scores(target, model(_perturb_pairs(pyramid, 1 - mask)), copies)
     return (-reward + weight * _area_loss(mask, areas)).sum()
 
 
