@@ -308,3 +308,40 @@ def test_callback_pickles_for_spawned_processes():
                             policy=AugmentationPolicy().with_class(1, 1.0))
     clone = pickle.loads(pickle.dumps(cb))
     assert clone.layer == "net.2" and clone.policy == cb.policy and clone.state_key == cb.state_key
+
+
+@pytest.mark.slow
+def test_saliency_joint_batches_under_two_process_ddp_keep_ranks_in_sync(tmp_path):
+    """Each rank's clean-half gradients reach DDP's all-reduce: were they added outside it, the ranks (which
+    see different samples) would step differently and their weights would drift apart."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    script = Path(__file__).with_name("ddp_joint_batch_run.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "2"], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "weights.pt"), torch.load(tmp_path / "weights_rank1.pt")
+    start = _fresh_ddp_weights(script)
+    assert any(not torch.allclose(v, start[k]) for k, v in rank0.items())
+    for k, v in rank0.items():
+        assert torch.equal(v, rank1[k]), k
+
+
+def _fresh_ddp_weights(script):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_joint_batch_run", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, verbose=False)
+    return {k: v.detach().clone() for k, v in mod.Net(4).state_dict().items()}
