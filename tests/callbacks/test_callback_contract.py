@@ -85,3 +85,24 @@ def _same(a: Any, b: Any) -> bool:
 def test_monitors_have_distinct_tag_roots() -> None:
     roots = [c.tag_root for c in CALLBACKS if issubclass(c, Monitor)]
     assert len(roots) == len(set(roots)) and "monitor" not in roots
+
+
+def test_the_real_monitors_do_not_change_the_loss_trajectory(tmp_path: Path) -> None:
+    from _cbtiny import make_module, make_trainer
+
+    def losses(with_monitors: bool) -> list[float]:
+        lightning("pytorch_lightning").seed_everything(0, workers=True)
+        module = make_module("pytorch_lightning")
+        cbs = []
+        if with_monitors:
+            cbs = [
+                callbacks.ConceptMonitor("layer1", patches="window", n_concepts=2, probe_size=8, max_galleries=1,
+                                         grid=(4, 4), analysis_kwargs={"patch_kwargs": {"sizes": (4,)}}),
+                callbacks.ConfusionMonitor(probe_size=8, every_n_train_steps=2),
+                callbacks.SaliencyMonitor("layer1", probe_size=8, explain="target"),
+                callbacks.FailureDrivenAugmentation(fallback="Cutout"),
+            ]
+        make_trainer("pytorch_lightning", tmp_path / str(with_monitors), cbs, max_epochs=2).fit(module)
+        return module.losses
+
+    assert losses(False) == losses(True)
