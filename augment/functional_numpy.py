@@ -3,24 +3,28 @@
 The same maths as :mod:`augment.functional`, written again on NumPy arrays in the albumentations layout so
 that per-sample pipelines (DataLoader workers) need no tensors; the parity tests pin the two against each
 other pixel for pixel. Only fill noise is shared (drawn by :func:`augment.functional.seeded_noise`), so that
-one seed means the same noise on both paths.
+one seed means the same noise on both paths (and ``erf``, which NumPy lacks).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import correlate1d
-from scipy.special import erf
+import torch
 
 from augment import functional as AF
 
 _SQRT2 = np.sqrt(2.0)
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    # NumPy has no erf; torch's (float64, on a zero-copy view) avoids a SciPy dependency.
+    return torch.special.erf(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
+
+
 def soft_edge(signed_distance: np.ndarray, softness: float) -> np.ndarray:
     """Gaussian CDF of the signed distance (see :func:`augment.functional.soft_edge`)."""
     sigma = max(float(softness), 1e-4)
-    return 0.5 * (1.0 + erf(signed_distance / (sigma * _SQRT2)))
+    return 0.5 * (1.0 + _erf(signed_distance / (sigma * _SQRT2)))
 
 
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,11 +95,22 @@ def boxes_region(boxes: np.ndarray, valid: np.ndarray, height: int, width: int) 
     return out
 
 
+def _correlate_edge(image: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
+    r = (len(k) - 1) // 2
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (r, r)
+    padded = np.pad(image, pad, mode="edge")
+    n = image.shape[axis]
+    out = np.zeros_like(image, dtype=np.float64)
+    for i, w in enumerate(k):
+        out += w * np.take(padded, np.arange(i, i + n), axis=axis)
+    return out
+
+
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of an ``(H, W, C)`` image with edge-replicating borders."""
-    k = AF.gaussian_kernel1d(sigma, dtype=AF.torch.float64).numpy()
-    out = correlate1d(image, k, axis=1, mode="nearest")
-    return correlate1d(out, k, axis=0, mode="nearest")
+    k = AF.gaussian_kernel1d(sigma, dtype=torch.float64).numpy()
+    return _correlate_edge(_correlate_edge(image, k, axis=1), k, axis=0)
 
 
 def occlude(image: np.ndarray, region: np.ndarray, fill: str = "mean", value: float | tuple[float, ...] = 0.0,
@@ -111,7 +126,7 @@ def occlude(image: np.ndarray, region: np.ndarray, fill: str = "mean", value: fl
     if fill == "mean":
         filler = np.broadcast_to(v, image.shape)
     elif fill == "noise":
-        noise = AF.seeded_noise(AF.torch.tensor([noise_seed]), c, h, w)[0].numpy().transpose(1, 2, 0)
+        noise = AF.seeded_noise(torch.tensor([noise_seed]), c, h, w)[0].numpy().transpose(1, 2, 0)
         filler = v + noise_std * noise.astype(np.float64)
     elif fill == "blur":
         filler = gaussian_blur(image, blur_sigma)

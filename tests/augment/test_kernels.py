@@ -81,13 +81,17 @@ def test_boxes_region_clips_overflow_and_ignores_invalid_boxes():
     assert torch.equal(r, expected)
 
 
-def test_gaussian_blur_matches_scipy():
+def test_gaussian_blur_matches_scipy_on_both_paths():
     ndimage = pytest.importorskip("scipy.ndimage")
+    from augment import functional_numpy as NF
+
     x = torch.rand(1, 2, 12, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for sigma in (1.0, 2.0):
         ours = AF.gaussian_blur(x, sigma)[0].numpy()
         theirs = np.stack([ndimage.gaussian_filter(c, sigma, mode="nearest", truncate=3.0) for c in x[0].numpy()])
         np.testing.assert_allclose(ours, theirs, atol=1e-10)
+        hwc = NF.gaussian_blur(x[0].permute(1, 2, 0).numpy(), sigma).transpose(2, 0, 1)
+        np.testing.assert_allclose(hwc, theirs, atol=1e-10)
 
 
 def test_occlude_fills():
