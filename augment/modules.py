@@ -186,6 +186,8 @@ class SyntheticShadow(_Augmentation):
         """Apply ``params`` deterministically."""
         images = check_images(images)
         _, _, h, w = images.shape
+        if len(params) != images.shape[0]:
+            raise ValueError(f"Expected `params` for {images.shape[0]} samples, but got {len(params)}.")
         p = params.to(images.device)
         strength = p.intensity * p.applied.to(p.intensity.dtype)
         if p.kind == "line":

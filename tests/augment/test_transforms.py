@@ -306,6 +306,9 @@ def test_call_errors():
     params = augment.Cutout().sample(torch.zeros(2, 1, 8, 8))
     with pytest.raises(ValueError, match="Expected `params` for 3 samples"):
         augment.Cutout()(torch.zeros(3, 1, 8, 8), params)
+    shadow_params = augment.SyntheticShadow().sample(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="Expected `params` for 3 samples"):
+        augment.SyntheticShadow()(torch.zeros(3, 1, 8, 8), shadow_params)
     with pytest.raises(ValueError, match="Expected a dict made by ShadowParams.to_dict"):
         ShadowParams.from_dict(params.to_dict())
     with pytest.raises(ValueError, match=r"Expected `saliency` to be an \(h, w\) array"):
