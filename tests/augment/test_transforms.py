@@ -315,3 +315,17 @@ def test_call_errors():
         albu.SaliencyOcclusion(p=1.0)(image=np.zeros((8, 8, 1), np.float32), saliency=np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="requires"):
         albu.SaliencyOcclusion(p=1.0)(image=np.zeros((8, 8, 1), np.float32))
+
+
+@pytest.mark.parametrize(("name", "module", "twin", "kw"), [p for p in PAIRS if not p[3]], ids=[p[0] for p in PAIRS
+                                                                                              if not p[3]])
+def test_albumentations_replay_reapplies_the_same_parameters(name, module, twin, kw):
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((20, 24, 3)).astype(np.float32) for _ in range(2))
+    pipe = A.ReplayCompose([copy.deepcopy(twin)])
+    first = pipe(image=a)
+    again = A.ReplayCompose.replay(first["replay"], image=a)["image"]
+    other = A.ReplayCompose.replay(first["replay"], image=b)["image"]
+    assert np.array_equal(first["image"], again)
+    params = first["replay"]["transforms"][0]["params"]
+    np.testing.assert_allclose(other, twin.apply(b, **params), atol=1e-6)
