@@ -527,7 +527,7 @@ def extremal_perturbation(
         with torch.no_grad():
             clean = copy_scores(target, model(x), 1)
         # area-major layout: mask index a * B + i, so each area's chunk is a B-sample batch in input order
-        pyr = _level_pairs(pyramid).repeat(n_areas, 1, 1, 1, 1)
+        pyr = _level_pairs(pyramid).repeat(n_areas, 1, 1, 1, 1)  # (A·B, L, 2C, H, W), area-major
         area_of = area_t.to(x.device, x.dtype).repeat_interleave(b)
         param = torch.full((n_areas * b, 1, *gen.lattice_shape), 0.5, device=x.device, dtype=x.dtype)
         velocity = torch.zeros_like(param)
