@@ -377,11 +377,45 @@ def _decode_concept(d: dict[str, Any]) -> Concept:
     )
 
 
+def box_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """The ``(P, H, W)`` bool masks of boxes ``x0, y0, x1, y1`` (exclusive ends).
+
+    Example:
+        >>> box_masks(torch.tensor([[1, 0, 3, 1]]), (2, 4)).int()
+        tensor([[[0, 1, 1, 0],
+                 [0, 0, 0, 0]]], dtype=torch.int32)
+    """
+    h, w = size
+    x0, y0, x1, y1 = (v.view(-1, 1, 1) for v in boxes.long().unbind(1))
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+
+
+def _encode_masks(p: PatchSet) -> dict[str, Any] | None:
+    if p.masks is None:
+        return None
+    size = (int(p.masks.shape[1]), int(p.masks.shape[2]))
+    # Window masks are their boxes: store the size only (a 300-image probe set would otherwise weigh megabytes).
+    if p.masks.shape[0] and torch.equal(p.masks.cpu().bool(), box_masks(p.boxes.cpu(), size)):
+        return {"from_boxes": list(size)}
+    return encode_tensor(p.masks)
+
+
+def _decode_masks(d: dict[str, Any] | None, boxes: Tensor) -> Tensor | None:
+    if d is None:
+        return None
+    if "from_boxes" in d:
+        h, w = (int(v) for v in d["from_boxes"])
+        return box_masks(boxes, (h, w))
+    return decode_tensor(d)
+
+
 def _encode_patches(p: PatchSet) -> dict[str, Any]:
     return {
         "image_index": encode_tensor(p.image_index),
         "boxes": encode_tensor(p.boxes),
-        "masks": _maybe(p.masks),
+        "masks": _encode_masks(p),
         "concept_overlap": _maybe(p.concept_overlap),
         "concept_names": list(p.concept_names),
         "method": p.method,
@@ -389,10 +423,11 @@ def _encode_patches(p: PatchSet) -> dict[str, Any]:
 
 
 def _decode_patches(d: dict[str, Any]) -> PatchSet:
+    boxes = decode_tensor(d["boxes"])
     return PatchSet(
         image_index=decode_tensor(d["image_index"]),
-        boxes=decode_tensor(d["boxes"]),
-        masks=_maybe_decode(d.get("masks")),
+        boxes=boxes,
+        masks=_decode_masks(d.get("masks"), boxes),
         concept_overlap=_maybe_decode(d.get("concept_overlap")),
         concept_names=tuple(d.get("concept_names", ())),
         method=str(d.get("method", "")),

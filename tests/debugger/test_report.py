@@ -88,6 +88,20 @@ def test_float_bits_survive_the_round_trip():
     assert torch.equal(decode_tensor(encode_tensor(b)), b)
 
 
+def test_window_masks_are_stored_as_their_boxes_and_come_back_equal():
+    from debugger.report import box_masks
+
+    report = _report(with_masks=False)
+    boxes = torch.tensor([[0, 0, 4, 4], [2, 3, 8, 8], [0, 0, 0, 0]])
+    report.patches.boxes = boxes.repeat(10, 1)
+    report.patches.masks = box_masks(report.patches.boxes, (8, 8))
+    data = report.to_dict()
+    assert data["patches"]["masks"] == {"from_boxes": [8, 8]}
+    again = ConceptReport.from_dict(json.loads(json.dumps(data)))
+    assert again.patches.masks.dtype == torch.bool and torch.equal(again.patches.masks, report.patches.masks)
+    assert int(box_masks(boxes[1:2], (8, 8)).sum()) == 6 * 5
+
+
 def test_save_is_atomic_and_load_reads_it_back(tmp_path):
     report = _report(with_masks=False)
     path = report.save(tmp_path / "run" / "concepts.json")
