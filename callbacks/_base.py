@@ -84,9 +84,10 @@ def is_due(
         (True, False)
     """
     if epoch is not None:
-        return bool(every_n_epochs) and (epoch + 1) % int(every_n_epochs) == 0  # type: ignore[operator]
+        return every_n_epochs is not None and every_n_epochs > 0 and (epoch + 1) % every_n_epochs == 0
     if step is not None:
-        return bool(every_n_train_steps) and step > 0 and step % int(every_n_train_steps) == 0  # type: ignore[operator]
+        return every_n_train_steps is not None and every_n_train_steps > 0 and step > 0 \
+            and step % every_n_train_steps == 0
     return False
 
 
@@ -229,7 +230,7 @@ class RunContext:
     """What a monitor's :meth:`Monitor.analyse` gets for one scheduled run."""
 
     trainer: Any
-    pl_module: nn.Module
+    pl_module: Any  # a LightningModule of either flavour
     probe: ProbeSet
     epoch: int
     global_step: int
@@ -567,7 +568,7 @@ class Monitor(_CallbackBase):
     def _tensorboard(self, trainer: Any) -> Any | None:
         for logger in getattr(trainer, "loggers", []):
             if isinstance(logger, _TB_LOGGERS):
-                return logger.experiment
+                return getattr(logger, "experiment", None)
         if not self._warned_no_tb:
             self._warned_no_tb = True
             log.info(

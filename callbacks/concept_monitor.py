@@ -277,6 +277,9 @@ class ConceptMonitor(Monitor):
     ) -> int:
         from debugger.render import patch_tiles
 
+        writer = ctx.writer
+        if writer is None:
+            return 0
         keep = select_points(len(report.patches), self.max_projector_points, self.seed)
         size = sprite_thumbnail_size(int(keep.numel()), self.thumbnail_size)
         thumbs = patch_tiles(images, report.patches, keep, size=size)
@@ -299,7 +302,7 @@ class ConceptMonitor(Monitor):
                 gt = gt_names[int(overlap[p].argmax())] if gt_names else str(int(overlap[p].argmax()))
             concept = names[int(best[j])] if names else "none"
             rows.append([concept, "yes" if float(patch_correct[p]) >= 0.5 else "no", cls, str(img), gt])
-        ctx.writer.add_embedding(
+        writer.add_embedding(
             embeddings[keep],
             metadata=rows,
             metadata_header=["concept", "correct", "class", "image", "ground truth"],

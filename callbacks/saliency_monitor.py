@@ -144,8 +144,8 @@ class SaliencyMonitor(Monitor):
         maps = []
         for _, batch in ctx.probe.chunks(self.chunk_size):
             target: Any = "predicted" if self.explain == "predicted" else batch.targets
-            m = layer_saliency(ctx.pl_module, batch.images, target, self.layer, self.method,
-                               size=tuple(batch.images.shape[-2:]))[self.layer]
+            h, w = int(batch.images.shape[-2]), int(batch.images.shape[-1])
+            m = layer_saliency(ctx.pl_module, batch.images, target, self.layer, self.method, size=(h, w))[self.layer]
             maps.append(_normalise(m.detach()))
             if ctx.out_of_time():
                 break

@@ -52,7 +52,8 @@ SCREENS: list[tuple[str, str, tuple[int, int], bool]] = [
     ("images_saliency_overlays", "images&tagFilter=saliency%2Foverlay%2F", (1400, 1100), False),
     ("images_confusion_matrices", "images&tagFilter=confusion%2F(matrix%7Cdiff)%2Fshadow", (1400, 1000), False),
     ("text_failure_ranking_and_policy", "text", (1400, 1300), False),
-    ("scalars_slices", "scalars&tagFilter=confusion%2F(accuracy%7Clift)%2F", (1400, 1100), False),
+    ("scalars_slices", "scalars&_smoothingWeight=0&_ignoreYOutliers=false&tagFilter=confusion%2F(accuracy%7Clift)%2F",
+     (1400, 1100), False),
     ("projector_patches", "projector", (1400, 1000), True),
 ]
 
