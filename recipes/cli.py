@@ -1,74 +1,502 @@
-"""The ``conceptfix`` command line."""
+"""The ``conceptfix`` command line: the closed loop, diagnosis, fine-tuning and model comparison.
+
+Built on jsonargparse, so every data module, model, callback and transform is set from YAML or flags with
+``class_path`` / ``init_args`` (``--data PlantedConceptsDataModule --data.train_size 2000``), and unknown keys get
+the nearest valid ones suggested. Subcommands:
+
+- ``demo``: the whole loop on built-in planted-concept data, no arguments needed;
+- ``fit --config recipe.yaml``: any recipe (``recipes/configs/*.yaml``; ``--config planted_shadows`` for a
+  shipped one);
+- ``diagnose --ckpt … --data …``: a :class:`~debugger.report.ConceptReport`, TensorBoard logs and ``report.md``;
+- ``finetune --ckpt … --recipe …``: fine-tune a checkpoint with the policy its failure concepts imply;
+- ``compare --ckpt-a … --ckpt-b … --data …``: concept-conditioned confusion differences and the ensemble check.
+
+Every run writes one directory (``--run_dir``, default ``runs/<command>-<time>``): ``config.yaml``, ``state.json``,
+``checkpoints/``, ``tb/``, ``report.json``, ``report.md``. Running the same command on the same directory resumes.
+"""
 
 from __future__ import annotations
 
-import argparse
+import difflib
+import inspect
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+# -- printing ------------------------------------------------------------------------------------------------
+
 
 def format_slice_table(metrics: dict[str, Any], concept_names: Sequence[str]) -> str:
     """A plain-text table of accuracy with and without each concept (classification slice metrics)."""
-    rows = [f"{'slice':<12}{'with':>8}{'without':>9}{'gap':>8}{'n_with':>8}"]
-    for name in concept_names:
-        m = metrics[name]
-        rows.append(
-            f"{name:<12}{100 * m['with']:>7.1f}%{100 * m['without']:>8.1f}%"
-            f"{100 * (m['with'] - m['without']):>+7.1f}{m['n_with']:>8d}"
-        )
-    rows.append(f"{'clean':<12}{100 * metrics['clean']:>7.1f}%")
-    rows.append(f"{'all':<12}{100 * metrics['all']:>7.1f}%   (n={metrics['n']})")
-    return "\n".join(rows)
+    from recipes.loop import format_metrics
+
+    return format_metrics(metrics, concept_names)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from recipes.baseline import fit_baseline, slice_metrics
-    from recipes.data import PlantedConceptsDataModule
-    from recipes.models import ResNetClassifier
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=500, test_size=args.test_size, seed=args.seed)
-    print(f"conceptfix demo: planted-concept data ({args.train_size} training images; shadows in "
-          f"{100 * dm.dataset('train').table[0, 0]:.0f}% of training and "
-          f"{100 * dm.dataset('test').table[0, 0]:.0f}% of test images)", flush=True)
-    start = time.time()
-    model = fit_baseline(dm, ResNetClassifier(), max_epochs=args.epochs, seed=args.seed, progress=sys.stdout.isatty())
-    print(f"trained the baseline for {args.epochs} epochs in {time.time() - start:.0f} s", flush=True)
-    metrics = slice_metrics(model, dm.dataset("test"))
-    print("\nTest accuracy per planted concept:")
-    print(format_slice_table(metrics, dm.concept_names))
-    return 0
+def _say(msg: str) -> None:
+    print(msg, flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="conceptfix",
+# -- recipes -------------------------------------------------------------------------------------------------
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes in ``recipes/configs`` (usable as ``--config <name>`` / ``--recipe <name>``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(value: str) -> str:
+    """A recipe path, or the path of a shipped recipe given by name.
+
+    Raises:
+        FileNotFoundError: if it is neither, listing the shipped recipes.
+    """
+    if Path(value).is_file():
+        return value
+    shipped = CONFIG_DIR / f"{value.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return str(shipped)
+    near = difflib.get_close_matches(value, shipped_recipes(), n=3, cutoff=0.4)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise FileNotFoundError(
+        f"Expected a recipe YAML file or the name of a shipped recipe ({', '.join(shipped_recipes())}), "
+        f"but got {value!r}.{hint}"
+    )
+
+
+# -- parsers -------------------------------------------------------------------------------------------------
+
+
+def _common(parser: Any, seed: bool = True) -> None:
+    parser.add_argument("--run_dir", "--run-dir", type=str | None, default=None,
+                        help="directory of this run (default runs/<command>-<time>); an existing one resumes")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seeds data order, analysis and training")
+    parser.add_argument("--progress", type=bool | None, default=None,
+                        help="Lightning progress bars (default: when printing to a terminal)")
+
+
+def _analysis_args(parser: Any) -> None:
+    parser.add_argument("--layer", type=str | None, default=None,
+                        help="dotted layer name the concepts are read from (default: layer2 / enc2)")
+    parser.add_argument("--probe_size", "--probe-size", type=int, default=128, help="probe images analysed")
+    parser.add_argument("--n_concepts", "--n-concepts", type=int | None, default=8,
+                        help="concepts to discover (None: chosen by silhouette)")
+
+
+def _data_arg(parser: Any, required: bool) -> None:
+    from recipes.data.base import ContractDataModule
+
+    parser.add_subclass_arguments(ContractDataModule, "data", required=required,
+                                  help="data module: class_path/init_args, a YAML file, or a built-in name")
+
+
+def _model_arg(parser: Any) -> None:
+    import pytorch_lightning as pl
+
+    parser.add_subclass_arguments(pl.LightningModule, "model", required=False,
+                                  help="model (default: the baseline that fits the data)")
+
+
+def fit_parser() -> Any:
+    """The recipe schema: what ``fit --config`` and ``finetune --recipe`` read."""
+    import pytorch_lightning as pl
+    from jsonargparse import ArgumentParser
+    from torch import nn
+
+    import augment  # noqa: F401  (class names resolvable in YAML)
+    import callbacks  # noqa: F401
+    import recipes.data  # noqa: F401
+    import recipes.models  # noqa: F401
+
+    p = ArgumentParser(exit_on_error=False, description="Run a recipe: train, diagnose, fine-tune, report.")
+    p.add_argument("--config", action="config", help="recipe YAML (or a shipped recipe's name)")
+    _data_arg(p, required=True)
+    _model_arg(p)
+    p.add_argument("--ckpt", type=str | None, default=None,
+                   help="start from this checkpoint instead of training (fine-tuning a user's model)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (skipped with --ckpt)")
+    p.add_argument("--callbacks", type=list[pl.Callback] | None, default=None,
+                   help="callbacks while training (default: the monitors and FailureDrivenAugmentation)")
+    _analysis_args(p)
+    p.add_argument("--finetune.enabled", type=bool, default=True, help="fine-tune with the derived policy")
+    p.add_argument("--finetune.epochs", type=int, default=2, help="fine-tuning epochs")
+    p.add_argument("--finetune.lr", type=float | None, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--finetune.augmentations", type=dict[str, str] | None, default=None,
+                   help="failure concept → transform name (default shadow → SyntheticShadow, occluder → Cutout)")
+    p.add_argument("--finetune.transforms", type=dict[str, nn.Module] | None, default=None,
+                   help="transform name → module (default SyntheticShadow, Cutout, HideAndSeek)")
+    p.add_argument("--finetune.fallback", type=str | None, default=None,
+                   help="transform for failure concepts that match no named concept (e.g. Cutout)")
+    p.add_argument("--finetune.max_p", type=float, default=0.9, help="probability for a class failing only "
+                   "inside the concept's slice")
+    p.add_argument("--finetune.base_p", type=float, default=0.3, help="probability for every other sample")
+    _common(p)
+    return p
+
+
+def build_parser() -> Any:
+    """The ``conceptfix`` parser with its subcommands."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="conceptfix", exit_on_error=False,
         description="Find the visual concepts a model fails on while it trains, and fix them with augmentation.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="train the baseline on built-in planted-concept data and report per concept")
-    demo.add_argument("--epochs", type=int, default=3, help="training epochs (default: %(default)s)")
-    demo.add_argument("--train-size", type=int, default=6000, help="training images (default: %(default)s)")
-    demo.add_argument("--test-size", type=int, default=2000, help="test images (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seeds data and training (default: %(default)s)")
-    demo.set_defaults(func=run_demo)
+    sub = parser.add_subcommands(required=False, dest="command")
+
+    demo = ArgumentParser(exit_on_error=False, description="The whole loop on built-in planted-concept data.")
+    demo.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
+    demo.add_argument("--finetune_epochs", "--finetune-epochs", type=int, default=2, help="fine-tuning epochs")
+    demo.add_argument("--train_size", "--train-size", type=int, default=6000, help="training images")
+    demo.add_argument("--test_size", "--test-size", type=int, default=2000, help="test images")
+    demo.add_argument("--val_size", "--val-size", type=int, default=500, help="validation (probe) images")
+    demo.add_argument("--probe_size", "--probe-size", type=int, default=128, help="probe images analysed")
+    _common(demo)
+    sub.add_subcommand("demo", demo, help="train the baseline with the monitors, find failure concepts, fine-tune "
+                       "with the policy they imply and print a before/after table (no arguments needed)")
+
+    sub.add_subcommand("fit", fit_parser(), help="run a recipe (YAML): train with monitors, diagnose, fine-tune")
+
+    diag = ArgumentParser(exit_on_error=False, description="Concept report of a checkpoint on data, no training.")
+    diag.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
+    _data_arg(diag, required=True)
+    _model_arg(diag)
+    diag.add_argument("--split", type=str, default="val", help="split the probe images come from")
+    _analysis_args(diag)
+    _common(diag)
+    sub.add_subcommand("diagnose", diag, help="ConceptReport, TensorBoard logs and report.md of a checkpoint")
+
+    ft = ArgumentParser(exit_on_error=False, description="Fine-tune a checkpoint with the policy its failures imply.")
+    ft.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
+    ft.add_argument("--recipe", type=str, required=True, help=f"recipe YAML or name ({', '.join(shipped_recipes())})")
+    ft.add_argument("--epochs", type=int | None, default=None, help="fine-tuning epochs (default: the recipe's)")
+    _common(ft)
+    sub.add_subcommand("finetune", ft, help="fine-tune a checkpoint; fine-tuned checkpoint and before/after report")
+
+    cmp = ArgumentParser(exit_on_error=False, description="Compare two models on the same concepts.")
+    cmp.add_argument("--ckpt_a", "--ckpt-a", type=str, required=True, help="checkpoint of model A")
+    cmp.add_argument("--ckpt_b", "--ckpt-b", type=str, required=True, help="checkpoint of model B")
+    _data_arg(cmp, required=True)
+    _analysis_args(cmp)
+    _common(cmp)
+    sub.add_subcommand("compare", cmp, help="confusion differences per concept and the ensemble check")
     return parser
 
 
+# -- nearest-key suggestions ---------------------------------------------------------------------------------
+
+
+def _class_params(class_path: str) -> list[str]:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    params: list[str] = []
+    for c in getattr(cls, "__mro__", (cls,)):
+        init = c.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
+        except (TypeError, ValueError):
+            continue
+    return sorted(set(params))
+
+
+def _known_classes() -> list[str]:
+    import augment
+    import callbacks
+    import recipes.data
+    import recipes.models
+
+    names = list(getattr(recipes.data, "__all__", [])) + list(getattr(augment, "__all__", []))
+    names += list(getattr(callbacks, "__all__", [])) + ["ResNetClassifier", "SegmentationNet"]
+    return sorted(n for n in set(names) if n[:1].isupper())
+
+
+def _parser_keys(parser: Any) -> list[str]:
+    keys: list[str] = []
+    for action in getattr(parser, "_actions", []):
+        keys += [s.lstrip("-") for s in getattr(action, "option_strings", [])]
+    return keys
+
+
+def suggest(message: str, parser: Any | None = None) -> str:
+    """Add ``did you mean …?`` hints to a jsonargparse error message for every unknown key or class name."""
+    hints: list[str] = []
+    for m in re.finditer(r"class_path '([\w.]+)':\s*Option '([\w.]+)' is not accepted", message):
+        near = difflib.get_close_matches(m.group(2), _class_params(m.group(1)), n=3, cutoff=0.5)
+        valid = _class_params(m.group(1))
+        hints.append(f"{m.group(1).rsplit('.', 1)[-1]} has no option {m.group(2)!r}"
+                     + (f"; did you mean {near[0]!r}?" if near else f"; it accepts {valid}"))
+    for m in re.finditer(r"Expected a dot import path string: ([\w.]+)", message):
+        near = difflib.get_close_matches(m.group(1).rsplit(".", 1)[-1], _known_classes(), n=3, cutoff=0.5)
+        hints.append(f"no class {m.group(1)!r}" + (f"; did you mean {near[0]!r}?" if near else
+                                                    f"; built-in classes: {_known_classes()}"))
+    unknown = re.findall(r"(?:unrecognized arguments|Unrecognized arguments):\s*(.*)", message)
+    unknown_keys = [a.lstrip("-").split("=")[0] for group in unknown for a in group.split() if a.startswith("--")]
+    unknown_keys += re.findall(r"does not accept (?:option|key) '([\w.\-]+)'", message)
+    unknown_keys += re.findall(r"Key '([\w.\-]+)' is not expected", message)
+    keys = _parser_keys(parser) if parser is not None else []
+    for key in unknown_keys:
+        near = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+        if not near and "." in key:
+            near = difflib.get_close_matches(key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in keys], 3, 0.5)
+        hints.append(f"unknown option {key!r}" + (f"; did you mean {near[0]!r}?" if near else
+                                                  f"; valid options: {sorted(set(keys))}"))
+    if not hints:
+        return message
+    return message.rstrip() + "\n" + "\n".join(f"  hint: {h}" for h in hints)
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+
+
+def _run_dir(value: str | None, command: str) -> Any:
+    from recipes.loop import RunDirectory, default_run_dir
+
+    run = RunDirectory(value or default_run_dir(command))
+    run.path.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _progress(value: bool | None) -> bool:
+    return sys.stdout.isatty() if value is None else bool(value)
+
+
+def _save_config(run: Any, parser: Any, cfg: Any) -> None:
+    try:
+        text = parser.dump(cfg, skip_check=True)
+    except Exception:  # noqa: BLE001 - a config holding live objects still gets a readable record
+        text = repr(cfg)
+    run.write_text("config.yaml", text)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def run_demo(cfg: Any) -> int:
+    from recipes.data import PlantedConceptsDataModule
+    from recipes.loop import run_loop
+    from recipes.models import ResNetClassifier
+
+    _threads()
+    run = _run_dir(cfg.run_dir, "demo")
+    dm = PlantedConceptsDataModule(train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
+                                   seed=cfg.seed)
+    _say(f"conceptfix demo: planted-concept data ({cfg.train_size} training images; shadows in "
+         f"{100 * dm.dataset('train').table[0, 0]:.0f}% of training and "
+         f"{100 * dm.dataset('test').table[0, 0]:.0f}% of test images); writing to {run.path}")
+    start = time.time()
+    result = run_loop(dm, ResNetClassifier(), run, epochs=cfg.epochs, finetune_epochs=cfg.finetune_epochs,
+                      probe_size=cfg.probe_size, seed=cfg.seed, progress=_progress(cfg.progress), log=_say)
+    _say("\nTest accuracy per planted concept before fine-tuning:")
+    _say(format_slice_table(result.before, dm.concept_names))
+    _say("\nBefore / after fine-tuning with the policy:")
+    _say(result.table())
+    _say(f"\n{time.time() - start:.0f} s. Report: {run.file('report.md')}; TensorBoard: tensorboard --logdir "
+         f"{run.tensorboard}")
+    return 0
+
+
+def _instantiate(parser: Any, cfg: Any) -> Any:
+    return parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
+
+
+def _model_for(data: Any, model: Any) -> Any:
+    from recipes.baseline import default_model
+
+    return model if model is not None else default_model(data)
+
+
+def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = None,
+               finetune_epochs: int | None = None) -> int:
+    from recipes.loop import diagnose, load_model, run_loop
+
+    _threads()
+    run = _run_dir(cfg.run_dir, command)
+    _save_config(run, parser, cfg)
+    init = _instantiate(parser, cfg)
+    data = init.data
+    ckpt = ckpt or init.ckpt
+    model = _model_for(data, init.model)
+    if ckpt is not None:
+        model = load_model(ckpt, model if init.model is not None else None)
+    _say(f"conceptfix {command}: {type(data).__name__} → {type(model).__name__}; writing to {run.path}")
+    ft = cfg.finetune
+    if not ft.enabled:
+        if ckpt is None:
+            from recipes.loop import train
+
+            model = train(model, data, cfg.epochs, run, "train", init.callbacks or [], cfg.seed,
+                          _progress(cfg.progress))
+        d = diagnose(model, data, cfg.layer, run, "report", cfg.probe_size, cfg.n_concepts, seed=cfg.seed)
+        _say(format_slice_table(d.metrics, d.concept_names) if d.metrics else "")
+        _say(f"Report: {run.file('report.md')}")
+        return 0
+    transforms = init.finetune.transforms if hasattr(init, "finetune") else None
+    result = run_loop(
+        data, model, run, epochs=cfg.epochs, finetune_epochs=finetune_epochs or ft.epochs, layer=cfg.layer,
+        callbacks=init.callbacks, finetune_lr=ft.lr, augmentations=ft.augmentations, transforms=transforms,
+        fallback=ft.fallback,
+        max_p=ft.max_p, base_p=ft.base_p, probe_size=cfg.probe_size, n_concepts=cfg.n_concepts, seed=cfg.seed,
+        progress=_progress(cfg.progress), log=_say, pretrained=ckpt is not None,
+    )
+    _say("\nBefore / after fine-tuning with the policy:")
+    _say(result.table())
+    _say(f"\nFine-tuned checkpoint: {run.file('checkpoints/finetune.ckpt')}\nReport: {run.file('report.md')}")
+    return 0
+
+
+def run_fit(cfg: Any) -> int:
+    return run_recipe(cfg, fit_parser(), "fit")
+
+
+def run_finetune(cfg: Any) -> int:
+    from recipes.loop import LoopError
+
+    parser = fit_parser()
+    recipe = resolve_recipe(cfg.recipe)
+    if not Path(cfg.ckpt).is_file():
+        raise LoopError(f"Expected `--ckpt` to be an existing checkpoint file, but got {cfg.ckpt!r}, which does "
+                        "not exist.")
+    args = ["--config", recipe]
+    if cfg.run_dir:
+        args += ["--run_dir", cfg.run_dir]
+    args += ["--seed", str(cfg.seed)]
+    recipe_cfg = _parse(parser, args)
+    return run_recipe(recipe_cfg, parser, "finetune", ckpt=cfg.ckpt, finetune_epochs=cfg.epochs)
+
+
+def run_diagnose(cfg: Any, parser: Any) -> int:
+    from recipes.loop import diagnose, format_metrics, load_model
+
+    _threads()
+    run = _run_dir(cfg.run_dir, "diagnose")
+    _save_config(run, parser, cfg)
+    init = _instantiate(parser, cfg)
+    model = load_model(cfg.ckpt, init.model)
+    _say(f"conceptfix diagnose: {cfg.ckpt} on {type(init.data).__name__}; writing to {run.path}")
+    d = diagnose(model, init.data, cfg.layer, run, "report", cfg.probe_size, cfg.n_concepts, seed=cfg.seed,
+                 split=cfg.split)
+    run.mark_done("diagnose", report="report.json")
+    failures = ", ".join(f.name for f in d.report.failures) or "none"
+    _say(f"discovered failure concepts: {failures}")
+    if d.annotated is not None:
+        annotated = ", ".join(r["name"] for r in d.annotated["ranking"] if r["is_failure"]) or "none"
+        _say(f"annotated failure concepts: {annotated}")
+    if d.metrics:
+        _say(format_metrics(d.metrics, d.concept_names))
+    _say(f"Report: {run.file('report.md')}; JSON: {run.file('report.json')}; TensorBoard: {run.tensorboard}")
+    return 0
+
+
+def run_compare(cfg: Any, parser: Any) -> int:
+    from recipes.loop import compare_models, load_model
+
+    _threads()
+    run = _run_dir(cfg.run_dir, "compare")
+    _save_config(run, parser, cfg)
+    init = _instantiate(parser, cfg)
+    a, b = load_model(cfg.ckpt_a), load_model(cfg.ckpt_b)
+    _say(f"conceptfix compare: A={cfg.ckpt_a} vs B={cfg.ckpt_b}; writing to {run.path}")
+    result = compare_models(a, b, init.data, cfg.layer, run, cfg.probe_size, cfg.n_concepts, seed=cfg.seed)
+    run.mark_done("compare", report="report.json")
+    ann = result["annotated"]
+    if ann is not None:
+        _say(f"{'slice':<12}{'acc A':>8}{'acc B':>8}{'ensemble':>10}")
+        for i, name in enumerate(ann["names"]):
+            _say(f"{name:<12}{100 * ann['accuracy_a'][i]:>7.1f}%{100 * ann['accuracy_b'][i]:>7.1f}%"
+                 f"{100 * ann['accuracy_ensemble'][i]:>9.1f}%")
+    _say(f"Report: {run.file('report.md')}")
+    return 0
+
+
+def _parse(parser: Any, argv: Sequence[str]) -> Any:
+    import argparse
+
+    try:
+        return parser.parse_args(list(argv))
+    except argparse.ArgumentError as err:
+        raise UsageError(suggest(str(err), _subparser(parser, argv))) from err
+
+
+def _subparser(parser: Any, argv: Sequence[str]) -> Any:
+    subs = getattr(parser, "_subcommands_action", None)
+    if subs is None:
+        return parser
+    for a in argv:
+        if a in getattr(subs, "_name_parser_map", {}):
+            return subs._name_parser_map[a]
+    return parser
+
+
+class UsageError(Exception):
+    """A command line the parser rejected (message already carries the hints)."""
+
+
+def _expand_recipe_names(argv: list[str]) -> list[str]:
+    """``fit --config planted_shadows`` → the shipped recipe's path."""
+    out = list(argv)
+    for i, a in enumerate(out[:-1]):
+        if a == "--config" and i > 0 and out[0] == "fit":
+            out[i + 1] = resolve_recipe(out[i + 1])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``conceptfix``; returns the exit status (0 ok, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
+    if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
-    return int(args.func(args))
+    commands: dict[str, Callable[..., int]] = {
+        "demo": run_demo,
+        "fit": run_fit,
+        "finetune": run_finetune,
+        "diagnose": run_diagnose,
+        "compare": run_compare,
+    }
+    from recipes.loop import LoopError
+
+    command = argv[0]
+    try:
+        if command not in commands:
+            near = difflib.get_close_matches(command, list(commands), n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise UsageError(f"Expected a command in {list(commands)}, but got {command!r}.{hint}")
+        cfg = _parse(parser, _expand_recipe_names(argv))
+        sub_cfg = cfg[command]
+        if command in ("diagnose", "compare"):
+            return commands[command](sub_cfg, _subparser(parser, argv))
+        return commands[command](sub_cfg)
+    except UsageError as err:
+        print(f"conceptfix {command}: error: {err}", file=sys.stderr)
+        return 2
+    except (LoopError, FileNotFoundError, ValueError) as err:
+        print(f"conceptfix {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"conceptfix {command}: interrupted; run the same command with the same --run_dir to resume.",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -936,6 +936,7 @@ def run_loop(
     finetune_lr: float | None = 1e-3,
     augmentations: Mapping[str, str] | None = None,
     transforms: Mapping[str, nn.Module] | None = None,
+    fallback: str | None = None,
     max_p: float = 0.9,
     base_p: float = 0.3,
     probe_size: int = 128,
@@ -969,7 +970,7 @@ def run_loop(
         policies = {k: AugmentationPolicy.from_dict(v) for k, v in saved["policies"].items()}
         evidence = list(saved["evidence"])
     else:
-        policies, evidence = loop_policies(before, augmentations, max_p=max_p, base=base_p,
+        policies, evidence = loop_policies(before, augmentations, fallback, max_p=max_p, base=base_p,
                                            report_path=run.file("report.json") if run is not None else None)
         if run is not None:
             run.write_json("policy.json", {"evidence": evidence,

@@ -1,0 +1,199 @@
+"""Does the closed loop fix the failure it finds, and is the fix more than memorising our shadow renderer?
+
+For every seed: train the baseline (no augmentation), diagnose it (discovered + annotated failure concepts),
+derive the policy, then fine-tune three copies of the same baseline with the same budget (epochs, steps, joint
+batch size where augmenting):
+
+- ``loop``: joint batches, the derived policy (shadow failures → ``SyntheticShadow`` on the failing classes);
+- ``no_aug``: plain batches, no augmentation;
+- ``untargeted``: joint batches, every transform (SyntheticShadow, Cutout, HideAndSeek) on every sample with
+  one uniform probability, chosen so the expected share of augmented samples equals the loop's.
+
+Measured on the test split: accuracy on the planted-shadow slice, on clean images (no planted concept) and
+overall; and on clean test images shadowed by albumentations' ``RandomShadow`` (a renderer neither the data nor
+the loop uses). Road scenes (segmentation): per-class IoU on shadowed and unshadowed test images, before/after.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_loop --dataset planted --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.harness import mean_std, record  # noqa: E402
+from recipes.baseline import slice_metrics  # noqa: E402
+from recipes.loop import (  # noqa: E402
+    RunDirectory,
+    default_transforms,
+    diagnose,
+    finetune,
+    headline,
+    loop_policies,
+    mean_probability,
+    train,
+    uniform_policies,
+)
+from recipes.models import ResNetClassifier, SegmentationNet  # noqa: E402
+
+
+def make_data(dataset: str, seed: int, quick: bool) -> Any:
+    from recipes.data import FashionMNISTDataModule, PlantedConceptsDataModule, RoadScenesDataModule
+
+    if dataset == "planted":
+        n = 1500 if quick else 6000
+        return PlantedConceptsDataModule(train_size=n, val_size=500, test_size=2000, seed=seed)
+    if dataset == "fashion":
+        n = 1500 if quick else 6000
+        return FashionMNISTDataModule(planted=True, train_size=n, val_size=1000, test_size=2000, seed=seed)
+    if dataset == "roads":
+        n = 400 if quick else 1500
+        return RoadScenesDataModule(train_size=n, val_size=200, test_size=400, seed=seed)
+    raise SystemExit(f"unknown dataset {dataset!r}")
+
+
+def random_shadow_set(dataset: Any, seed: int, limit: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test images without any planted concept, and the same images shadowed by albumentations' RandomShadow."""
+    import albumentations as A
+
+    transform = A.Compose([A.RandomShadow(shadow_roi=(0, 0, 1, 1), num_shadows_limit=(1, 2), shadow_dimension=5,
+                                          shadow_intensity_range=(0.4, 0.7), p=1.0)], seed=seed)
+    clean, shadowed, targets = [], [], []
+    for i in range(len(dataset)):
+        s = dataset[i]
+        if float(s["concepts"].sum()) > 0:
+            continue
+        x = s["image"]
+        img = x.permute(1, 2, 0).numpy().astype(np.float32)
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        out = transform(image=img)["image"]
+        y = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float()
+        if x.shape[0] == 1:
+            y = y.mean(0, keepdim=True)
+        clean.append(x)
+        shadowed.append(y.clamp(0, 1))
+        targets.append(s["target"])
+        if len(clean) >= limit:
+            break
+    return torch.stack(clean), torch.stack(shadowed), torch.stack(targets)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+    model.eval()
+    preds = torch.cat([model(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+    return float((preds == targets).float().mean())
+
+
+def evaluate(model: torch.nn.Module, dm: Any, extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+             ) -> dict[str, Any]:
+    m = slice_metrics(model, dm.dataset("test"))
+    if isinstance(m["all"], dict):  # segmentation
+        return {"all": m["all"], "shadow_with": m["shadow"]["with"], "shadow_without": m["shadow"]["without"],
+                "miou_all": headline(m["all"]), "miou_shadow": headline(m["shadow"]["with"]),
+                "miou_no_shadow": headline(m["shadow"]["without"])}
+    out = {"all": m["all"], "clean": m["clean"], "shadow": m["shadow"]["with"],
+           "no_shadow": m["shadow"]["without"]}
+    if "occluder" in m:
+        out["occluder"] = m["occluder"]["with"]
+    if extra is not None:
+        clean, shadowed, targets = extra
+        out["rs_clean"] = accuracy(model, clean, targets)
+        out["rs_shadowed"] = accuracy(model, shadowed, targets)
+    return out
+
+
+def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    dm = make_data(dataset, seed, quick)
+    seg = dataset == "roads"
+    model = (SegmentationNet(num_classes=dm.num_classes) if seg
+             else ResNetClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels))
+    clock = time.time()
+    model = train(model, dm, epochs, None, "train", (), seed)
+    times = {"baseline_s": time.time() - clock}
+    extra = None if seg else random_shadow_set(dm.dataset("test"), seed)
+    result: dict[str, Any] = {"seed": seed, "baseline": evaluate(model, dm, extra)}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDirectory(tmp)
+        clock = time.time()
+        d = diagnose(model, dm, None, run, "report", probe_size=128, seed=seed, metrics_split=None)
+        policies, evidence = loop_policies(d, report_path=run.file("report.json"))
+        times["diagnose_s"] = time.time() - clock
+    result["evidence"] = evidence
+    result["policies"] = {k: v.to_dict() for k, v in policies.items()}
+    sample = dm.dataset("train")[0]["image"]
+    names = list(default_transforms(int(min(sample.shape[-2:]))))
+    p_any = mean_probability(policies, dm.dataset("train"))
+    p_each = 1 - (1 - p_any) ** (1 / len(names)) if p_any > 0 else 0.0
+    result["augmented_share"] = p_any
+    arms = {
+        "loop": policies,
+        "no_aug": {},
+        "untargeted": uniform_policies(names, p_each),
+    }
+    for arm, arm_policies in arms.items():
+        clock = time.time()
+        tuned = finetune(copy.deepcopy(model), dm, arm_policies, ft_epochs, 1e-3,
+                         default_transforms(int(min(sample.shape[-2:])), seed), None, arm, seed=seed)
+        times[f"{arm}_s"] = time.time() - clock
+        result[arm] = evaluate(tuned, dm, extra)
+        print(f"  seed {seed} {arm}: {_short(result[arm])}", flush=True)
+    result["times"] = times
+    print(f"  seed {seed} baseline: {_short(result['baseline'])}", flush=True)
+    return result
+
+
+def _short(m: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = ("baseline", "loop", "no_aug", "untargeted")
+    keys = [k for k, v in per_seed[0]["baseline"].items() if isinstance(v, float)]
+    out: dict[str, Any] = {}
+    for arm in arms:
+        out[arm] = {k: mean_std([r[arm][k] for r in per_seed]) for k in keys}
+    for arm in ("loop", "no_aug", "untargeted"):
+        out[f"{arm}_minus_baseline"] = {k: mean_std([r[arm][k] - r["baseline"][k] for r in per_seed]) for k in keys}
+    for control in ("no_aug", "untargeted"):
+        out[f"loop_minus_{control}"] = {k: mean_std([r["loop"][k] - r[control][k] for r in per_seed]) for k in keys}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=("planted", "fashion", "roads"), default="planted")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small data, for trying the script")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    per_seed = []
+    for seed in range(args.seeds):
+        print(f"{args.dataset}: seed {seed}", flush=True)
+        per_seed.append(run_seed(args.dataset, seed, args.epochs, args.finetune_epochs, args.quick))
+    results = {
+        "config": {"dataset": args.dataset, "seeds": args.seeds, "epochs": args.epochs,
+                   "finetune_epochs": args.finetune_epochs, "finetune_lr": 1e-3, "quick": args.quick,
+                   "probe_size": 128, "torch_threads": 1},
+        "summary": summarise(per_seed),
+        "per_seed": per_seed,
+    }
+    path = record(f"loop_{args.dataset}" + ("_quick" if args.quick else ""), results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
