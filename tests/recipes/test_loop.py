@@ -1,0 +1,233 @@
+"""recipes.loop on tiny data: run directory, checkpoints, input checks, policies, joint batches, resume."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from augment import AugmentationPolicy, SyntheticShadow
+from recipes.data import PlantedConceptsDataModule
+from recipes.data.base import ContractDataModule
+from recipes.loop import (
+    LoopError,
+    RunDirectory,
+    apply_policies,
+    atomic_write,
+    check_data,
+    check_layer,
+    default_layer,
+    format_before_after,
+    load_model,
+    loop_policies,
+    mean_probability,
+    save_model,
+    train,
+    uniform_policies,
+)
+from recipes.models import ResNetClassifier, SegmentationNet
+
+
+def tiny_planted(**kw):
+    return PlantedConceptsDataModule(train_size=32, val_size=16, test_size=16, batch_size=16, **kw)
+
+
+class ArrayData(ContractDataModule):
+    """A DataModule over random tensors of a chosen shape (for wrong-shape errors)."""
+
+    def __init__(self, shape=(1, 32, 32), seg=False, num_classes=10):
+        super().__init__(batch_size=8)
+        self.shape, self.seg, self.num_classes = shape, seg, num_classes
+
+    def make_dataset(self, split):
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(8, *self.shape, generator=g)
+        y = torch.randint(self.num_classes, (8, *self.shape[1:]) if self.seg else (8,), generator=g)
+        return [{"image": x[i], "target": y[i]} for i in range(8)]
+
+
+# -- run directory -------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "report.json"
+    atomic_write(path, "old")
+
+    def boom(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, "new")
+    monkeypatch.undo()
+    assert path.read_text() == "old"
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    atomic_write(tmp_path / "a" / "x.txt", "hello")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.txt"]
+
+
+def test_a_stage_whose_file_is_gone_is_not_done(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.write_json("policy.json", {})
+    run.mark_done("policy", file="policy.json")
+    assert run.done("policy")["file"] == "policy.json"
+    (tmp_path / "policy.json").unlink()
+    assert run.done("policy") is None
+    assert run.done("never") is None
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_infers_the_class(tmp_path):
+    model = ResNetClassifier(width=8).eval()
+    path = save_model(model, tmp_path / "m.ckpt")
+    loaded = load_model(path)
+    x = torch.rand(2, 3, 32, 32)
+    assert type(loaded) is ResNetClassifier and loaded.hparams.width == 8
+    torch.testing.assert_close(loaded(x), model(x))
+    # Lightning reads it too.
+    torch.testing.assert_close(ResNetClassifier.load_from_checkpoint(path).eval()(x), model(x))
+
+
+def test_missing_checkpoint_says_so(tmp_path):
+    with pytest.raises(LoopError, match="does not exist"):
+        load_model(tmp_path / "nope.ckpt")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LoopError, match="could not read"):
+        load_model(bad)
+    torch.save({"weights": 1}, tmp_path / "dict.ckpt")
+    with pytest.raises(LoopError, match="'state_dict'"):
+        load_model(tmp_path / "dict.ckpt")
+
+
+def test_checkpoint_of_another_architecture_is_rejected_with_what_was_expected(tmp_path):
+    path = save_model(SegmentationNet(width=4), tmp_path / "seg.ckpt")
+    with pytest.raises(LoopError, match=r"Expected a checkpoint of ResNetClassifier\(.*another architecture.*missing"):
+        load_model(path, ResNetClassifier(width=8))
+    path = save_model(ResNetClassifier(width=4), tmp_path / "narrow.ckpt")
+    with pytest.raises(LoopError, match="shape mismatch"):
+        load_model(path, ResNetClassifier(width=8))
+
+
+# -- input checks --------------------------------------------------------------------------------------------
+
+
+def test_unknown_layer_lists_the_nearest_names():
+    with pytest.raises(LoopError, match=r"Expected `--layer`.*'layer9'.*layer"):
+        check_layer(ResNetClassifier(width=4), "layer9")
+    assert default_layer(ResNetClassifier(width=4)) == "layer2"
+    assert default_layer(SegmentationNet(width=4)) == "enc2"
+
+
+def test_data_of_the_wrong_shape_says_what_is_accepted():
+    model = ResNetClassifier(width=4)
+    with pytest.raises(LoopError, match=r"Expected images with 3 channels.*\(1, 32, 32\).*accepts 3-channel"):
+        check_data(model, ArrayData((1, 32, 32)))
+    with pytest.raises(LoopError, match="Expected data for a classification model.*class maps"):
+        check_data(model, ArrayData((3, 32, 32), seg=True, num_classes=3))
+    with pytest.raises(LoopError, match="Expected data with 10 classes, but the data has 4"):
+        check_data(model, ArrayData((3, 32, 32), num_classes=4))
+    with pytest.raises(LoopError, match="divisible by 4"):
+        check_data(SegmentationNet(width=4), ArrayData((3, 30, 30), seg=True, num_classes=3))
+    check_data(model, ArrayData((3, 32, 32)))  # fits: no error
+
+
+# -- policies and joint batches ------------------------------------------------------------------------------
+
+
+def _diagnosis_with_shadow_failure():
+    counts = torch.zeros(2, 3, 3, dtype=torch.long)
+    counts[0] = torch.tensor([[1, 4, 0], [0, 5, 0], [0, 0, 5]])  # class 0 mostly wrong inside the shadow slice
+    counts[1] = torch.tensor([[9, 1, 0], [0, 9, 0], [0, 0, 9]])
+    overall = counts.sum(0)
+    ranking = [
+        {"name": "shadow", "is_failure": True, "lift": 4.0},
+        {"name": "clean", "is_failure": False, "lift": 0.5},
+    ]
+    annotated = {"names": ["shadow", "clean"], "counts": counts, "overall": overall, "ranking": ranking}
+    return SimpleNamespace(report=SimpleNamespace(class_names=("a", "b", "c")), annotated=annotated)
+
+
+def test_a_shadow_failure_becomes_a_synthetic_shadow_policy_on_the_failing_class():
+    policies, evidence = loop_policies(_diagnosis_with_shadow_failure(), base=0.1, max_p=0.9)
+    assert list(policies) == ["SyntheticShadow"]
+    p = policies["SyntheticShadow"].probabilities(torch.tensor([0, 1, 2]))
+    assert p[0] > 0.5 and p[1].item() == pytest.approx(0.1) and p[2].item() == pytest.approx(0.1)
+    assert evidence and evidence[0].startswith("shadow") and "SyntheticShadow" in evidence[0]
+    # A concept mapped to nothing yields no policy.
+    policies, _ = loop_policies(_diagnosis_with_shadow_failure(), augmentations={})
+    assert policies == {}
+
+
+def test_apply_policies_grows_a_joint_batch_and_augments_only_what_the_policy_picks():
+    x = torch.rand(4, 3, 16, 16)
+    batch = {"image": x, "target": torch.tensor([0, 1, 0, 1]), "concepts": torch.zeros(4, 2),
+             "object_mask": torch.ones(4, 16, 16, dtype=torch.bool)}
+    policy = AugmentationPolicy().with_class(0, 1.0)
+    out = apply_policies(batch, {"SyntheticShadow": SyntheticShadow(p=1.0, intensity=(0.5, 0.6), seed=0)},
+                         {"SyntheticShadow": policy})
+    assert out["image"].shape == (8, 3, 16, 16)
+    assert out["target"].tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert out["concepts"].shape == (8, 2) and out["object_mask"].shape == (8, 16, 16)
+    torch.testing.assert_close(out["image"][:4], x)  # clean copies first
+    second = out["image"][4:]
+    assert not torch.equal(second[0], x[0]) and not torch.equal(second[2], x[2])  # class 0: shadowed
+    torch.testing.assert_close(second[1], x[1])  # class 1: p = 0, left alone
+    torch.testing.assert_close(second[3], x[3])
+    seq = apply_policies((x, torch.tensor([0, 1, 0, 1])), {"SyntheticShadow": SyntheticShadow(seed=0)},
+                         {"SyntheticShadow": policy}, joint=False)
+    assert isinstance(seq, tuple) and seq[0].shape == (4, 3, 16, 16)
+    with pytest.raises(LoopError, match="Expected the policy's transform to be one of"):
+        apply_policies(batch, {}, {"Cutout": policy})
+
+
+def test_uniform_control_matches_the_loops_augmented_share():
+    ds = [{"image": torch.zeros(1, 4, 4), "target": torch.tensor(i % 2)} for i in range(10)]
+    targeted = {"SyntheticShadow": AugmentationPolicy().with_class(0, 0.8)}
+    share = mean_probability(targeted, ds)
+    assert share == pytest.approx(0.4)
+    names = ["SyntheticShadow", "Cutout", "HideAndSeek"]
+    p_each = 1 - (1 - share) ** (1 / 3)
+    assert mean_probability(uniform_policies(names, p_each), ds) == pytest.approx(share, abs=1e-6)
+
+
+def test_before_after_table_lists_each_concept_and_the_change():
+    before = {"all": 0.5, "clean": 0.9, "n": 10, "shadow": {"with": 0.2, "without": 0.8, "n_with": 5}}
+    after = {"all": 0.6, "clean": 0.9, "n": 10, "shadow": {"with": 0.45, "without": 0.8, "n_with": 5}}
+    table = format_before_after(before, after, ["shadow"])
+    line = next(r for r in table.splitlines() if r.startswith("shadow"))
+    assert "20.0%" in line and "45.0%" in line and "+25.0p" in line
+    assert "clean" in table and "all test images" in table
+
+
+# -- training and resume -------------------------------------------------------------------------------------
+
+
+def test_training_writes_a_checkpoint_and_a_finished_stage_is_not_trained_again(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    run = RunDirectory(tmp_path)
+    dm = tiny_planted()
+    model = train(ResNetClassifier(width=4), dm, 1, run, "train")
+    assert (tmp_path / "checkpoints" / "train.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "train-last.ckpt").is_file()
+    assert run.done("train")["epochs"] == 1
+    calls = []
+    original = pl.Trainer.fit
+    monkeypatch.setattr(pl.Trainer, "fit", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    again = train(ResNetClassifier(width=4), dm, 1, run, "train")
+    assert calls == []  # loaded, not trained
+    torch.testing.assert_close(again.fc.weight, model.fc.weight)
+    # An unfinished stage (state lost, last epoch's checkpoint present) resumes from that checkpoint.
+    (tmp_path / "state.json").unlink()
+    train(ResNetClassifier(width=4), dm, 1, run, "train")
+    assert calls and str(calls[0]["ckpt_path"]).endswith("train-last.ckpt")
