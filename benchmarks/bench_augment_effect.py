@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--quick", action="store_true", help="smoke run: one seed, 30 steps, no result file")
+    ap.add_argument("--name", default="augment_effect", help="result file name under benchmarks/results/")
     args = ap.parse_args()
     if args.quick:
         res = run([0], 30, args.batch, 2000, 1000, args.lr, args.methods)
@@ -212,7 +213,7 @@ def main() -> None:
     res = run(args.seeds, args.steps, args.batch, args.n_train, args.n_test, args.lr, args.methods)
     for m, s in res["summary"].items():
         print(f"{m:20s} " + "  ".join(f"{k} {v['mean']:.4f}±{v['std']:.4f}" for k, v in s.items()))
-    print("wrote", record("augment_effect", res))
+    print("wrote", record(args.name, res))
 
 
 if __name__ == "__main__":
