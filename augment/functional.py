@@ -105,23 +105,27 @@ def polygon_shadow_region(vertices: Tensor, softness: Tensor, height: int, width
         >>> (polygon_shadow_region(square, torch.zeros(1), 5, 5)[0, 0] > 0.5).sum().item()
         1
     """
+    b, k, _ = vertices.shape
     xs, ys = _grid(height, width, vertices.device, vertices.dtype)
-    xs, ys = xs.unsqueeze(1), ys.unsqueeze(1)  # (1, 1, 1, W), (1, 1, H, 1)
-    a = vertices
-    b = torch.roll(vertices, shifts=-1, dims=1)
-    ax, ay = a[..., 0, None, None], a[..., 1, None, None]  # (B, K, 1, 1)
-    bx, by = b[..., 0, None, None], b[..., 1, None, None]
-    # Even-odd crossing test for a ray towards +x.
-    straddles = (ay > ys) != (by > ys)
-    dy = torch.where(by == ay, torch.ones_like(by), by - ay)
-    x_cross = ax + (ys - ay) * (bx - ax) / dy
-    inside = ((straddles & (xs < x_cross)).sum(dim=1) % 2) == 1  # (B, H, W)
-    # Distance to the nearest edge segment.
-    ex, ey = bx - ax, by - ay
-    length2 = (ex * ex + ey * ey).clamp_min(1e-12)
-    t = (((xs - ax) * ex + (ys - ay) * ey) / length2).clamp(0.0, 1.0)
-    dist = torch.sqrt((xs - ax - t * ex) ** 2 + (ys - ay - t * ey) ** 2).amin(dim=1)
-    signed = torch.where(inside, dist, -dist)
+    crossings = torch.zeros(b, height, width, dtype=torch.uint8, device=vertices.device)
+    dist2 = torch.full((b, height, width), float("inf"), dtype=vertices.dtype, device=vertices.device)
+    # One edge at a time keeps every temporary at (B, H, W); the crossing abscissa depends on the row only.
+    for i in range(k):
+        ax, ay = vertices[:, i, 0].view(-1, 1, 1), vertices[:, i, 1].view(-1, 1, 1)
+        bx, by = vertices[:, (i + 1) % k, 0].view(-1, 1, 1), vertices[:, (i + 1) % k, 1].view(-1, 1, 1)
+        # Even-odd crossing test for a ray towards +x.
+        straddles = (ay > ys) != (by > ys)  # (B, H, 1)
+        x_cross = ax + (ys - ay) * (bx - ax) / torch.where(by == ay, torch.ones_like(by), by - ay)
+        crossings += straddles & (xs < x_cross)
+        # Squared distance to the edge segment; its projection parameter is a row term plus a column term.
+        ex, ey = bx - ax, by - ay
+        inv = 1.0 / (ex * ex + ey * ey).clamp_min(1e-12)
+        t = ((xs - ax) * (ex * inv) + (ys - ay) * (ey * inv)).clamp_(0.0, 1.0)
+        dx = (xs - ax) - t * ex
+        dy = (ys - ay) - t * ey
+        torch.minimum(dist2, dx.mul_(dx).add_(dy.mul_(dy)), out=dist2)
+    dist = dist2.sqrt_()
+    signed = torch.where((crossings % 2) == 1, dist, -dist)
     return soft_edge(signed, softness).unsqueeze(1)
 
 
@@ -141,15 +145,18 @@ def canopy_shadow_region(blobs: Tensor, softness: Tensor, height: int, width: in
         >>> (canopy_shadow_region(disc, torch.zeros(1), 5, 5)[0, 0] >= 0.5).sum().item()
         5
     """
+    b, n, _ = blobs.shape
     xs, ys = _grid(height, width, blobs.device, blobs.dtype)
-    xs, ys = xs.unsqueeze(1), ys.unsqueeze(1)
-    cx, cy, rx, ry, angle = (blobs[..., i, None, None] for i in range(5))
-    dx, dy = xs - cx, ys - cy
-    c, s = torch.cos(angle), torch.sin(angle)
-    u = (dx * c + dy * s) / rx.clamp_min(1e-6)
-    v = (-dx * s + dy * c) / ry.clamp_min(1e-6)
-    rho = torch.sqrt(u * u + v * v)
-    signed = ((1.0 - rho) * torch.minimum(rx, ry)).amax(dim=1)
+    signed = torch.full((b, height, width), float("-inf"), dtype=blobs.dtype, device=blobs.device)
+    for i in range(n):
+        cx, cy, rx, ry, angle = (blobs[:, i, j].view(-1, 1, 1) for j in range(5))
+        c, s = torch.cos(angle), torch.sin(angle)
+        inv_rx, inv_ry = 1.0 / rx.clamp_min(1e-6), 1.0 / ry.clamp_min(1e-6)
+        # Rotated, normalised coordinates: each a row term plus a column term.
+        u = (xs - cx) * (c * inv_rx) + (ys - cy) * (s * inv_rx)
+        v = (ys - cy) * (c * inv_ry) - (xs - cx) * (s * inv_ry)
+        rho = u.mul_(u).add_(v.mul_(v)).sqrt_()
+        torch.maximum(signed, (1.0 - rho).mul_(torch.minimum(rx, ry)), out=signed)
     return soft_edge(signed, softness).unsqueeze(1)
 
 
