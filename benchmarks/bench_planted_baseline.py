@@ -30,7 +30,7 @@ def main() -> None:
     for seed in range(args.seeds):
         dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=500, test_size=2000, seed=seed)
         start = time.perf_counter()
-        model = fit_baseline(dm, ResNetClassifier(), max_epochs=args.epochs, seed=seed)
+        model = fit_baseline(dm, ResNetClassifier, max_epochs=args.epochs, seed=seed)
         seconds = time.perf_counter() - start
         m = slice_metrics(model, dm.dataset("test"))
         row = {"seed": seed, "train_seconds": seconds, "all": m["all"], "clean": m["clean"]}

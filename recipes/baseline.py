@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -39,13 +39,17 @@ def default_model(datamodule: ContractDataModule) -> pl.LightningModule:
 
 def fit_baseline(
     datamodule: ContractDataModule,
-    model: pl.LightningModule | None = None,
+    model: pl.LightningModule | Callable[[], pl.LightningModule] | None = None,
     max_epochs: int = 4,
     seed: int = 0,
     progress: bool = False,
     **trainer_kwargs: Any,
 ) -> pl.LightningModule:
     """Fit ``model`` (default: :func:`default_model`) on ``datamodule`` on the CPU, seeded, without checkpoints.
+
+    Pass a model class or factory (``model=ResNetClassifier``) to have its initial weights drawn after seeding,
+    so that the same ``seed`` gives the same run whatever ran before in the process; an instance keeps the
+    weights it was built with.
 
     Extra keyword arguments go to ``pl.Trainer`` (e.g. ``callbacks``, ``logger``, ``default_root_dir``).
 
@@ -58,7 +62,10 @@ def fit_baseline(
         raise ValueError(f"Expected `max_epochs` to be a positive integer, but got {max_epochs!r}.")
     quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = model if model is not None else default_model(datamodule)
+    if model is None:
+        model = default_model(datamodule)
+    elif not isinstance(model, pl.LightningModule):
+        model = model()
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,

@@ -67,3 +67,17 @@ def test_fit_baseline_rejects_bad_epochs():
     dm = PlantedConceptsDataModule(train_size=8, val_size=8, test_size=8, cache_dir=None)
     with pytest.raises(ValueError, match="max_epochs"):
         fit_baseline(dm, max_epochs=0)
+
+
+def test_fit_baseline_builds_a_model_factory_after_seeding():
+    dm = PlantedConceptsDataModule(train_size=32, val_size=8, test_size=8, batch_size=16, cache_dir=None)
+
+    def factory():
+        return ResNetClassifier(width=4)
+
+    torch.manual_seed(123)
+    a = fit_baseline(dm, factory, max_epochs=1, seed=5)
+    torch.manual_seed(456)  # whatever ran before must not matter
+    b = fit_baseline(dm, factory, max_epochs=1, seed=5)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
