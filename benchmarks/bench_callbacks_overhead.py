@@ -5,7 +5,8 @@ validation images, batch 128, one CPU thread) with and without ``callbacks.defau
 (ConceptMonitor, ConfusionMonitor, SaliencyMonitor at their default cadence: once per epoch), both with a
 TensorBoard logger. Runs are interleaved (plain, monitored, monitored, plain, ...) and seeded alike, so machine
 drift hits both; the result is the ratio of median epoch wall times, plus the monitors' own measured time as a
-fraction of the plain epoch (less noisy on a shared machine) and whether the training loss trajectory is identical.
+fraction of the training time of the same run (robust to load drift between runs on a shared machine) and
+whether the training loss trajectory is identical.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_callbacks_overhead [--repeats 2] [--train-size N]
 """
@@ -85,6 +86,9 @@ def main() -> None:
     p_med = median([o["wall_s"] for o in plain])
     m_med = median([o["wall_s"] for o in monitored])
     own = [sum(o["monitor_s"].values()) for o in monitored]
+    # The monitors' time against the training time of the same run: load drift on a shared machine hits
+    # both parts of one run alike, unlike two different runs.
+    same_run = [s / (o["wall_s"] - s) for s, o in zip(own, monitored, strict=True)]
     results = {
         "setup": {
             "data": "Fashion-MNIST train (55,000 unless capped) / val 5,000, batch 128",
@@ -102,15 +106,17 @@ def main() -> None:
         "wall_overhead_ratio": round(m_med / p_med - 1, 4),
         "monitor_own_s": [{k: round(v, 3) for k, v in o["monitor_s"].items()} for o in monitored],
         "monitor_own_fraction_of_plain_epoch": round(median(own) / p_med, 4),
+        "monitor_overhead_same_run": [round(x, 4) for x in same_run],
+        "median_monitor_overhead_same_run": round(median(same_run), 4),
         "target": "<= 0.05",
         "meets_target_wall": m_med / p_med - 1 <= 0.05,
-        "meets_target_own_time": median(own) / p_med <= 0.05,
+        "meets_target_own_time": median(same_run) <= 0.05,
         "identical_loss_trajectory": all(o["losses"] == plain[0]["losses"] for o in plain + monitored),
         "batches_per_epoch": plain[0]["batches"],
     }
     path = record(args.name, results)
     print(f"wall overhead {results['wall_overhead_ratio']:+.2%}, monitors' own time "
-          f"{results['monitor_own_fraction_of_plain_epoch']:.2%} of a plain epoch; identical losses: "
+          f"{results['median_monitor_overhead_same_run']:.2%} of the same run's training; identical losses: "
           f"{results['identical_loss_trajectory']} -> {path}")
 
 
