@@ -49,3 +49,21 @@ def test_contract(name):
     torch_args = set(inspect.signature(module_cls).parameters) - {"seed"}
     twin_args = set(inspect.signature(twin_cls).parameters) - {"object_key", "saliency_key"}
     assert torch_args == twin_args
+
+
+def test_augment_never_imports_debugger_or_lightning():
+    import ast
+    from pathlib import Path
+
+    forbidden = ("debugger", "lightning", "pytorch_lightning", "callbacks", "recipes")
+    root = Path(augment.__file__).parent
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
