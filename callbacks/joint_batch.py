@@ -31,8 +31,9 @@ sample depends on the current model, so the module's ``training_step`` is wrappe
    AMP like any loss, and accumulated through the normal path that DDP's hooks watch.
 
 What differs from one joint forward of ``2B`` rows: BatchNorm normalises each half with its own batch
-statistics (and updates its running statistics twice per step), ``training_step`` runs twice per step (its
-logs are averaged by Lightning), and the clean half's gradients are one step's worth of extra memory.
+statistics (and updates its running statistics twice per step), ``training_step`` runs twice per step (so do
+its ``self.log`` calls: a per-step value shows the occluded pass, an epoch mean weighs both), and the clean
+half's gradients are one step's worth of extra memory.
 Manual optimisation is not supported (the wrapper needs Lightning to run the backward).
 
 Per-sample probabilities come from an :class:`~augment.AugmentationPolicy` (``policy=``), evaluated on each
