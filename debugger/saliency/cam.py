@@ -60,7 +60,7 @@ def normgrad_from(activation: Tensor, grad: Tensor) -> Tensor:
     per-location weight-gradient contribution ``g_u x_uᵀ`` is the product of the two vector norms). It needs no
     extra pass when the caller already has both tensors, e.g. from a training step's own backward (where
     ``grad`` is the loss gradient; the norm ignores its sign):
-    ``(grad.norm(dim=1, keepdim=True) * activation.norm(dim=1, keepdim=True))``.
+    ``(grad.square().sum(1, keepdim=True) * activation.square().sum(1, keepdim=True)).sqrt()``.
 
     Shape:
         - activation: ``(B, K, h, w)``
@@ -73,7 +73,8 @@ def normgrad_from(activation: Tensor, grad: Tensor) -> Tensor:
         10.0
     """
     _check_pair(activation, grad)
-    return grad.norm(dim=1, keepdim=True) * activation.norm(dim=1, keepdim=True)
+    # sqrt(Σg² · Σx²) = ‖g‖·‖x‖; Tensor.norm over dim 1 is ~5x slower on CPU than this sum of squares
+    return (grad.square().sum(1, keepdim=True) * activation.square().sum(1, keepdim=True)).sqrt()
 
 
 def selective_normgrad_from(activation: Tensor, grad: Tensor) -> Tensor:
@@ -84,7 +85,7 @@ def selective_normgrad_from(activation: Tensor, grad: Tensor) -> Tensor:
         - return: ``(B, 1, h, w)``
     """
     _check_pair(activation, grad)
-    return (grad * activation).clamp_min(0).norm(dim=1, keepdim=True)
+    return (grad * activation).clamp_min(0).square().sum(1, keepdim=True).sqrt()
 
 
 def linear_approximation_from(activation: Tensor, grad: Tensor) -> Tensor:
@@ -145,7 +146,7 @@ def conv_normgrad_from(layer_input: Tensor, grad: Tensor, conv: nn.Conv2d) -> Te
             f"Expected the gradient's spatial size {tuple(patch.shape[-2:])} of the conv output, "
             f"but got {tuple(grad.shape[-2:])}."
         )
-    return grad.norm(dim=1, keepdim=True) * patch.clamp_min(0).sqrt()
+    return (grad.square().sum(1, keepdim=True) * patch.clamp_min(0)).sqrt()
 
 
 _AGGREGATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

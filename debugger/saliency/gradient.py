@@ -46,7 +46,7 @@ def reduce_channels(attributions: Tensor, how: Reduction = "max_abs") -> Tensor:
     if how == "sum":
         return attributions.sum(1, keepdim=True)
     if how == "l2":
-        return attributions.norm(dim=1, keepdim=True)
+        return attributions.square().sum(1, keepdim=True).sqrt()
     raise ValueError(f"Expected `how` to be one of {_REDUCTIONS}, but got {how!r}.")
 
 
