@@ -291,13 +291,15 @@ def _threads() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def run_demo(cfg: Any) -> int:
+def run_demo(cfg: Any, parser: Any = None) -> int:
     from recipes.data import PlantedConceptsDataModule
     from recipes.loop import run_loop
     from recipes.models import ResNetClassifier
 
     _threads()
     run = _run_dir(cfg.run_dir, "demo")
+    if parser is not None:
+        _save_config(run, parser, cfg)
     dm = PlantedConceptsDataModule(train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
                                    seed=cfg.seed)
     _say(f"conceptfix demo: planted-concept data ({cfg.train_size} training images; shadows in "
@@ -364,11 +366,11 @@ def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = N
     return 0
 
 
-def run_fit(cfg: Any) -> int:
+def run_fit(cfg: Any, parser: Any = None) -> int:
     return run_recipe(cfg, fit_parser(), "fit")
 
 
-def run_finetune(cfg: Any) -> int:
+def run_finetune(cfg: Any, parser: Any = None) -> int:
     from recipes.loop import LoopError
 
     parser = fit_parser()
@@ -483,10 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise UsageError(f"Expected a command in {list(commands)}, but got {command!r}.{hint}")
         cfg = _parse(parser, _expand_recipe_names(argv))
-        sub_cfg = cfg[command]
-        if command in ("diagnose", "compare"):
-            return commands[command](sub_cfg, _subparser(parser, argv))
-        return commands[command](sub_cfg)
+        return commands[command](cfg[command], _subparser(parser, argv))
     except UsageError as err:
         print(f"conceptfix {command}: error: {err}", file=sys.stderr)
         return 2

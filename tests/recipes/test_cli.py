@@ -1,14 +1,200 @@
-from recipes.cli import main
+"""The ``conceptfix`` command end to end on tiny data: every subcommand, the run directory, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from debugger.report import ConceptReport
+from recipes.cli import fit_parser, main, resolve_recipe, shipped_recipes, suggest
+
+TINY_DATA = ["--data", "PlantedConceptsDataModule", "--data.train_size", "32", "--data.val_size", "16",
+             "--data.test_size", "16", "--data.batch_size", "16"]
+TINY_ANALYSIS = ["--probe_size", "16", "--n_concepts", "2"]
+
+RECIPE = """\
+data:
+  class_path: recipes.data.PlantedConceptsDataModule
+  init_args: {train_size: 32, val_size: 16, test_size: 16, batch_size: 16}
+model:
+  class_path: recipes.models.ResNetClassifier
+  init_args: {width: 4}
+epochs: 1
+callbacks: []
+probe_size: 16
+n_concepts: 2
+finetune:
+  epochs: 1
+  augmentations: {shadow: SyntheticShadow, occluder: Cutout}
+"""
 
 
-def test_help_lists_the_demo(capsys):
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One tiny `conceptfix fit` run shared by the tests that need checkpoints."""
+    root = tmp_path_factory.mktemp("fit")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(RECIPE)
+    run_dir = root / "run"
+    assert main(["fit", "--config", str(recipe), "--run_dir", str(run_dir)]) == 0
+    return {"recipe": recipe, "run": run_dir}
+
+
+def test_help_lists_every_subcommand(capsys):
     assert main([]) == 0
-    assert "demo" in capsys.readouterr().out
-
-
-def test_demo_trains_and_prints_a_per_concept_table(capsys):
-    assert main(["demo", "--epochs", "1", "--train-size", "128", "--test-size", "128"]) == 0
     out = capsys.readouterr().out
-    for name in ("shadow", "occluder", "stripes", "tint", "clean", "all"):
-        assert name in out
+    for command in ("demo", "fit", "diagnose", "finetune", "compare"):
+        assert command in out
+
+
+def test_demo_runs_the_loop_and_prints_before_and_after(capsys, tmp_path):
+    args = ["demo", "--epochs", "1", "--finetune-epochs", "1", "--train-size", "64", "--val-size", "32",
+            "--test-size", "32", "--probe-size", "16", "--run_dir", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
     assert "Test accuracy per planted concept" in out
+    assert "Before / after" in out
+    for name in ("shadow", "occluder", "stripes", "tint", "clean"):
+        assert name in out
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
+        assert step in out  # progress shown
+    for f in ("config.yaml", "report.json", "report.md", "metrics.json", "policy.json", "checkpoints/finetune.ckpt"):
+        assert (tmp_path / f).is_file(), f
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    # The monitors ran during training and logged under the same run directory.
+    assert list((tmp_path / "tb" / "train").rglob("conceptfix"))
+
+
+def test_fit_writes_one_directory_with_everything(fitted):
+    run = fitted["run"]
+    for f in ("config.yaml", "state.json", "report.json", "report_after.json", "report.md", "policy.json",
+              "metrics.json", "checkpoints/train.ckpt", "checkpoints/finetune.ckpt"):
+        assert (run / f).is_file(), f
+    assert "recipes.data.PlantedConceptsDataModule" in (run / "config.yaml").read_text()
+    report = ConceptReport.load(run / "report.json")
+    assert report.task == "classification" and report.layer == "layer2"
+    assert report.meta["annotated"]["names"][-1] == "clean"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"before", "after"} and "shadow" in metrics["after"]
+    md = (run / "report.md").read_text()
+    assert "Before / after" in md and "Annotated concepts" in md
+    assert set(json.loads((run / "state.json").read_text())["stages"]) >= {"train", "policy", "finetune", "loop"}
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written files left
+
+
+def test_fit_again_on_the_same_directory_resumes_without_retraining(fitted, capsys):
+    run = fitted["run"]
+    before = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.ckpt")}
+    assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run)]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.ckpt")}
+    assert after == before
+
+
+def test_diagnose_writes_a_report_tensorboard_logs_and_markdown(fitted, tmp_path, capsys):
+    out_dir = tmp_path / "diag"
+    args = ["diagnose", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), *TINY_DATA, *TINY_ANALYSIS,
+            "--run_dir", str(out_dir)]
+    assert main(args) == 0
+    assert "annotated failure concepts" in capsys.readouterr().out
+    report = ConceptReport.load(out_dir / "report.json")
+    assert len(report.concepts) == 2 and report.schema_version >= 1
+    assert "Concept report" in (out_dir / "report.md").read_text()
+    assert list((out_dir / "tb").rglob("events.out.tfevents.*"))
+    assert not (out_dir / "checkpoints").exists()  # no training
+
+
+def test_finetune_from_a_checkpoint_with_a_recipe(fitted, tmp_path, capsys):
+    out_dir = tmp_path / "ft"
+    args = ["finetune", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), "--recipe", str(fitted["recipe"]),
+            "--run_dir", str(out_dir)]
+    assert main(args) == 0
+    assert "Before / after" in capsys.readouterr().out
+    assert (out_dir / "checkpoints/finetune.ckpt").is_file()
+    assert not (out_dir / "checkpoints/train.ckpt").exists()  # started from the given checkpoint
+    assert json.loads((out_dir / "metrics.json").read_text())["before"]["n"] == 16
+
+
+def test_compare_reports_differences_and_the_ensemble_check(fitted, tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    ckpts = fitted["run"] / "checkpoints"
+    args = ["compare", "--ckpt-a", str(ckpts / "train.ckpt"), "--ckpt-b", str(ckpts / "finetune.ckpt"), *TINY_DATA,
+            *TINY_ANALYSIS, "--run_dir", str(out_dir)]
+    assert main(args) == 0
+    assert "ensemble" in capsys.readouterr().out
+    report = ConceptReport.load(out_dir / "report.json")
+    assert "b" in report.diffs and "b" in report.ensembles
+    assert report.diffs["b"].shape == (2, 10, 10)
+    md = (out_dir / "report.md").read_text()
+    assert "Ensemble check" in md and "acc ensemble" in md
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+
+def _fails(args, capsys, *needles):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    _fails(["diagnose", "--ckpt", str(tmp_path / "nope.ckpt"), *TINY_DATA, "--run_dir", str(tmp_path / "r")],
+           capsys, "does not exist", "checkpoint")
+
+
+def test_checkpoint_of_another_architecture(fitted, capsys, tmp_path):
+    args = ["diagnose", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), *TINY_DATA, "--model",
+            "ResNetClassifier", "--model.width", "8", "--run_dir", str(tmp_path / "r")]
+    _fails(args, capsys, "another architecture", "Expected a checkpoint of ResNetClassifier")
+
+
+def test_unknown_layer(fitted, capsys, tmp_path):
+    args = ["diagnose", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), *TINY_DATA, "--layer", "layer9",
+            "--run_dir", str(tmp_path / "r")]
+    _fails(args, capsys, "'layer9'", "Nearest valid names")
+
+
+def test_data_of_the_wrong_shape(fitted, capsys, tmp_path):
+    args = ["diagnose", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), "--data", "DigitsDataModule",
+            "--run_dir", str(tmp_path / "r")]
+    _fails(args, capsys, "Expected images with 3 channels", "accepts 3-channel")
+
+
+def test_unknown_keys_get_the_nearest_suggested(capsys):
+    _fails(["diagnose", "--ckpt", "x", "--data", "PlantedConceptsDataModule", "--data.trian_size", "4"], capsys,
+           "did you mean 'train_size'")
+    _fails(["diagnose", "--ckpt", "x", "--data", "PlantedConceptsDataModul"], capsys,
+           "did you mean 'PlantedConceptsDataModule'")
+    _fails(["diagnoze"], capsys, "Did you mean 'diagnose'")
+
+
+def test_unknown_key_in_a_recipe_file_gets_a_suggestion(capsys, tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(RECIPE.replace("  epochs: 1\n  augmentations", "  epochz: 1\n  augmentations"))
+    _fails(["fit", "--config", str(recipe)], capsys, "epochz", "did you mean 'finetune.epochs'")
+
+
+def test_unknown_recipe_name(capsys, tmp_path):
+    _fails(["finetune", "--ckpt", "x.ckpt", "--recipe", "planted_shadow"], capsys, "Did you mean 'planted_shadows'")
+
+
+def test_suggest_leaves_other_messages_alone():
+    assert suggest("something else went wrong") == "something else went wrong"
+
+
+# -- shipped recipes -----------------------------------------------------------------------------------------
+
+
+def test_the_shipped_recipes_are_there_and_parse():
+    names = shipped_recipes()
+    for expected in ("planted_shadows", "road_shadows", "fashion_shadows_occluders", "joint_batch_occlusion",
+                     "image_folder_finetune"):
+        assert expected in names
+    for name in names:  # a fresh parser per file, as the command line does
+        cfg = fit_parser().parse_args(["--config", resolve_recipe(name)])
+        assert cfg.data.class_path.startswith("recipes.data."), name
+    joint = fit_parser().parse_args(["--config", resolve_recipe("joint_batch_occlusion")])
+    assert joint.callbacks[0].class_path == "callbacks.JointBatchTraining"
