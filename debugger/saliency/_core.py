@@ -60,8 +60,10 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         return resolve_layer(model, name)
 
 
-def prepare_input(x: Tensor) -> Tensor:
-    """A normal (non-inference) copy of ``x`` that may enter an autograd graph; call inside attribution_mode.
+def prepare_input(x: Tensor, model: nn.Module | None = None) -> Tensor:
+    """A normal (non-inference) copy of ``x`` on the model's device that may enter an autograd graph.
+
+    Call inside :func:`attribution_mode`. Maps are computed, and returned, on the model's device.
 
     Raises:
         ValueError: if ``x`` is not a floating-point ``(B, C, H, W)`` tensor.
@@ -69,7 +71,8 @@ def prepare_input(x: Tensor) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"Expected `inputs` to be a float tensor of shape (B, C, H, W), but got {shape!r}.")
-    return x.detach().clone()
+    device = next((p.device for p in model.parameters()), x.device) if model is not None else x.device
+    return x.detach().to(device=device, copy=True)
 
 
 class LayerCapture:

@@ -196,7 +196,7 @@ def layer_saliency(
         raise ValueError(f"Expected at least one layer name, but got {layers!r}.")
     conv = method == "conv_normgrad"
     with attribution_mode(model):
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         with LayerCapture(model, names, inputs=conv) as cap:
             output = model(x)
         missing = [n for n in names if n not in cap.outputs]

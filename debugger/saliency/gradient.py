@@ -63,7 +63,7 @@ def gradient(model: nn.Module, inputs: Tensor, target: TargetLike) -> Tensor:
         torch.Size([1, 1, 2, 2])
     """
     with attribution_mode(model):
-        return _grad(model, prepare_input(inputs), target)
+        return _grad(model, prepare_input(inputs, model), target)
 
 
 def gradient_x_input(model: nn.Module, inputs: Tensor, target: TargetLike) -> Tensor:
@@ -74,7 +74,7 @@ def gradient_x_input(model: nn.Module, inputs: Tensor, target: TargetLike) -> Te
         - return: ``(B, C, H, W)``
     """
     with attribution_mode(model):
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         return _grad(model, x, target) * x
 
 
@@ -102,11 +102,13 @@ def smoothgrad(
     if noise_level < 0:
         raise ValueError(f"Expected `noise_level` to be non-negative, but got {noise_level!r}.")
     with attribution_mode(model):
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         target = fix_target(model, x, target)
         b = x.shape[0]
         span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
-        noise = torch.randn((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+        # drawn on the generator's device (CPU by default) so a seed gives the same noise on any device
+        noise_device = generator.device if generator is not None else x.device
+        noise = torch.randn((samples, *x.shape), generator=generator, device=noise_device, dtype=x.dtype).to(x.device)
         noisy = (x.unsqueeze(0) + noise * (noise_level * span).unsqueeze(0)).flatten(0, 1)  # copy-major
         total = torch.zeros_like(x)
         per_chunk = samples if batch_size is None else max(1, batch_size // b)
@@ -172,7 +174,7 @@ def integrated_gradients(
     """
     alphas, weights = integration_rule(steps, rule)
     with attribution_mode(model):
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         target = fix_target(model, x, target)
         b = x.shape[0]
         base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
@@ -240,7 +242,7 @@ class SmoothGrad:
     def attribute(self, inputs: Tensor, target: TargetLike, generator: torch.Generator | None = None) -> Tensor:
         """SmoothGrad attribution ``(B, C, H, W)``; a fresh generator seeded with ``seed`` unless given."""
         if generator is None:
-            generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
+            generator = torch.Generator().manual_seed(self.seed)
         return smoothgrad(
             self.model, inputs, target, self.samples, self.noise_level, self.squared, self.batch_size, generator
         )

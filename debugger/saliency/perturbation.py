@@ -68,7 +68,7 @@ def occlusion(
     if sh > wh or sw > ww:
         raise ValueError(f"Expected `stride` to be at most the window {window!r}, but got {stride!r}.")
     with attribution_mode(model), torch.no_grad():
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         b, _, h, w = x.shape
         if wh > h or ww > w:
             raise ValueError(f"Expected `window` to fit in the {h}x{w} input, but got {window!r}.")
@@ -249,7 +249,7 @@ def meaningful_perturbation(
         raise ValueError(f"Expected `mask_scale` to be a positive integer, but got {mask_scale!r}.")
     target = _scored_target(target, score)
     with attribution_mode(model):
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         target = fix_target(model, x, target)
         b, _, h, w = x.shape
         size = (h, w)
@@ -516,7 +516,7 @@ def extremal_perturbation(
     if iterations < 1:
         raise ValueError(f"Expected `iterations` to be a positive integer, but got {iterations!r}.")
     with attribution_mode(model):
-        x = prepare_input(inputs)
+        x = prepare_input(inputs, model)
         target = fix_target(model, x, target)
         b, _, h, w = x.shape
         n_areas = area_t.numel()

@@ -130,7 +130,7 @@ def cascading_randomization(
         raise ValueError(f"Expected `layers` to name modules of the model, but got unknown names {unknown!r}.")
     if isinstance(target, str):
         with attribution_mode(clone), torch.no_grad():
-            target = clone(prepare_input(inputs)).argmax(1)
+            target = clone(prepare_input(inputs, clone)).argmax(1)
     reference = make_attribute(clone)(inputs, target)
     out: dict[str, Tensor] = {}
     for name in names:
@@ -157,7 +157,7 @@ def class_sensitivity(attribute: Attribute, model: nn.Module, inputs: Tensor) ->
         torch.Size([2])
     """
     with attribution_mode(model), torch.no_grad():
-        logits = model(prepare_input(inputs))
+        logits = model(prepare_input(inputs, model))
     if logits.dim() != 2:
         raise ValueError(f"Expected a classifier's (B, C) logits, but got shape {tuple(logits.shape)}.")
     top = attribute(inputs, logits.argmax(1))

@@ -36,6 +36,11 @@ def _transform(output: Tensor, score: Score) -> Tensor:
     raise ValueError(f"Expected `score` to be one of {_SCORES}, but got {score!r}.")
 
 
+def _normal(t: Tensor) -> Tensor:
+    """A copy usable by autograd of a tensor made under ``torch.inference_mode`` (e.g. Lightning batch labels)."""
+    return t.clone() if t.is_inference() else t
+
+
 def _check_score(score: str) -> None:
     if score not in _SCORES:
         raise ValueError(f"Expected `score` to be one of {_SCORES}, but got {score!r}.")
@@ -65,7 +70,7 @@ class ClassTarget:
 
     def __call__(self, output: Tensor) -> Tensor:
         out = _transform(output, self.score)
-        idx = torch.as_tensor(self.index, device=out.device, dtype=torch.long)
+        idx = _normal(torch.as_tensor(self.index, device=out.device, dtype=torch.long))
         if idx.dim() == 0:
             idx = idx.expand(out.shape[0])
         if idx.shape != (out.shape[0],):
@@ -106,7 +111,7 @@ class RegionTarget:
         if output.dim() != 4:
             raise ValueError(f"Expected a segmentation output (B, C, H, W), but got {tuple(output.shape)}.")
         b = output.shape[0]
-        idx = torch.as_tensor(self.index, device=output.device, dtype=torch.long)
+        idx = _normal(torch.as_tensor(self.index, device=output.device, dtype=torch.long))
         idx = idx.expand(b) if idx.dim() == 0 else idx
         out = _transform(output, self.score)
         cls_map = out[torch.arange(b, device=out.device), idx]  # (B, H, W)
@@ -115,7 +120,7 @@ class RegionTarget:
             empty = ~mask.flatten(1).any(1)
             mask = mask | empty.view(-1, 1, 1)
         else:
-            mask = self.mask.to(out.device).bool()
+            mask = _normal(self.mask.to(out.device).bool())
             mask = mask.expand(b, -1, -1) if mask.dim() == 2 else mask
             if mask.shape != cls_map.shape:
                 raise ValueError(f"Expected `mask` of shape {tuple(cls_map.shape)}, but got {tuple(mask.shape)}.")
@@ -144,7 +149,7 @@ class PixelTarget:
                 f"but got {tuple(self.classes.shape)}."
             )
         out = _transform(output, self.score)
-        return out.gather(1, self.classes.to(out.device).long().unsqueeze(1)).flatten(1).mean(1)
+        return out.gather(1, _normal(self.classes.to(out.device).long()).unsqueeze(1)).flatten(1).mean(1)
 
 
 def resolve_target(target: TargetLike, output: Tensor) -> Callable[[Tensor], Tensor]:

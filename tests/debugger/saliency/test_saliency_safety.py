@@ -49,8 +49,9 @@ def test_training_flags_param_grads_and_hooks_are_untouched(net, images, index):
 @pytest.mark.parametrize("index", range(8))
 def test_runs_inside_inference_mode_on_inference_tensors(net, images, index):
     with torch.inference_mode():
-        x = images.clone()  # an inference tensor, as Lightning's validation batches are
-        out = methods(net)[index].attribute(x, TARGETS)
+        x = images.clone()  # inference tensors, as Lightning's validation batches are
+        y = TARGETS.clone()
+        out = methods(net)[index].attribute(x, y)
     assert torch.isfinite(out).all()
     assert out.abs().sum() > 0
 
@@ -95,3 +96,16 @@ def test_layer_not_run_in_forward_is_reported():
     model.forward = model.body.forward
     with pytest.raises(ValueError, match="to run in the forward pass"):
         NormGrad(model, "unused").attribute(torch.randn(1, 3, 5, 5), 0)
+
+
+def test_region_and_pixel_targets_made_in_inference_mode(seg):
+    from debugger.saliency.targets import PixelTarget, RegionTarget
+
+    x = torch.randn(2, 3, 6, 6)
+    with torch.inference_mode():
+        classes = torch.randint(0, 3, (2, 6, 6))
+        mask = torch.ones(2, 6, 6, dtype=torch.bool)
+        index = torch.tensor([1, 2])
+        a = Gradient(seg).attribute(x, RegionTarget(index, mask))
+        b = NormGrad(seg, "act").attribute(x, PixelTarget(classes))
+    assert a.abs().sum() > 0 and b.abs().sum() > 0
