@@ -83,3 +83,16 @@ def test_segmentation_region_maps_depend_on_the_region(seg):
     assert g[:, :4].sum() > 0 and g[:, 4:].sum() == 0
     m = NormGrad(seg, "act").attribute(x, RegionTarget(1, left))
     assert m[0, 0, :, 3:].sum() == 0 and m[0, 0, :, :3].sum() > 0
+
+
+def test_perturbation_methods_explain_a_segmentation_region(seg):
+    from debugger.saliency.perturbation import extremal_perturbation, occlusion
+
+    x = torch.randn(2, 3, 8, 8)
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :3] = True
+    occ = occlusion(seg, x, RegionTarget(torch.tensor([0, 1]), left), window=2, stride=2)
+    # a 3x3 conv and a 1x1 head: occluding columns >= 6 cannot change the left region's score
+    assert occ[:, :, :, 6:].abs().max() == 0 and occ[:, :, :, :4].abs().sum() > 0
+    res = extremal_perturbation(seg, x, PixelTarget(torch.zeros(2, 8, 8, dtype=torch.long)), areas=[0.3], iterations=3)
+    assert res.masks.shape == (2, 1, 8, 8) and torch.isfinite(res.scores).all()
