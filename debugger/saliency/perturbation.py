@@ -489,19 +489,18 @@ def extremal_perturbation(
     """Extremal perturbations (Fong, Patrick & Vedaldi 2019; seed 004 Ch.4), batched over images and areas.
 
     For each image and each area ``a`` finds the smooth mask ``m_a`` maximising the target score of the
-    perturbed image under the area constraint ``R_a(m) = mean((sort(m) − r_a)²)`` weighted by ``area_weight``
-    (see below). Masks come from
-    :class:`SmoothMaskGenerator` on a lattice of ``step`` pixels, start at 0.5, and are optimised by SGD with
-    momentum (projected onto ``[0, 1]``). The perturbation is a blur of ``σ_max · (1 − m)`` from a pyramid
-    with ``levels + 1`` levels. ``variant="preserve"`` maximises ``Φ(m ⊗ x)``, ``"delete"`` minimises
-    ``Φ((1 − m) ⊗ x)``, ``"dual"`` does both (hybrid).
+    perturbed image under the area constraint ``R_a(m) = mean((sort(m) − r_a)²)`` weighted by the area weight
+    (see below). Masks come from :class:`SmoothMaskGenerator` on a lattice of ``step`` pixels, start at 0.5, and
+    are optimised by SGD with momentum (projected onto ``[0, 1]``). The perturbation is a blur of
+    ``σ_max · (1 − m)`` from a pyramid with ``levels + 1`` levels. ``variant="preserve"`` maximises
+    ``Φ(m ⊗ x)``, ``"delete"`` minimises ``Φ((1 − m) ⊗ x)``, ``"dual"`` does both (hybrid).
 
     Defaults scale TorchRay's 224-px settings to the input: ``sigma`` and ``max_blur`` are 9% of the short
     side, ``step ≈ sigma``. The area weight grows geometrically from ``area_weight`` to
     ``area_weight · area_growth`` (TorchRay: ×1.0035 per iteration; the thesis doubles it twice), so masks first
     find the evidence and then meet the area; our defaults are tuned to logits of small CPU models.
-    ``batch_size`` caps how many masks (image × area, ×2 for dual) go through
-    the model at once, rounded down to whole areas (at least ``B`` masks); all run together when it is None.
+    ``batch_size`` caps how many masks (image × area, ×2 for dual) go through the model at once, rounded down
+    to whole areas (at least ``B`` masks); all run together when it is None.
 
     Shape:
         - inputs: ``(B, C, H, W)``
