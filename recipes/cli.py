@@ -302,9 +302,9 @@ def run_demo(cfg: Any, parser: Any = None) -> int:
         _save_config(run, parser, cfg)
     dm = PlantedConceptsDataModule(train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
                                    seed=cfg.seed)
+    share = {split: 100 * float(dm.make_dataset(split).table[0, 0]) for split in ("train", "test")}
     _say(f"conceptfix demo: planted-concept data ({cfg.train_size} training images; shadows in "
-         f"{100 * dm.dataset('train').table[0, 0]:.0f}% of training and "
-         f"{100 * dm.dataset('test').table[0, 0]:.0f}% of test images); writing to {run.path}")
+         f"{share['train']:.0f}% of training and {share['test']:.0f}% of test images); writing to {run.path}")
     start = time.time()
     result = run_loop(dm, ResNetClassifier(), run, epochs=cfg.epochs, finetune_epochs=cfg.finetune_epochs,
                       probe_size=cfg.probe_size, seed=cfg.seed, progress=_progress(cfg.progress), log=_say)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from augment import AugmentationPolicy, Cutout, HideAndSeek, SyntheticShadow
-from debugger.contract import IMAGE, TARGET, unpack_batch
+from debugger.contract import IMAGE, unpack_batch
 from debugger.report import ConceptReport
 from recipes.baseline import quiet_lightning, slice_metrics
 from recipes.data.base import ContractDataModule
@@ -210,7 +210,9 @@ def load_model(ckpt: str | os.PathLike[str], model: nn.Module | None = None) -> 
         try:
             model = cls(**hparams)
         except TypeError as err:
-            raise LoopError(f"Expected the hyper-parameters in {str(path)!r} to fit {class_path}, but got {err}.") from err
+            raise LoopError(
+                f"Expected the hyper-parameters in {str(path)!r} to fit {class_path}, but got {err}."
+            ) from err
     _load_weights(model, payload["state_dict"], path)
     model.eval()
     return model  # type: ignore[return-value]
@@ -353,8 +355,9 @@ def monitors(layer: str, every_n_epochs: int = 1, probe_size: int = 64, seed: in
     """The monitors the loop trains with: concepts, confusion, saliency, and the policy they imply."""
     from callbacks import FailureDrivenAugmentation, default_monitors
 
-    common = {"every_n_epochs": every_n_epochs, "probe_size": probe_size, "seed": seed}
-    found: list[pl.Callback] = list(default_monitors(layer, **common))
+    found: list[pl.Callback] = list(
+        default_monitors(layer, every_n_epochs=every_n_epochs, probe_size=probe_size, seed=seed)
+    )
     found.append(FailureDrivenAugmentation(every_n_epochs=every_n_epochs))
     return found
 
@@ -775,7 +778,7 @@ class PolicyAugmentedData(pl.LightningDataModule):
         self.policies = dict(policies)
         self.joint = joint
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self, stage: str) -> None:
         self.datamodule.setup(stage)
 
     def train_dataloader(self) -> Any:
@@ -821,7 +824,7 @@ def finetune(
         if not lr > 0:
             raise LoopError(f"Expected the fine-tuning `lr` to be positive, but got {lr!r}.")
         if "lr" in model.hparams:
-            model.hparams.lr = lr
+            model.hparams["lr"] = lr
     data = PolicyAugmentedData(datamodule, transforms, policies, joint=joint)
     return train(model, data, epochs, run, stage, callbacks, seed, progress)
 
@@ -896,7 +899,8 @@ def compare_markdown(result: Mapping[str, Any]) -> str:
     a = result.get("annotated")
     if a is not None:
         lines += ["\n## Annotated concepts: accuracy of A, B and their ensemble (averaged softmax)\n",
-                  "| slice | n | acc A | acc B | acc ensemble | A's errors fixed | B's errors fixed | diag. change B−A |",
+                  "| slice | n | acc A | acc B | acc ensemble | A's errors fixed | B's errors fixed "
+                  "| diag. change B−A |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         diag = torch.diagonal(a["diff"], dim1=-2, dim2=-1).nanmean(-1)
         for i, name in enumerate(a["names"]):
