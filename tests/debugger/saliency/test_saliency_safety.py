@@ -6,13 +6,28 @@ import pytest
 import torch
 from torch import nn
 
-from debugger.saliency.cam import GradCAM, LayerCombination, NormGrad, SelectiveNormGrad
-from debugger.saliency.gradient import Gradient, GradientXInput, IntegratedGradients, SmoothGrad
+import debugger.saliency as saliency
+from debugger.saliency import (
+    ConvNormGrad,
+    ExtremalPerturbation,
+    GradCAM,
+    Gradient,
+    GradientXInput,
+    IntegratedGradients,
+    LayerCombination,
+    LinearApproximation,
+    MeaningfulPerturbation,
+    NormGrad,
+    Occlusion,
+    SelectiveNormGrad,
+    SmoothGrad,
+)
 
 TARGETS = torch.tensor([0, 3, 1, 4])
 
 
 def methods(net):
+    """Every attribution object of the package, cheaply configured (the registry the contract tests run over)."""
     return [
         Gradient(net),
         GradientXInput(net),
@@ -22,14 +37,29 @@ def methods(net):
         NormGrad(net, "relu"),
         SelectiveNormGrad(net, "layer1"),
         LayerCombination(net, ["relu", "act"]),
+        ConvNormGrad(net, "layer1"),
+        LinearApproximation(net, "stem"),
+        Occlusion(net, window=4, stride=4),
+        MeaningfulPerturbation(net, iterations=2),
+        ExtremalPerturbation(net, areas=(0.2,), iterations=2),
     ]
+
+
+N_METHODS = 13
+
+
+def test_registry_lists_every_attribution_object(net):
+    exported = {name for name in saliency.__all__ if hasattr(getattr(saliency, name), "attribute")}
+    listed = {type(m).__name__ for m in methods(net)}
+    assert len(methods(net)) == N_METHODS
+    assert exported == listed, f"add {sorted(exported - listed)} to methods() in this file"
 
 
 def all_hooks(net):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(N_METHODS))
 def test_training_flags_param_grads_and_hooks_are_untouched(net, images, index):
     net.train()
     net.bn.eval()  # a deliberately frozen submodule must stay frozen
@@ -46,14 +76,18 @@ def test_training_flags_param_grads_and_hooks_are_untouched(net, images, index):
     assert not out.requires_grad and out.grad_fn is None
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(N_METHODS))
 def test_runs_inside_inference_mode_on_inference_tensors(net, images, index):
     with torch.inference_mode():
         x = images.clone()  # inference tensors, as Lightning's validation batches are
         y = TARGETS.clone()
-        out = methods(net)[index].attribute(x, y)
+        method = methods(net)[index]
+        out = method.attribute(x, y)
+    assert out.shape[0] == 4 and out.shape[-2:] in ((8, 8), (4, 4)) and out.device == x.device
     assert torch.isfinite(out).all()
-    assert out.abs().sum() > 0
+    if not isinstance(method, MeaningfulPerturbation):
+        # (the deletion game may legitimately keep the whole mask when blurring raises the class score)
+        assert out.abs().sum() > 0
 
 
 def test_eval_mode_makes_maps_deterministic_despite_dropout(net, images):
