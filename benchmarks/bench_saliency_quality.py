@@ -157,6 +157,7 @@ def main() -> None:
         if old.get("model", {}).get("epochs") == model_config.get("epochs"):
             results["pointing"] = old["pointing"] | results["pointing"]
             results["sanity"] = old["sanity"]
+            results.update({k: v for k, v in old.items() if k not in results})
     for name in names:
         make = registry[name]
         m_images = args.expensive_images if name in EXPENSIVE else n
@@ -173,6 +174,22 @@ def main() -> None:
             row[f"clean_hit_rate@tol{tol:g}"] = float(hits[sub].nanmean())
             row[f"clean_centre@tol{tol:g}"] = float(centre[sub].nanmean())
         results["pointing"][name] = row
+        if name == "extremal_perturbation":  # the thesis' monotonicity check (98.45% of ImageNet val)
+            areas = (0.05, 0.1, 0.2, 0.4, 0.6)
+            ep = ExtremalPerturbation(model, areas=areas, iterations=args.expensive_iterations)
+            res = [ep.explain(x[i : i + 16], y[i : i + 16]) for i in range(0, m_images, 16)]
+            a_star = torch.cat([r.extremal_area() for r in res])
+            results["extremal_monotonicity"] = {
+                "areas": list(areas),
+                "images": m_images,
+                "monotone_fraction": float(torch.cat([r.is_monotone() for r in res]).float().mean()),
+                "a_star_counts": {str(a): int((a_star == torch.tensor(a, dtype=a_star.dtype)).sum()) for a in areas}
+                | {"none": int(torch.isnan(a_star).sum())},
+                "preserved_over_clean_median": [
+                    float(v) for v in torch.cat([r.scores / r.clean_scores.unsqueeze(1) for r in res]).median(0).values
+                ],
+            }
+            print("monotonicity", results["extremal_monotonicity"], flush=True)
 
         s = args.sanity_images
         xs, ys = x[:s], y[:s]

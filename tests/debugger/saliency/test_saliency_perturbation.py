@@ -270,3 +270,16 @@ def test_smooth_max_closed_form_gradient_matches_autograd():
     assert torch.autograd.gradcheck(lambda t: _SmoothMax.apply(t, 0.1), (v,))
     ref = (v * torch.softmax(v / 0.1, 0)).sum(0)
     assert torch.allclose(_SmoothMax.apply(v, 0.1), ref)
+
+
+def test_monotonicity_is_checked_up_to_the_extremal_area():
+    res = ExtremalResult(
+        masks=torch.zeros(3, 3, 2, 2),
+        areas=torch.tensor([0.4, 0.1, 0.2]),  # unsorted on purpose
+        scores=torch.tensor([[5.0, 1.0, 3.0], [3.0, 2.0, 1.0], [0.5, 1.0, 2.0]]),
+        clean_scores=torch.tensor([3.0, 2.5, 10.0]),
+    )
+    # image 0: 1 -> 3 (a* = 0.2) -> 5: monotone; image 1: 2 -> 1 -> 3 (a* = 0.4): a drop before a*;
+    # image 2: no a*, 1 -> 2 -> 0.5 drops: not monotone
+    assert res.is_monotone().tolist() == [True, False, False]
+    assert res.is_monotone(tolerance=1.5).tolist() == [True, True, True]
