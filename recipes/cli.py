@@ -180,6 +180,7 @@ def build_parser() -> Any:
     ft.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
     ft.add_argument("--recipe", type=str, required=True, help=f"recipe YAML or name ({', '.join(shipped_recipes())})")
     ft.add_argument("--epochs", type=int | None, default=None, help="fine-tuning epochs (default: the recipe's)")
+    _data_arg(ft, required=False)
     _common(ft)
     sub.add_subcommand("finetune", ft, help="fine-tune a checkpoint; fine-tuned checkpoint and before/after report")
 
@@ -382,6 +383,10 @@ def run_finetune(cfg: Any, parser: Any = None) -> int:
     if cfg.run_dir:
         args += ["--run_dir", cfg.run_dir]
     args += ["--seed", str(cfg.seed)]
+    if cfg.get("data") is not None:  # the recipe's data replaced, e.g. the user's image folder
+        import json
+
+        args += ["--data", json.dumps(cfg.data.as_dict())]
     recipe_cfg = _parse(parser, args)
     return run_recipe(recipe_cfg, parser, "finetune", ckpt=cfg.ckpt, finetune_epochs=cfg.epochs)
 

@@ -504,10 +504,19 @@ def diagnose(
     class_names = [str(c) for c in getattr(dataset, "classes", ())] or None
     kwargs: dict[str, Any] = {"n_concepts": n_concepts, "top_k": top_k, "min_support": 5, "seed": seed}
     kwargs.update(analysis_kwargs or {})
-    report = ConceptAnalysis(model, layer, **kwargs).run(
-        loader, class_names=class_names, concept_names=concept_names or None,
-        meta={"split": split, "probe_size": probe_size},
-    )
+    try:
+        report = ConceptAnalysis(model, layer, **kwargs).run(
+            loader, class_names=class_names, concept_names=concept_names or None,
+            meta={"split": split, "probe_size": probe_size},
+        )
+    except ValueError as err:
+        if "distinct embeddings" not in str(err):
+            raise
+        raise LoopError(
+            f"Expected the {min(probe_size, len(dataset))} probe images of split {split!r} to give enough distinct "
+            f"patches for {n_concepts} concepts, but: {err} Use more probe images (`probe_size`, a larger "
+            "split) or fewer concepts (`n_concepts`)."
+        ) from err
     num_classes = report.num_classes
     annotated = annotated_ranking(model, loader, concept_names, num_classes, seed=seed)
     if annotated is not None:
