@@ -39,9 +39,26 @@ def one_epoch(monitored: bool, train_size: int | None, root: str) -> dict[str, A
     model = ResNetClassifier(num_classes=10, in_channels=1)
     losses: list[float] = []
 
+    marks: dict[str, tuple[float, float]] = {}
+
+    def mark(name: str) -> None:
+        marks.setdefault(name, (time.perf_counter(), time.process_time()))
+
     class LossTrace(pl.Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            mark("train")
+
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             losses.append(float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs))
+
+        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+            mark("val")
+
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            mark("monitors")  # LossTrace runs first: the monitors' end-of-epoch work comes after this mark
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            mark("end")
 
     monitors = default_monitors("layer2", "layer3") if monitored else []
     logger = pl.loggers.TensorBoardLogger(root, name="monitored" if monitored else "plain")
@@ -50,11 +67,17 @@ def one_epoch(monitored: bool, train_size: int | None, root: str) -> dict[str, A
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True,
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, datamodule=dm)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+
+    def span(a: str, b: str) -> dict[str, float]:
+        return {"wall_s": round(marks[b][0] - marks[a][0], 3), "cpu_s": round(marks[b][1] - marks[a][1], 3)}
+
+    phases = {"train": span("train", "val"), "validation": span("val", "monitors"),
+              "after_validation": span("monitors", "end")}
     monitor_seconds = {type(m).__name__: sum(r["seconds"] for r in m.runs) for m in monitors}
-    return {"wall_s": wall, "monitor_s": monitor_seconds, "losses": losses,
+    return {"wall_s": wall, "cpu_s": cpu, "phases": phases, "monitor_s": monitor_seconds, "losses": losses,
             "batches": len(losses), "runs": {type(m).__name__: len(m.runs) for m in monitors}}
 
 
@@ -100,6 +123,12 @@ def main() -> None:
             "repeats": args.repeats,
         },
         "plain_epoch_s": [round(o["wall_s"], 3) for o in plain],
+        "plain_epoch_cpu_s": [round(o["cpu_s"], 3) for o in plain],
+        "monitored_epoch_cpu_s": [round(o["cpu_s"], 3) for o in monitored],
+        "cpu_overhead_ratio": round(median([o["cpu_s"] for o in monitored]) / median([o["cpu_s"] for o in plain]) - 1,
+                                    4),
+        "plain_phases": [o["phases"] for o in plain],
+        "monitored_phases": [o["phases"] for o in monitored],
         "monitored_epoch_s": [round(o["wall_s"], 3) for o in monitored],
         "median_plain_s": round(p_med, 3),
         "median_monitored_s": round(m_med, 3),
