@@ -245,8 +245,8 @@ def occluder_mask(g: torch.Generator, object_mask: Tensor, centre_radius: Tensor
     ang = _uniform(g, n, 0, 2 * math.pi)
     off = _uniform(g, n, 0.2, 0.6) * rad
     ox, oy = cx + off * torch.cos(ang), cy + off * torch.sin(ang)
-    ra = (_uniform(g, n, 0.45, 0.7) * rad)[:, None, None]
-    rb = (_uniform(g, n, 0.3, 0.55) * rad)[:, None, None]
+    ra = (_uniform(g, n, 0.6, 0.9) * rad)[:, None, None]
+    rb = (_uniform(g, n, 0.45, 0.7) * rad)[:, None, None]
     tilt = _uniform(g, n, 0, math.pi)
     c, s = torch.cos(tilt)[:, None, None], torch.sin(tilt)[:, None, None]
     dx, dy = xx[None] - ox[:, None, None], yy[None] - oy[:, None, None]
