@@ -996,7 +996,8 @@ def run_loop(
     for policy in policies.values():
         log(f"      {policy.explain()[:300]}")
     clock = time.time()
-    log(f"      fine-tuning for {finetune_epochs} epochs on joint batches")
+    log(f"      fine-tuning for {finetune_epochs} epochs on "
+        + ("joint batches (X, augment(X))" if policies else "plain batches (no augmentation implied)"))
     model = finetune(model, datamodule, policies, finetune_epochs, finetune_lr, transforms, run, "finetune",
                      seed=seed, progress=progress)
     log(f"      done in {time.time() - clock:.0f} s")
