@@ -229,3 +229,33 @@ def test_finetune_a_users_checkpoint_on_an_image_folder(tmp_path, capsys):
     # The recipe's own placeholder folder does not exist: the message says what is expected.
     _fails(["finetune", "--ckpt", str(ckpt), "--recipe", "image_folder_finetune", "--run_dir", str(tmp_path / "r")],
            capsys, "Expected `root` to be a folder")
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(fitted, tmp_path, capsys, monkeypatch):
+    import recipes.loop
+
+    run = tmp_path / "run"
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes.loop, "finetune", interrupted)
+    assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run)]) == 130
+    assert "resume" in capsys.readouterr().err
+    stages = json.loads((run / "state.json").read_text())["stages"]
+    assert "train" in stages and "finetune" not in stages
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    trained = (run / "checkpoints" / "train.ckpt").stat().st_mtime_ns
+    monkeypatch.undo()
+    assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run)]) == 0
+    assert (run / "checkpoints" / "train.ckpt").stat().st_mtime_ns == trained  # not trained again
+    assert (run / "checkpoints" / "finetune.ckpt").is_file()
+
+
+def test_fit_without_finetuning_only_diagnoses_a_given_checkpoint(fitted, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(fitted["recipe"]), "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"),
+            "--finetune.enabled", "false", "--run_dir", str(run)]
+    assert main(args) == 0
+    assert (run / "report.json").is_file() and (run / "report.md").is_file()
+    assert not (run / "checkpoints").exists()
