@@ -231,3 +231,13 @@ def test_training_writes_a_checkpoint_and_a_finished_stage_is_not_trained_again(
     (tmp_path / "state.json").unlink()
     train(ResNetClassifier(width=4), dm, 1, run, "train")
     assert calls and str(calls[0]["ckpt_path"]).endswith("train-last.ckpt")
+
+
+def test_a_plain_lightning_checkpoint_loads_with_its_architecture_guessed(tmp_path):
+    seg = SegmentationNet(width=4).eval()
+    torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams), "epoch": 3},
+               tmp_path / "lightning.ckpt")
+    loaded = load_model(tmp_path / "lightning.ckpt")
+    x = torch.rand(1, 3, 16, 32)
+    assert type(loaded) is SegmentationNet
+    torch.testing.assert_close(loaded(x), seg(x))
