@@ -245,12 +245,15 @@ def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> 
 
 
 def model_kind(model: nn.Module) -> str:
-    """``"segmentation"`` or ``"classification"``, from the model's output on a tiny input."""
+    """``"segmentation"`` for the baseline segmentation net (``enc1`` … ``head``), else ``"classification"``.
+
+    :func:`check_data` decides from the model's actual output instead, so other architectures work too.
+    """
     return "segmentation" if hasattr(model, "head") and hasattr(model, "enc1") else "classification"
 
 
 def check_data(model: nn.Module, datamodule: ContractDataModule, split: str = "val") -> None:
-    """Check that ``datamodule``'s samples fit ``model`` (channels, size, task, labels) with one forward.
+    """Check that ``datamodule``'s samples fit ``model`` (channels, size, task, classes) with one forward.
 
     Raises:
         LoopError: saying what the data gives and what the model accepts.
@@ -260,31 +263,38 @@ def check_data(model: nn.Module, datamodule: ContractDataModule, split: str = "v
                          else (sample[0].unsqueeze(0), torch.as_tensor(sample[1]).unsqueeze(0)))
     x = batch.images
     hp = dict(getattr(model, "hparams", {}))
-    accepted = (f"{type(model).__name__} accepts {hp.get('in_channels', '?')}-channel images"
-                + (" with H and W divisible by 4 and (H, W) class maps" if model_kind(model) == "segmentation"
-                   else " and class-index targets") + f" in [0, {hp.get('num_classes', '?')})")
+    kind = model_kind(model)
+
+    def accepted() -> str:
+        what = " with H and W divisible by 4 and (H, W) class maps" if kind == "segmentation" else \
+            " and one class index per image"
+        return (f"{type(model).__name__} accepts {hp.get('in_channels', '?')}-channel images{what} "
+                f"in [0, {hp.get('num_classes', '?')})")
+
     if "in_channels" in hp and x.shape[1] != hp["in_channels"]:
         raise LoopError(f"Expected images with {hp['in_channels']} channels, but the data gives images of shape "
-                        f"{tuple(x.shape[1:])}. {accepted}.")
-    seg_data = batch.targets.dim() == 3
-    if seg_data != (model_kind(model) == "segmentation"):
-        what = "(H, W) class maps" if seg_data else "one class index per image"
-        raise LoopError(f"Expected data for a {model_kind(model)} model, but the data's targets are {what}. "
-                        f"{accepted}.")
-    num_classes = int(getattr(datamodule, "num_classes", hp.get("num_classes", 0)) or 0)
-    if "num_classes" in hp and num_classes and num_classes != hp["num_classes"]:
-        raise LoopError(f"Expected data with {hp['num_classes']} classes, but the data has {num_classes}. "
-                        f"{accepted}.")
+                        f"{tuple(x.shape[1:])}. {accepted()}.")
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except (RuntimeError, ValueError) as err:
         raise LoopError(f"Expected data the model can read, but images of shape {tuple(x.shape[1:])} fail in "
-                        f"its forward: {err}. {accepted}.") from err
+                        f"its forward: {err} {accepted()}.") from err
     finally:
         model.train(was)
+    if isinstance(out, Tensor) and out.dim() in (2, 4):
+        kind = "segmentation" if out.dim() == 4 else "classification"
+        hp.setdefault("num_classes", int(out.shape[1]))
+    seg_data = batch.targets.dim() == 3
+    if seg_data != (kind == "segmentation"):
+        what = "(H, W) class maps" if seg_data else "one class index per image"
+        raise LoopError(f"Expected data for a {kind} model, but the data's targets are {what}. {accepted()}.")
+    num_classes = int(getattr(datamodule, "num_classes", 0) or 0)
+    if num_classes and num_classes != hp.get("num_classes", num_classes):
+        raise LoopError(f"Expected data with {hp['num_classes']} classes, but the data has {num_classes}. "
+                        f"{accepted()}.")
 
 
 def check_layer(model: nn.Module, layer: str) -> None:
@@ -513,7 +523,7 @@ def diagnose(
         if "distinct embeddings" not in str(err):
             raise
         raise LoopError(
-            f"Expected the {min(probe_size, len(dataset))} probe images of split {split!r} to give enough distinct "
+            f"Expected the {len(loader.dataset)} probe images of split {split!r} to give enough distinct "
             f"patches for {n_concepts} concepts, but: {err} Use more probe images (`probe_size`, a larger "
             "split) or fewer concepts (`n_concepts`)."
         ) from err
