@@ -33,8 +33,9 @@ sample depends on the current model, so the module's ``training_step`` is wrappe
 What differs from one joint forward of ``2B`` rows: BatchNorm normalises each half with its own batch
 statistics (and updates its running statistics twice per step), ``training_step`` runs twice per step (so do
 its ``self.log`` calls: a per-step value shows the occluded pass, an epoch mean weighs both), and the clean
-half's gradients are one step's worth of extra memory.
-Manual optimisation is not supported (the wrapper needs Lightning to run the backward).
+half's gradients are one step's worth of extra memory. Being a by-product of the training step, the NormGrad
+map comes from the training-mode forward (BatchNorm with batch statistics, dropout active), not from an eval-mode
+attribution pass. Manual optimisation is not supported (the wrapper needs Lightning to run the backward).
 
 Per-sample probabilities come from an :class:`~augment.AugmentationPolicy` (``policy=``), evaluated on each
 batch's targets and concepts, so the closed loop can target failing classes or concept slices; samples the
