@@ -522,8 +522,9 @@ def diagnose(
     except ValueError as err:
         if "distinct embeddings" not in str(err):
             raise
+        probe_count = len(loader.dataset)  # type: ignore[arg-type]
         raise LoopError(
-            f"Expected the {len(loader.dataset)} probe images of split {split!r} to give enough distinct "
+            f"Expected the {probe_count} probe images of split {split!r} to give enough distinct "
             f"patches for {n_concepts} concepts, but: {err} Use more probe images (`probe_size`, a larger "
             "split) or fewer concepts (`n_concepts`)."
         ) from err
