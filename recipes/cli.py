@@ -287,9 +287,16 @@ def _save_config(run: Any, parser: Any, cfg: Any) -> None:
 
 
 def _threads() -> None:
+    """All cores on an idle machine; one thread when others already keep the cores busy (oversubscribed
+    OpenMP threads spin against each other and run several times slower than one)."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cores = max(1, os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0] >= cores
+    except OSError:
+        busy = False
+    torch.set_num_threads(1 if busy else cores)
 
 
 def run_demo(cfg: Any, parser: Any = None) -> int:
