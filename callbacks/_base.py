@@ -30,7 +30,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,44 +185,37 @@ class ProbeSet:
 
     def take(self, n: int) -> ProbeSet:
         """The first ``n`` samples (a uniform random subset, as the probe order is random)."""
-        b = self.batch
-        cut = (lambda t: None if t is None else t[:n])  # noqa: E731
-        return ProbeSet(
-            self.indices[:n],
-            Batch(b.images[:n], b.targets[:n], cut(b.concepts), cut(b.concept_masks)),
-            self.concept_names,
-            {k: v[:n] for k, v in self.extras.items()},
-        )
+        return self._select(list(range(min(n, len(self)))))
 
     def shard(self, rank: int, world_size: int) -> ProbeSet:
         """Every ``world_size``-th sample starting at ``rank`` (the shards of all ranks partition the set)."""
-        sel = torch.arange(rank, len(self), world_size)
-        b = self.batch
-        pick = (lambda t: None if t is None else t[sel.to(t.device)])  # noqa: E731
-        return ProbeSet(
-            [self.indices[i] for i in sel.tolist()],
-            Batch(pick(b.images), pick(b.targets), pick(b.concepts), pick(b.concept_masks)),  # type: ignore[arg-type]
-            self.concept_names,
-            {k: pick(v) for k, v in self.extras.items()},  # type: ignore[misc]
-        )
+        return self._select(list(range(rank, len(self), world_size)))
 
     def chunks(self, size: int) -> Iterator[tuple[int, Batch]]:
         """``(offset, batch)`` pairs of at most ``size`` samples."""
-        b = self.batch
         for s in range(0, len(self), size):
-            e = s + size
-            cut = (lambda t, s=s, e=e: None if t is None else t[s:e])  # noqa: E731
-            yield s, Batch(b.images[s:e], b.targets[s:e], cut(b.concepts), cut(b.concept_masks))
+            yield s, self._select(list(range(s, min(s + size, len(self))))).batch
 
     def to(self, device: torch.device | str) -> ProbeSet:
+        return self._map(lambda t: t.to(device))
+
+    def _select(self, rows: list[int]) -> ProbeSet:
+        out = self._map(lambda t: t[torch.tensor(rows, dtype=torch.long, device=t.device)])
+        out.indices = [self.indices[i] for i in rows]
+        return out
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> ProbeSet:
         b = self.batch
-        mv = (lambda t: None if t is None else t.to(device))  # noqa: E731
         return ProbeSet(
-            self.indices,
-            Batch(b.images.to(device), b.targets.to(device), mv(b.concepts), mv(b.concept_masks)),
+            list(self.indices),
+            Batch(fn(b.images), fn(b.targets), _maybe(fn, b.concepts), _maybe(fn, b.concept_masks)),
             self.concept_names,
-            {k: v.to(device) for k, v in self.extras.items()},
+            {k: fn(v) for k, v in self.extras.items()},
         )
+
+
+def _maybe(fn: Callable[[Tensor], Tensor], t: Tensor | None) -> Tensor | None:
+    return None if t is None else fn(t)
 
 
 @dataclass
