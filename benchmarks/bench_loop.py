@@ -114,7 +114,8 @@ def evaluate(model: torch.nn.Module, dm: Any, extra: tuple[torch.Tensor, torch.T
     return out
 
 
-def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool) -> dict[str, Any]:
+def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, probe_size: int = 128
+             ) -> dict[str, Any]:
     torch.manual_seed(seed)
     dm = make_data(dataset, seed, quick)
     seg = dataset == "roads"
@@ -128,7 +129,7 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool) 
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDirectory(tmp)
         clock = time.time()
-        d = diagnose(model, dm, None, run, "report", probe_size=128, seed=seed, metrics_split=None)
+        d = diagnose(model, dm, None, run, "report", probe_size=probe_size, seed=seed, metrics_split=None)
         policies, evidence = loop_policies(d, report_path=run.file("report.json"))
         times["diagnose_s"] = time.time() - clock
     result["evidence"] = evidence
@@ -178,21 +179,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--probe-size", type=int, default=128, help="validation images the diagnosis analyses")
     parser.add_argument("--quick", action="store_true", help="small data, for trying the script")
     args = parser.parse_args()
     torch.set_num_threads(1)
     per_seed = []
     for seed in range(args.seeds):
         print(f"{args.dataset}: seed {seed}", flush=True)
-        per_seed.append(run_seed(args.dataset, seed, args.epochs, args.finetune_epochs, args.quick))
+        per_seed.append(run_seed(args.dataset, seed, args.epochs, args.finetune_epochs, args.quick, args.probe_size))
     results = {
         "config": {"dataset": args.dataset, "seeds": args.seeds, "epochs": args.epochs,
                    "finetune_epochs": args.finetune_epochs, "finetune_lr": 1e-3, "quick": args.quick,
-                   "probe_size": 128, "torch_threads": 1},
+                   "probe_size": args.probe_size, "torch_threads": 1},
         "summary": summarise(per_seed),
         "per_seed": per_seed,
     }
-    path = record(f"loop_{args.dataset}" + ("_quick" if args.quick else ""), results)
+    suffix = ("_quick" if args.quick else "") + (f"_probe{args.probe_size}" if args.probe_size != 128 else "")
+    path = record(f"loop_{args.dataset}{suffix}", results)
     print(f"wrote {path}")
 
 
