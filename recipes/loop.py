@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -400,7 +401,14 @@ def train(
         resume = str(last) if last.exists() else None
     trainer = _trainer(epochs, run, stage, extra, seed, progress)
     model.train()  # a loaded or diagnosed model is in eval mode; BatchNorm must train
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1); say it was an interruption instead.
+        if not getattr(trainer, "interrupted", False):
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     model.eval()
     if run is not None:
         save_model(model, run.file(final), stage=stage, epochs=epochs)

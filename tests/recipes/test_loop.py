@@ -241,3 +241,23 @@ def test_a_plain_lightning_checkpoint_loads_with_its_architecture_guessed(tmp_pa
     x = torch.rand(1, 3, 16, 32)
     assert type(loaded) is SegmentationNet
     torch.testing.assert_close(loaded(x), seg(x))
+
+
+def test_ctrl_c_during_training_leaves_a_resume_point(tmp_path):
+    import pytorch_lightning as pl
+
+    class CtrlC(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    run = RunDirectory(tmp_path)
+    dm = tiny_planted()
+    with pytest.raises(KeyboardInterrupt):
+        train(ResNetClassifier(width=4), dm, 2, run, "train", callbacks=[CtrlC()])
+    assert run.done("train") is None
+    last = torch.load(tmp_path / "checkpoints" / "train-last.ckpt", weights_only=False)
+    assert last["epoch"] == 0  # the first epoch's full training state
+    train(ResNetClassifier(width=4), dm, 2, run, "train")
+    assert run.done("train") is not None
+    assert torch.load(tmp_path / "checkpoints" / "train-last.ckpt", weights_only=False)["epoch"] == 1
