@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
     # concept -> prevalence per split; the rest of the defaults stay
-    "shadow": {"train": {"shadow": 0.03}, "val": {"shadow": 0.5}},
+    # occluders as common in the probe set as in training, so the shadow is the only planted failure there
+    "shadow": {"train": {"shadow": 0.03}, "val": {"shadow": 0.5, "occluder": 0.1}},
     # no shadows in the probe set, so the occluder is the only planted failure there
     "occluder": {"train": {"occluder": 0.02}, "val": {"shadow": 0.0, "occluder": 0.5}},
 }
