@@ -10,8 +10,6 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_confusion.py``.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,27 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _record(name: str, results: dict[str, Any]) -> Path:
-    try:
-        from benchmarks.harness import record  # the shared harness, when it is there
-
-        return Path(record(name, results))
-    except ImportError:
-        import torch
-
-        out = ROOT / "benchmarks" / "results" / f"{name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        machine = {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        out.write_text(json.dumps({"name": name, "machine": machine, "results": results}, indent=2))
-        return out
+from benchmarks.harness import record  # noqa: E402
 
 
 def _best_of(fn: Any, repeat: int) -> float:
@@ -102,7 +80,7 @@ def main() -> None:
                                "counted_pixels": int(region.sum()), "batched_s": fast, "sklearn_loop_s": slow,
                                "speedup": slow / fast, "membership_from_masks_s": region_s}
     print(json.dumps(results, indent=2))
-    print(f"recorded {_record('concept_confusion_speed', results)}")
+    print(f"recorded {record('concept_confusion_speed', results)}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import record  # noqa: E402
+
 SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
     # concept -> prevalence per split; the rest of the defaults stay
     # occluders as common in the probe set as in training, so the shadow is the only planted failure there
@@ -35,28 +35,6 @@ SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
     # no shadows in the probe set, so the occluder is the only planted failure there
     "occluder": {"train": {"occluder": 0.02}, "val": {"shadow": 0.0, "occluder": 0.5}},
 }
-
-
-def _record(name: str, results: dict[str, Any]) -> Path:
-    try:
-        from benchmarks.harness import record  # the shared harness, when it is there
-
-        return Path(record(name, results))
-    except ImportError:
-        import torch
-
-        out = ROOT / "benchmarks" / "results" / f"{name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        machine = {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        out.write_text(json.dumps({"name": name, "machine": machine, "results": results}, indent=2))
-        return out
 
 
 def run_seed(scenario: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -172,7 +150,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if not args.quick:
         config = {k: v for k, v in vars(args).items() if k != "quick"}
-        path = _record("planted_failure", {"config": config, "summary": summary, "runs": rows})
+        path = record("planted_failure", {"config": config, "summary": summary, "runs": rows})
         print(f"recorded {path}")
 
 
