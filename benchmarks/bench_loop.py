@@ -119,6 +119,7 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
     torch.manual_seed(seed)
     dm = make_data(dataset, seed, quick)
     seg = dataset == "roads"
+    torch.manual_seed(seed)  # the initialisation must not depend on what loading the data consumed
     model = (SegmentationNet(num_classes=dm.num_classes) if seg
              else ResNetClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels))
     clock = time.time()
