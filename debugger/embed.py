@@ -34,10 +34,12 @@ from debugger.structures import PatchSet
 
 Mode = Literal["resample", "roi"]
 Pool = Literal["mean", "max"]
+Reduce = Literal["mean", "max", "none"]
 RoiPool = Literal["mask", "box"]
 
 __all__ = [
     "PatchEmbedder",
+    "embed_images",
     "embed_patches",
     "forward_to_layer",
     "resample_patches",
@@ -79,7 +81,14 @@ def forward_to_layer(model: nn.Module, layer: str | nn.Module, x: Tensor) -> Ten
     return store["out"]
 
 
-def _pool_activation(act: Tensor, reduce: Pool, layer: str) -> Tensor:
+def _pool_activation(act: Tensor, reduce: Reduce, layer: str) -> Tensor:
+    if reduce == "none":
+        if act.dim() != 4:
+            raise ValueError(
+                f"Expected the activations of layer {layer!r} to be a spatial map (B, D, h, w) for reduce='none', "
+                f"but got {tuple(act.shape)!r}."
+            )
+        return act
     if act.dim() == 2:
         return act
     if act.dim() == 4:
@@ -89,6 +98,45 @@ def _pool_activation(act: Tensor, reduce: Pool, layer: str) -> Tensor:
         f"Expected the activations of layer {layer!r} to be poolable, of shape (B, D, h, w) or (B, D), "
         f"but got {tuple(act.shape)!r}."
     )
+
+
+def embed_images(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    reduce: Reduce = "none",
+    batch_size: int = 64,
+    eval_mode: bool = True,
+) -> Tensor:
+    """The activations at ``layer`` of images already prepared for the model (e.g. resampled, augmented patches).
+
+    Batched :func:`forward_to_layer` under :func:`preserve_training_mode`, pooled like :func:`embed_patches`.
+
+    Shape:
+        - images: ``(B, C, H, W)``
+        - output: ``(B, D, h, w)`` for ``reduce="none"``, else ``(B, D)``; float32 on CPU
+
+    Raises:
+        ValueError: for an unknown layer or ``reduce``, a non-positive ``batch_size``, or activations that
+            cannot be pooled as asked.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        >>> embed_images(net, "1", torch.rand(5, 3, 8, 8)).shape
+        torch.Size([5, 4, 8, 8])
+    """
+    if reduce not in ("mean", "max", "none"):
+        raise ValueError(f"Expected `reduce` to be one of 'mean', 'max', 'none', but got {reduce!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
+    module = resolve_layer(model, layer)
+    device = _model_device(model)
+    out: list[Tensor] = []
+    with preserve_training_mode(model, eval_mode):
+        for s in range(0, images.shape[0], batch_size):
+            act = forward_to_layer(model, module, images[s : s + batch_size].to(device))
+            out.append(_pool_activation(act, reduce, layer).float().cpu())
+    return torch.cat(out)
 
 
 def _fill_tensor(fill: float | Sequence[float] | Tensor | str, images: Tensor) -> Tensor:
@@ -195,18 +243,19 @@ def roi_pool_mask(features: Tensor, masks: Tensor, reduce: Pool = "mean") -> Ten
 
 
 def roi_pool_box(
-    features: Tensor, boxes: Tensor, image_size: tuple[int, int], samples: int = 4, reduce: Pool = "mean"
+    features: Tensor, boxes: Tensor, image_size: tuple[int, int], samples: int = 4, reduce: Reduce = "mean"
 ) -> Tensor:
     """RoI-align: bilinear samples on a ``samples × samples`` grid of cell centres inside each box, pooled.
 
     Box coordinates are in image pixels and are mapped to the feature grid by the image/feature size ratio
     (pixel-centre convention, ``align_corners=False``). A box aligned with feature cells and ``samples``
-    equal to its extent in cells gives exactly the average of those cells.
+    equal to its extent in cells gives exactly the average of those cells. ``reduce="none"`` returns the
+    sampled grid itself (the patch's spatial latent tensor).
 
     Shape:
         - features: ``(P, D, h, w)``
         - boxes: ``(P, 4)``
-        - output: ``(P, D)``
+        - output: ``(P, D)``, or ``(P, D, samples, samples)`` for ``reduce="none"``
 
     Example:
         >>> f = torch.arange(4.).view(1, 1, 2, 2)
@@ -225,6 +274,8 @@ def roi_pool_box(
     gy = (2 * ys / h - 1)[:, :, None].expand(p, samples, samples)
     grid = torch.stack([gx, gy], dim=-1)  # (P, S, S, 2)
     sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if reduce == "none":
+        return sampled
     flat = sampled.flatten(2)
     return flat.mean(2) if reduce == "mean" else flat.amax(2)
 
@@ -254,7 +305,7 @@ def _embed_resample(
     layer: str,
     images: Tensor,
     patches: PatchSet,
-    reduce: Pool,
+    reduce: Reduce,
     fill: Tensor,
     batch_size: int,
     use_masks: bool,
@@ -280,7 +331,7 @@ def _embed_roi(
     layer: str,
     images: Tensor,
     patches: PatchSet,
-    reduce: Pool,
+    reduce: Reduce,
     batch_size: int,
     roi_pool: RoiPool,
     roi_samples: int,
@@ -307,12 +358,19 @@ def _embed_roi(
         for c in range(0, len(sel), 1024):
             part = sel[c : c + 1024]
             f = feats[(patches.image_index[part] - s).to(device)]
-            if roi_pool == "mask" and patches.masks is not None:
+            if reduce == "none":
+                # The spatial latent tensor is RoI-align's sample grid; with roi_pool="mask", cells outside the
+                # superpixel are zeroed by the mask sampled on the same grid.
+                emb = roi_pool_box(f, patches.boxes[part], (h, w), roi_samples, "none")
+                if roi_pool == "mask" and patches.masks is not None:
+                    m = patches.masks[part].to(device)[:, None].to(f.dtype)
+                    emb = emb * roi_pool_box(m, patches.boxes[part], (h, w), roi_samples, "none")
+            elif roi_pool == "mask" and patches.masks is not None:
                 emb = roi_pool_mask(f, patches.masks[part].to(device), reduce)
             else:
                 emb = roi_pool_box(f, patches.boxes[part], (h, w), roi_samples, reduce)
             if out is None:
-                out = torch.empty(len(patches), emb.shape[1], dtype=torch.float32)
+                out = torch.empty(len(patches), *emb.shape[1:], dtype=torch.float32)
             out[part] = emb.float().cpu()
     if out is None:  # unreachable: every patch's image index was checked to be in range
         raise RuntimeError("No patch was embedded.")
@@ -325,7 +383,7 @@ def embed_patches(
     images: Tensor,
     patches: PatchSet,
     mode: Mode = "roi",
-    reduce: Pool = "mean",
+    reduce: Reduce = "mean",
     batch_size: int = 64,
     fill: float | Sequence[float] | Tensor | str = 0.5,
     use_masks: bool = True,
@@ -343,7 +401,9 @@ def embed_patches(
         images: the probe images the patches were cut from.
         patches: the patches (``image_index`` into ``images``).
         mode: ``"resample"`` (crop, resize, forward) or ``"roi"`` (pool from the image's feature map).
-        reduce: spatial pooling of the layer's activations (or inside the RoI).
+        reduce: spatial pooling of the layer's activations (or inside the RoI); ``"none"`` keeps the spatial
+            latent tensor (seed 000's concept extractors read it): the layer's whole map for ``resample``,
+            RoI-align's ``roi_samples × roi_samples`` grid over the box for ``roi``.
         batch_size: patches per forward (``resample``) or images per forward (``roi``).
         fill: the neutral value for pixels outside a patch (``resample``): a number, one per channel, or
             ``"mean"`` for the probe images' channel mean (neutral for normalised inputs).
@@ -356,7 +416,7 @@ def embed_patches(
 
     Shape:
         - images: ``(N, C, H, W)``
-        - output: ``(P, D)`` float32, on CPU
+        - output: ``(P, D)`` float32, on CPU; ``(P, D, h, w)`` for ``reduce="none"``
 
     Raises:
         ValueError: for an unknown layer or option, an empty probe set, patch indices or masks that do not
@@ -365,8 +425,8 @@ def embed_patches(
     """
     if mode not in ("resample", "roi"):
         raise ValueError(f"Expected `mode` to be one of 'resample', 'roi', but got {mode!r}.")
-    if reduce not in ("mean", "max"):
-        raise ValueError(f"Expected `reduce` to be one of 'mean', 'max', but got {reduce!r}.")
+    if reduce not in ("mean", "max", "none"):
+        raise ValueError(f"Expected `reduce` to be one of 'mean', 'max', 'none', but got {reduce!r}.")
     if roi_pool not in ("mask", "box"):
         raise ValueError(f"Expected `roi_pool` to be one of 'mask', 'box', but got {roi_pool!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -401,7 +461,7 @@ class PatchEmbedder:
         model: nn.Module,
         layer: str,
         mode: Mode = "roi",
-        reduce: Pool = "mean",
+        reduce: Reduce = "mean",
         batch_size: int = 64,
         fill: float | Sequence[float] | Tensor | str = 0.5,
         use_masks: bool = True,
@@ -415,7 +475,7 @@ class PatchEmbedder:
         self.model = model
         self.layer = layer
         self.mode: Mode = mode
-        self.reduce: Pool = reduce
+        self.reduce: Reduce = reduce
         self.batch_size = batch_size
         self.fill = fill
         self.use_masks = use_masks

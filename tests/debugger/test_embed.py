@@ -4,6 +4,7 @@ from torch import nn
 
 from debugger.embed import (
     PatchEmbedder,
+    embed_images,
     embed_patches,
     forward_to_layer,
     resample_patches,
@@ -207,3 +208,45 @@ def test_hook_removed_when_forward_raises_before_the_layer():
     with pytest.raises(RuntimeError, match="boom"):
         embed_patches(net, "conv", images, sliding_windows(images, sizes=(4,)))
     assert _hooks(net) == 0 and net.training
+
+
+def test_reduce_none_keeps_the_spatial_latent_tensor():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    images = torch.rand(2, 3, 8, 8)
+    ps = sliding_windows(images, sizes=(4,), strides=(4,))
+    # resample: the layer's whole map of the resized patch, and its mean is the pooled embedding
+    lat = embed_patches(net, "2", images, ps, mode="resample", reduce="none")
+    crops = resample_patches(images[ps.image_index], ps.boxes, ps.masks, fill=0.5)
+    assert lat.shape == (len(ps), 4, 4, 4)
+    torch.testing.assert_close(lat, net(crops))
+    torch.testing.assert_close(lat.mean((2, 3)), embed_patches(net, "2", images, ps, mode="resample"))
+    # roi: RoI-align's grid; on boxes aligned with feature cells it is exactly those cells
+    lat = embed_patches(net, "2", images, ps, mode="roi", reduce="none", roi_samples=2)
+    feats = net(images)
+    assert lat.shape == (len(ps), 4, 2, 2)
+    torch.testing.assert_close(lat[0], feats[0, :, 0:2, 0:2])
+    torch.testing.assert_close(lat[5], feats[1, :, 0:2, 2:4])
+    torch.testing.assert_close(lat.mean((2, 3)), embed_patches(net, "2", images, ps, mode="roi", roi_pool="box",
+                                                                roi_samples=2))
+
+
+def test_reduce_none_roi_zeroes_cells_outside_the_mask():
+    net = nn.Sequential(nn.Identity())
+    images = torch.ones(1, 1, 4, 4)
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :, :2] = True
+    ps = PatchSet(torch.tensor([0]), torch.tensor([[0, 0, 4, 4]]), masks=masks)
+    lat = embed_patches(net, "0", images, ps, mode="roi", reduce="none", roi_samples=2)
+    assert lat[0, 0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+
+
+def test_embed_images_matches_forward_and_rejects_flat_layers_for_none():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+    x = torch.rand(5, 3, 6, 6)
+    torch.testing.assert_close(embed_images(net, "1", x, batch_size=2), net[:2](x))
+    torch.testing.assert_close(embed_images(net, "1", x, reduce="max"), net[:2](x).amax((2, 3)))
+    with pytest.raises(ValueError, match="spatial map"):
+        embed_images(net, "2", x)
+    with pytest.raises(ValueError, match="reduce"):
+        embed_images(net, "1", x, reduce="sum")  # type: ignore[arg-type]
