@@ -286,17 +286,28 @@ def _save_config(run: Any, parser: Any, cfg: Any) -> None:
     run.write_text("config.yaml", text)
 
 
-def _threads() -> None:
-    """All cores on an idle machine; one thread when others already keep the cores busy (oversubscribed
-    OpenMP threads spin against each other and run several times slower than one)."""
+def _threads() -> int:
+    """The torch thread count for a command: ``$CONCEPTFIX_THREADS`` when set; else all cores on an idle
+    machine and one thread when others already keep the cores busy (oversubscribed OpenMP threads spin against
+    each other and run several times slower than one). Returned so that runs can record it: a seeded run is
+    bit-for-bit repeatable at the same thread count, not across thread counts (reductions split differently)."""
     import torch
 
-    cores = max(1, os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0] >= cores
-    except OSError:
-        busy = False
-    torch.set_num_threads(1 if busy else cores)
+    env = os.environ.get("CONCEPTFIX_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise SystemExit(f"error: CONCEPTFIX_THREADS must be a positive integer, got {env!r}.")
+        threads = int(env)
+    else:
+        cores = max(1, os.cpu_count() or 1)
+        try:
+            busy = os.getloadavg()[0] >= cores
+        except OSError:
+            busy = False
+        threads = 1 if busy else cores
+    torch.set_num_threads(threads)
+    print(f"conceptfix: {threads} torch thread(s) (set CONCEPTFIX_THREADS to choose)", file=sys.stderr)
+    return threads
 
 
 def run_demo(cfg: Any, parser: Any = None) -> int:

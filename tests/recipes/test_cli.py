@@ -259,3 +259,19 @@ def test_fit_without_finetuning_only_diagnoses_a_given_checkpoint(fitted, tmp_pa
     assert main(args) == 0
     assert (run / "report.json").is_file() and (run / "report.md").is_file()
     assert not (run / "checkpoints").exists()
+
+
+def test_threads_follow_the_environment_and_reject_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from recipes.cli import _threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("CONCEPTFIX_THREADS", "1")
+        assert _threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("CONCEPTFIX_THREADS", "two")
+        with pytest.raises(SystemExit, match="CONCEPTFIX_THREADS must be a positive integer"):
+            _threads()
+    finally:
+        torch.set_num_threads(before)
