@@ -9,8 +9,9 @@ on disk — and, for every **failure concept** (significant lift, enough support
   show (discovered clusters, ``ground_truth_precision`` ≥ ``min_precision``), looked up in ``augmentations``
   (``shadow → SyntheticShadow``, ``occluder → Cutout`` by default); unmatched failures use ``fallback``;
 - **on which samples and how strongly**: the classes whose error rate inside the concept's slice exceeds
-  their overall error rate get a class rule with ``p = base + (max_p - base) · (err_in - err_all) / err_in``,
-  so a class that fails only under the concept is augmented hardest.
+  their error rate outside it (the same comparison as :func:`debugger.ranking.rank_failures`) get a class rule
+  with ``p = base + (max_p - base) · (err_in - err_out) / err_in``, so a class that fails only under the
+  concept is augmented hardest.
 
 The result is one :class:`augment.AugmentationPolicy` per transform (rules carry their reasons). It is set
 as ``policy`` on the objects in ``targets`` (e.g. the joint-batch integration or any holder the training step
@@ -44,7 +45,8 @@ class FailureEvidence:
 
     Shape:
         - confusion_in: ``(K, K)`` counts inside the concept's slice
-        - confusion_all: ``(K, K)`` counts over the whole probe set
+        - confusion_all: ``(K, K)`` counts over the whole probe set (the slice included; outside the slice is
+          ``confusion_all - confusion_in``)
     """
 
     name: str
@@ -84,10 +86,14 @@ def derive_policies(
 
     Example:
         >>> inside = torch.tensor([[1, 3], [0, 4]])  # class 0 wrong 3/4 times inside the slice
-        >>> overall = torch.tensor([[8, 2], [1, 9]])  # ... and 2/10 overall
+        >>> overall = torch.tensor([[8, 4], [1, 9]])  # ... and 1/8 outside it (4 - 3 of 12 - 4)
         >>> policies = derive_policies([FailureEvidence("shadow", "shadow", 2.5, inside, overall)])
         >>> policies["SyntheticShadow"].probabilities(torch.tensor([0, 1])).tolist()
-        [0.5866666436195374, 0.0]
+        [0.666700005531311, 0.0]
+
+    Raises:
+        ValueError: for ``base``/``max_p`` out of order, a non-positive ``min_class_support``, or a slice's counts
+            that exceed the whole probe set's (``confusion_in`` must be a part of ``confusion_all``).
     """
     if not 0.0 <= base <= max_p <= 1.0:
         raise ValueError(f"Expected 0 <= `base` <= `max_p` <= 1, but got base={base!r}, max_p={max_p!r}.")
@@ -99,18 +105,25 @@ def derive_policies(
         transform = augmentations.get(key, fallback)
         if transform is None:
             continue
+        outside = f.confusion_all - f.confusion_in
+        if bool((outside < 0).any()):
+            raise ValueError(
+                f"Expected the slice counts of {f.name!r} (`confusion_in`) to be a part of the probe set's counts "
+                f"(`confusion_all`, every cell at least as large), but got {f.confusion_in.tolist()} and "
+                f"{f.confusion_all.tolist()}."
+            )
         err_in, n_in = class_error_rates(f.confusion_in)
-        err_all, _ = class_error_rates(f.confusion_all)
+        err_out, _ = class_error_rates(outside)
         for c in range(int(err_in.shape[0])):
-            e_in, e_all, n = float(err_in[c]), float(err_all[c]), int(n_in[c])
-            if n < min_class_support or math.isnan(e_in) or math.isnan(e_all) or e_in <= e_all:
+            e_in, e_out, n = float(err_in[c]), float(err_out[c]), int(n_in[c])
+            if n < min_class_support or math.isnan(e_in) or math.isnan(e_out) or e_in <= e_out:
                 continue
-            p = base + (max_p - base) * (e_in - e_all) / e_in
+            p = base + (max_p - base) * (e_in - e_out) / e_in
             cname = class_names[c] if class_names is not None and c < len(class_names) else str(c)
             shown = f"{f.name} (shows {f.matches})" if f.matches and f.matches != f.name else f.name
             reason = (
-                f"class {cname} is wrong {e_in:.0%} of the time in the '{shown}' slice (n={n}) vs {e_all:.0%} "
-                f"overall; concept lift {f.lift:.2f}"
+                f"class {cname} is wrong {e_in:.0%} of the time in the '{shown}' slice (n={n}) vs {e_out:.0%} "
+                f"outside it; concept lift {f.lift:.2f}"
             )
             rules = best.setdefault(transform, {})
             if c not in rules or rules[c][0] < p:

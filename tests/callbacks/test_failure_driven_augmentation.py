@@ -33,7 +33,7 @@ def test_class_error_rates_are_per_true_class() -> None:
 
 def test_derive_policies_targets_classes_that_fail_more_inside_the_slice() -> None:
     inside = torch.tensor([[4, 0, 0], [3, 1, 0], [0, 0, 1]])  # class 1 wrong 3/4 inside
-    overall = torch.tensor([[20, 0, 0], [5, 15, 0], [0, 0, 9]])  # 5/20 overall
+    overall = torch.tensor([[20, 0, 0], [5, 19, 0], [0, 0, 9]])  # 5/24 overall, 2/20 outside the slice
     policies = derive_policies(
         [FailureEvidence("cluster-2", "shadow", 3.0, inside, overall)], base=0.1, max_p=0.9,
         min_class_support=2, class_names=["a", "b", "c"],
@@ -41,8 +41,9 @@ def test_derive_policies_targets_classes_that_fail_more_inside_the_slice() -> No
     assert list(policies) == ["SyntheticShadow"]
     (rule,) = policies["SyntheticShadow"].rules
     assert (rule.kind, rule.index, rule.name) == ("class", 1, "b")
-    assert rule.p == pytest.approx(0.1 + 0.8 * (0.75 - 0.25) / 0.75, abs=1e-4)
-    assert "75%" in rule.reason and "25%" in rule.reason and "shows shadow" in rule.reason
+    # compared with the error outside the slice (10%), not the overall error (21%) that includes the slice
+    assert rule.p == pytest.approx(0.1 + 0.8 * (0.75 - 0.10) / 0.75, abs=1e-4)
+    assert "75%" in rule.reason and "10% outside" in rule.reason and "shows shadow" in rule.reason
     # class 2 has one sample in the slice: below min_class_support; class 0 never fails
     assert derive_policies([FailureEvidence("stripes", None, 2.0, inside, overall)]) == {}
     fb = derive_policies([FailureEvidence("stripes", None, 2.0, inside, overall)], fallback="HideAndSeek")
@@ -52,11 +53,27 @@ def test_derive_policies_targets_classes_that_fail_more_inside_the_slice() -> No
 
 
 def test_the_strongest_rule_wins_when_two_failures_share_a_transform() -> None:
-    overall = torch.tensor([[10, 0], [2, 8]])
-    weak = FailureEvidence("shadow", None, 1.5, torch.tensor([[5, 0], [2, 3]]), overall)
-    strong = FailureEvidence("cluster-1", "shadow", 4.0, torch.tensor([[5, 0], [4, 1]]), overall)
+    overall = torch.tensor([[10, 0], [5, 10]])
+    weak = FailureEvidence("shadow", None, 1.5, torch.tensor([[5, 0], [2, 3]]), overall)  # 40% in, 30% out
+    strong = FailureEvidence("cluster-1", "shadow", 4.0, torch.tensor([[5, 0], [4, 1]]), overall)  # 80% in, 10% out
     (rule,) = derive_policies([weak, strong])["SyntheticShadow"].rules
-    assert rule.p == pytest.approx(0.8 * (0.8 - 0.2) / 0.8) and "cluster-1" in rule.reason
+    assert rule.p == pytest.approx(0.8 * (0.8 - 0.1) / 0.8) and "cluster-1" in rule.reason
+
+
+def test_a_class_failing_only_inside_the_slice_gets_max_p_even_when_the_slice_dominates_the_errors() -> None:
+    # Every error of class 1 is inside the slice: outside it class 1 is always right. Compared with its overall
+    # error (50%, which includes the slice) it would get only half of max_p.
+    inside = torch.tensor([[3, 0], [3, 0]])
+    overall = torch.tensor([[6, 0], [3, 3]])
+    policies = derive_policies([FailureEvidence("shadow", None, 3.0, inside, overall)], max_p=0.9)
+    (rule,) = policies["SyntheticShadow"].rules
+    assert rule.index == 1 and rule.p == pytest.approx(0.9)
+
+
+def test_slice_counts_larger_than_the_probe_set_are_rejected() -> None:
+    with pytest.raises(ValueError, match="Expected the slice counts of 'shadow'"):
+        derive_policies([FailureEvidence("shadow", None, 2.0, torch.tensor([[5, 0], [4, 1]]),
+                                         torch.tensor([[10, 0], [2, 8]]))])
 
 
 def test_policy_changes_report_added_removed_and_reweighted_rules() -> None:
@@ -116,7 +133,7 @@ def test_policy_is_applied_logged_written_and_restored(tmp_path: Path) -> None:
     trainer.fit(make_module("pytorch_lightning"))
 
     (rule,) = holder.policy.rules
-    assert (rule.index, rule.p) == (1, pytest.approx(0.8 * (0.75 - 0.3) / 0.75, abs=1e-4))
+    assert (rule.index, rule.p) == (1, pytest.approx(0.8 * (0.75 - 0.0) / 0.75, abs=1e-4))  # right outside
     assert len(seen) == 1  # the second epoch changed nothing
     acc = event_accumulator(tmp_path / "run" / "version_0")
     assert "augmentation/policy/text_summary" in acc.Tags()["tensors"]
@@ -170,7 +187,8 @@ def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_sh
     assert failures[0].matches == "bright" and where == str(path)
     policy = derive_policies(failures, {"bright": "SyntheticShadow"})["SyntheticShadow"]
     assert sorted(r.index for r in policy.rules) == [1, 2]  # class 0 is never wrong
-    assert all(r.p == pytest.approx(0.8 * (1.0 - 0.5) / 1.0) for r in policy.rules)
+    # classes 1 and 2 are always wrong when bright and always right otherwise: the full max_p
+    assert all(r.p == pytest.approx(0.8 * (1.0 - 0.0) / 1.0) for r in policy.rules)
 
 
 def test_joint_batch_training_callbacks_are_targeted_by_occluder_name(tmp_path: Path) -> None:
