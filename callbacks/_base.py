@@ -24,6 +24,7 @@ Each monitor's own file holds only its analysis and what it logs; :class:`Monito
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from debugger.contract import Batch, unpack_batch
+from debugger.files import atomic_write
 
 log = logging.getLogger("conceptfix.callbacks")
 
@@ -592,22 +594,25 @@ class Monitor(_CallbackBase):
         if ctx.writer is not None:
             ctx.writer.add_image(full, image, global_step=ctx.global_step)
             return
-        path = ctx.run_dir / "images" / f"{tag.replace('/', '__')}_step{ctx.global_step:07d}.png"
-        save_png(image, path)
+        self.write_artifact(ctx, f"images/{tag.replace('/', '__')}_step{ctx.global_step:07d}.png", png_bytes(image))
 
     def write_artifact(self, ctx: RunContext, relpath: str, content: Any) -> Path | None:
-        """Write JSON (dict/list), text or bytes under the run directory (rank zero); returns the path."""
+        """Write JSON (dict/list), text or bytes under the run directory (rank zero); returns the path.
+
+        Every file a monitor leaves in the run directory goes through here, and here through
+        :func:`debugger.files.atomic_write`: a reader sees the previous version or the new one, never half a file,
+        and a write that fails leaves the previous version and no temporary file behind.
+
+        Raises:
+            TypeError: if ``content`` is not bytes, text or JSON-serialisable.
+        """
         if not ctx.is_global_zero:
             return None
-        path = ctx.run_dir / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        elif isinstance(content, str):
-            path.write_text(content)
-        else:
-            path.write_text(json.dumps(content, indent=1, default=_json_default))
-        return path
+        if isinstance(content, bytes | str):
+            data: str | bytes = content
+        else:  # serialise first: a value that cannot be written never touches the disk
+            data = json.dumps(content, indent=1, default=_json_default)
+        return atomic_write(ctx.run_dir / relpath, data)
 
 
 def _empty_probe(device: torch.device | str) -> ProbeSet:
@@ -624,11 +629,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"Expected a JSON-serialisable value, but got {type(o).__name__}.")
 
 
-def save_png(image: Tensor, path: Path) -> None:
-    """Save a ``(C, H, W)`` float image in [0, 1] as PNG."""
+def png_bytes(image: Tensor) -> bytes:
+    """A ``(C, H, W)`` float image in [0, 1] encoded as PNG."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     arr = arr[0] if arr.shape[0] == 1 else arr.permute(1, 2, 0)
-    Image.fromarray(arr.numpy()).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(arr.numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Save a ``(C, H, W)`` float image in [0, 1] as PNG, atomically (monitors use :meth:`Monitor.write_artifact`)."""
+    atomic_write(path, png_bytes(image))

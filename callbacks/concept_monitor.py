@@ -243,9 +243,9 @@ class ConceptMonitor(Monitor):
     def _store(self, ctx: RunContext, report: Any) -> None:
         if not ctx.is_global_zero:
             return
-        folder = ctx.run_dir / "reports"
-        path = report.save(folder / f"report-epoch{ctx.epoch:04d}-step{ctx.global_step:07d}.json")
-        report.save(folder / "latest.json")
+        text = report.to_json()  # once for both files (the same bytes as ConceptReport.save)
+        path = self.write_artifact(ctx, f"reports/report-epoch{ctx.epoch:04d}-step{ctx.global_step:07d}.json", text)
+        self.write_artifact(ctx, "reports/latest.json", text)
         self.latest_report_path = str(path)
         self.write_artifact(ctx, "reports/latest.md", report.to_markdown())
 

@@ -13,7 +13,6 @@ import base64
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from debugger.confusion import EnsembleCheck, confusion_accuracy
+from debugger.files import atomic_write
 from debugger.ranking import ConceptFailure
 from debugger.structures import Concept, PatchSet
 
@@ -186,20 +186,7 @@ class ConceptReport:
         A reader (TensorBoard plugin, a resumed run) never sees a half-written report. Creates missing
         parent directories.
         """
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return target
+        return atomic_write(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ConceptReport:

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Subset
 
 from augment import AugmentationPolicy, Cutout, HideAndSeek, SyntheticShadow
 from debugger.contract import IMAGE, unpack_batch
+from debugger.files import atomic_write
 from debugger.report import ConceptReport
 from recipes.baseline import quiet_lightning, slice_metrics
 from recipes.data.base import ContractDataModule
@@ -51,19 +52,6 @@ class LoopError(ValueError):
 
 
 # -- the run directory ----------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file renamed into place (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def _json_default(o: Any) -> Any:

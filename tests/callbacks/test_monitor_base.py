@@ -213,3 +213,107 @@ def test_without_tensorboard_images_go_to_the_run_dir_and_the_log_says_where(
     assert any("no TensorBoardLogger" in r.message and "csv" in r.message for r in caplog.records)
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "recorder/mean_grad" in metrics
+
+
+# ---------------------------------------------------------------------------------------------------- artifacts
+
+
+def _ctx(tmp_path: Any, zero: bool = True) -> RunContext:
+    from callbacks._base import _empty_probe
+
+    return RunContext(trainer=None, pl_module=None, probe=_empty_probe("cpu"), epoch=0, global_step=0, run_index=0,
+                      deadline=float("inf"), run_dir=tmp_path / "run", writer=None, is_global_zero=zero, rank=0,
+                      world_size=1)
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "replace", "interrupt"])
+def test_a_failed_artifact_write_keeps_the_previous_file_and_leaves_no_temporary(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    import os
+
+    rec, ctx = Recorder(), _ctx(tmp_path)
+    path = rec.write_artifact(ctx, "reports/latest.json", {"run": 1})
+    assert path is not None and path.read_text() == '{\n "run": 1\n}'
+    before = path.read_bytes()
+
+    if failing == "write":  # the disk fills up half way through the new content
+        real_fdopen = os.fdopen
+
+        class HalfFile:
+            def __init__(self, f: Any) -> None:
+                self.f = f
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                self.f.close()
+
+            def fileno(self) -> int:
+                return self.f.fileno()
+
+            def write(self, data: bytes) -> int:
+                self.f.write(data[: len(data) // 2])
+                self.f.flush()
+                raise OSError("No space left on device")
+
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: HalfFile(real_fdopen(*a, **k)))
+        error: type[BaseException] = OSError
+    else:
+        error = KeyboardInterrupt if failing == "interrupt" else OSError
+
+        def boom(*_a: Any, **_k: Any) -> None:
+            raise error("No space left on device")
+
+        monkeypatch.setattr(os, "replace" if failing in ("replace", "interrupt") else "fsync", boom)
+    with pytest.raises(error):
+        rec.write_artifact(ctx, "reports/latest.json", {"run": 2, "padding": "x" * 10_000})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["latest.json"]
+
+
+def test_artifacts_are_written_whole_by_rank_zero_only_and_bad_values_never_touch_the_disk(tmp_path: Any) -> None:
+    rec = Recorder()
+    assert rec.write_artifact(_ctx(tmp_path, zero=False), "a.txt", "x") is None
+    assert not (tmp_path / "run").exists()
+    ctx = _ctx(tmp_path)
+    assert rec.write_artifact(ctx, "a.bin", b"\x00\x01").read_bytes() == b"\x00\x01"  # type: ignore[union-attr]
+    assert rec.write_artifact(ctx, "a.txt", "é").read_text(encoding="utf-8") == "é"  # type: ignore[union-attr]
+    rec.write_artifact(ctx, "t.json", {"t": torch.tensor([1, 2])})
+    assert (tmp_path / "run" / "t.json").read_text() == '{\n "t": [\n  1,\n  2\n ]\n}'
+    with pytest.raises(TypeError, match="Expected a JSON-serialisable value, but got object"):
+        rec.write_artifact(ctx, "bad.json", {"x": object()})
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["a.bin", "a.txt", "t.json"]
+
+
+def test_every_monitor_file_goes_through_write_artifact(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concept store, ranking, policy and the PNGs written without TensorBoard: all via the atomic writer."""
+    import callbacks
+    from callbacks import _base
+
+    written: list[str] = []
+    real = _base.atomic_write
+
+    def spy(path: Any, data: Any) -> Any:
+        written.append(str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(_base, "atomic_write", spy)
+    L = lightning("pytorch_lightning")
+    cbs = [
+        callbacks.ConceptMonitor("layer1", patches="window", n_concepts=2, probe_size=8, max_galleries=1, grid=(4, 4),
+                                 analysis_kwargs={"patch_kwargs": {"sizes": (4,)}}),
+        callbacks.ConfusionMonitor(probe_size=8),
+        callbacks.SaliencyMonitor("layer1", probe_size=8, num_images=1),
+        callbacks.FailureDrivenAugmentation(fallback="Cutout", min_class_support=1),
+    ]
+    csv = L.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
+    make_trainer("pytorch_lightning", tmp_path, cbs, max_epochs=1, logger=csv).fit(make_module("pytorch_lightning"))
+    root = tmp_path / "csv" / "version_0" / "conceptfix"
+    on_disk = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    assert on_disk and sorted(set(written)) == on_disk
+    names = {p.rsplit("/", 1)[-1] for p in on_disk}
+    assert {"latest.json", "latest.md", "ranking.json"} <= names
+    assert any(n.endswith(".png") for n in names) and not any(n.endswith(".tmp") for n in names)
