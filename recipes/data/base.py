@@ -96,7 +96,8 @@ class ChunkedDataset(Dataset):
         raise NotImplementedError
 
     def _generate(self, g: torch.Generator, start: int, n: int) -> dict[str, Tensor]:
-        """Samples ``start .. start + n - 1``; image as uint8 ``(n, C, H, W)``, the other contract keys as is."""
+        """Samples ``start .. start + n - 1``; image as uint8 ``(n, C, H, W)``, label maps may be uint8 (served as
+        int64), the other contract keys as is."""
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> Sample:
@@ -105,16 +106,20 @@ class ChunkedDataset(Dataset):
         i %= self.size
         chunk = self._chunk(i // _CHUNK)
         j = i % _CHUNK
-        out = {k: v[j] for k, v in chunk.items()}
-        out["image"] = out["image"].float() / 255.0
-        return out  # type: ignore[return-value]
+        return _decode({k: v[j] for k, v in chunk.items()})  # type: ignore[return-value]
 
     def materialize(self) -> dict[str, Tensor]:
         """The whole split as batched tensors (images as float in [0, 1]), in index order."""
         parts = [self._chunk(k) for k in range((self.size + _CHUNK - 1) // _CHUNK)]
-        out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        out["image"] = out["image"].float() / 255.0
-        return out
+        return _decode({key: torch.cat([p[key] for p in parts]) for key in parts[0]})
+
+
+def _decode(stored: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Stored form to the sample contract: uint8 images to float in [0, 1], uint8 label maps to int64."""
+    stored["image"] = stored["image"].float() / 255.0
+    if stored.get("target") is not None and stored["target"].dtype == torch.uint8:
+        stored["target"] = stored["target"].long()
+    return stored
 
 
 def _load(path: Path) -> dict[str, Tensor] | None:
