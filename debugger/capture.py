@@ -31,7 +31,9 @@ __all__ = [
     "ActivationCapture",
     "CaptureResult",
     "capture",
+    "first_tensor",
     "layer_names",
+    "model_device",
     "predictions_from_logits",
     "preserve_training_mode",
     "reduce_activation",
@@ -104,7 +106,21 @@ def reduce_activation(activation: Tensor, reduce: Reduce = "none", dtype: torch.
     return out
 
 
-def _first_tensor(output: Any, where: str) -> Tensor:
+def first_tensor(output: Any, where: str) -> Tensor:
+    """The tensor in a module's output: the output itself, the first item of a tuple/list, or a dict's
+    ``"logits"`` / ``"out"`` entry (the forms common classification and segmentation models return).
+
+    Args:
+        output: what a module (or its forward hook) returned.
+        where: how to name the output in the error message.
+
+    Raises:
+        ValueError: if no tensor is found there.
+
+    Example:
+        >>> first_tensor((torch.zeros(2), "aux"), "the output").shape
+        torch.Size([2])
+    """
     if isinstance(output, Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
@@ -185,7 +201,7 @@ class ActivationCapture:
 
     def _hook(self, name: str):  # noqa: ANN202 - a closure over the layer name
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            t = _first_tensor(output, f"the output of layer {name!r}")
+            t = first_tensor(output, f"the output of layer {name!r}")
             if self.detach:
                 t = t.detach()
             self.activations[name] = reduce_activation(t, self.reduce, self.dtype)
@@ -239,7 +255,7 @@ def capture(
     """
     with preserve_training_mode(model, eval_mode), ActivationCapture(model, layers, reduce, dtype) as cap:
         with torch.no_grad():
-            output = _first_tensor(model(images), "the model's output")
+            output = first_tensor(model(images), "the model's output")
         acts = dict(cap.activations)
     return output, acts
 
@@ -292,12 +308,23 @@ class CaptureResult:
         return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); CPU for a model with neither.
+
+    Example:
+        >>> model_device(nn.Linear(2, 2))
+        device(type='cpu')
+    """
     for p in model.parameters():
         return p.device
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
+
+
+# Former private names, kept while other modules move to the public ones.
+_first_tensor = first_tensor
+_model_device = model_device
 
 
 def stream_capture(
@@ -334,7 +361,7 @@ def stream_capture(
         raise ValueError(f"Expected `chunk_size` to be a positive integer, but got {chunk_size!r}.")
     if max_samples is not None and max_samples < 0:
         raise ValueError(f"Expected `max_samples` to be None or non-negative, but got {max_samples!r}.")
-    device = _model_device(model)
+    device = model_device(model)
     cap = ActivationCapture(model, layers, reduce, dtype)
     seen = 0
     with preserve_training_mode(model, eval_mode), cap:
@@ -350,7 +377,7 @@ def stream_capture(
                 images = batch.images[start:stop]
                 cap.clear()
                 with torch.no_grad():
-                    logits = _first_tensor(model(images.to(device)), "the model's output")
+                    logits = first_tensor(model(images.to(device)), "the model's output")
                 missing = [name for name in cap.layers if name not in cap.activations]
                 if missing:
                     raise ValueError(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.capture import _first_tensor, _model_device, preserve_training_mode, resolve_layer
+from debugger.capture import first_tensor, model_device, preserve_training_mode, resolve_layer
 from debugger.structures import PatchSet
 
 Mode = Literal["resample", "roi"]
@@ -65,7 +65,7 @@ def forward_to_layer(model: nn.Module, layer: str | nn.Module, x: Tensor) -> Ten
     store: dict[str, Tensor] = {}
 
     def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
-        store["out"] = _first_tensor(output, f"the output of layer {layer!r}").detach()
+        store["out"] = first_tensor(output, f"the output of layer {layer!r}").detach()
         raise _Stop
 
     handle = module.register_forward_hook(hook)
@@ -130,7 +130,7 @@ def embed_images(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
     module = resolve_layer(model, layer)
-    device = _model_device(model)
+    device = model_device(model)
     out: list[Tensor] = []
     with preserve_training_mode(model, eval_mode):
         for s in range(0, images.shape[0], batch_size):
@@ -433,7 +433,7 @@ def embed_patches(
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
     resolve_layer(model, layer)
     _check_inputs(images, patches)
-    device = _model_device(model)
+    device = model_device(model)
     with preserve_training_mode(model, eval_mode):
         if mode == "resample":
             fill_t = _fill_tensor(fill, images)
