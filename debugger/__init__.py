@@ -1,5 +1,139 @@
-"""The analysis engine: capture, patches, concepts, confusion, saliency, reports. Never imports Lightning."""
+"""The analysis engine: capture, patches, concepts, confusion, saliency, reports. Never imports Lightning.
+
+The public API is importable from here (``from debugger import ConceptAnalysis``). Names are loaded on first
+use, so ``import debugger`` stays cheap: matplotlib (renderers) and scikit-learn (discovery) load only when a
+name that needs them is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from debugger.contract import Batch, Sample, as_sample, repack_batch, unpack_batch
 
-__all__ = ["Batch", "Sample", "as_sample", "repack_batch", "unpack_batch"]
+# public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    # capture
+    "ActivationCapture": "capture",
+    "CaptureResult": "capture",
+    "capture": "capture",
+    "run_capture": "capture",
+    "stream_capture": "capture",
+    "layer_names": "capture",
+    "resolve_layer": "capture",
+    "preserve_training_mode": "capture",
+    # patches
+    "extract_patches": "patches",
+    "slic_superpixels": "patches",
+    "quickshift_superpixels": "patches",
+    "sliding_windows": "patches",
+    "PatchSet": "structures",
+    "Concept": "structures",
+    # embeddings
+    "embed_patches": "embed",
+    "PatchEmbedder": "embed",
+    # discovery
+    "discover_concepts": "discovery",
+    "ConceptDiscovery": "discovery",
+    "select_k": "discovery",
+    "concept_precision": "discovery",
+    # concept-conditioned confusion
+    "ConceptConfusion": "confusion",
+    "concept_confusion": "confusion",
+    "concept_membership": "confusion",
+    "confusion_difference": "confusion",
+    "ensemble_check": "confusion",
+    # failure ranking
+    "ConceptFailure": "ranking",
+    "rank_failures": "ranking",
+    # the pipeline and its report
+    "ConceptAnalysis": "pipeline",
+    "ConceptReport": "report",
+    # renderers
+    "confusion_heatmap": "render",
+    "concept_gallery": "render",
+    "tsne_grid": "render",
+    "report_images": "render",
+}
+
+__all__ = [
+    "Batch",
+    "Sample",
+    "as_sample",
+    "repack_batch",
+    "unpack_batch",
+    "ActivationCapture",
+    "CaptureResult",
+    "capture",
+    "run_capture",
+    "stream_capture",
+    "layer_names",
+    "resolve_layer",
+    "preserve_training_mode",
+    "extract_patches",
+    "slic_superpixels",
+    "quickshift_superpixels",
+    "sliding_windows",
+    "PatchSet",
+    "Concept",
+    "embed_patches",
+    "PatchEmbedder",
+    "discover_concepts",
+    "ConceptDiscovery",
+    "select_k",
+    "concept_precision",
+    "ConceptConfusion",
+    "concept_confusion",
+    "concept_membership",
+    "confusion_difference",
+    "ensemble_check",
+    "ConceptFailure",
+    "rank_failures",
+    "ConceptAnalysis",
+    "ConceptReport",
+    "confusion_heatmap",
+    "concept_gallery",
+    "tsne_grid",
+    "report_images",
+]
+
+if TYPE_CHECKING:
+    from debugger.capture import (
+        ActivationCapture,
+        CaptureResult,
+        capture,
+        layer_names,
+        preserve_training_mode,
+        resolve_layer,
+        run_capture,
+        stream_capture,
+    )
+    from debugger.confusion import (
+        ConceptConfusion,
+        concept_confusion,
+        concept_membership,
+        confusion_difference,
+        ensemble_check,
+    )
+    from debugger.discovery import ConceptDiscovery, concept_precision, discover_concepts, select_k
+    from debugger.embed import PatchEmbedder, embed_patches
+    from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
+    from debugger.pipeline import ConceptAnalysis
+    from debugger.ranking import ConceptFailure, rank_failures
+    from debugger.render import concept_gallery, confusion_heatmap, report_images, tsne_grid
+    from debugger.report import ConceptReport
+    from debugger.structures import Concept, PatchSet
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'debugger' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"debugger.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
