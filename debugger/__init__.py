@@ -55,11 +55,22 @@ _LAZY: dict[str, str] = {
     "concept_gallery": "render",
     "tsne_grid": "render",
     "report_images": "render",
+    # TCAV
+    "CAV": "tcav",
+    "CAVCache": "tcav",
+    "ExampleSet": "tcav",
+    "TCAV": "tcav",
+    "TCAVResult": "tcav",
 }
 
 __all__ = [
+    "CAV",
+    "CAVCache",
     "Batch",
+    "ExampleSet",
     "Sample",
+    "TCAV",
+    "TCAVResult",
     "as_sample",
     "repack_batch",
     "unpack_batch",
@@ -124,6 +135,7 @@ if TYPE_CHECKING:
     from debugger.render import concept_gallery, confusion_heatmap, report_images, tsne_grid
     from debugger.report import ConceptReport
     from debugger.structures import Concept, PatchSet
+    from debugger.tcav import CAV, TCAV, CAVCache, ExampleSet, TCAVResult
 
 
 def __getattr__(name: str) -> Any:
