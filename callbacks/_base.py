@@ -427,6 +427,14 @@ class Monitor(_CallbackBase):
     # -- setup -----------------------------------------------------------------------------------------------
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        for other in getattr(trainer, "callbacks", []):
+            # Distinct state keys (e.g. another cadence) are not enough: tags and run-directory files follow the prefix.
+            if other is not self and isinstance(other, Monitor) and other.tag_prefix == self.tag_prefix:
+                raise ValueError(
+                    f"Expected monitors on one trainer to have distinct tag prefixes (their TensorBoard tags and "
+                    f"run-directory folder), but got two {type(self).__name__}s with {self.tag_prefix!r}; give each "
+                    "its own `name=`."
+                )
         # trainer.log_dir broadcasts, so every rank must ask for it here, never inside a rank-zero-only branch.
         self._run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "conceptfix" / self.tag_prefix
         if stage != "fit" or not self.needs_probe:

@@ -110,6 +110,33 @@ def augment_batch(
     return tuple(items) if isinstance(batch, tuple) else items
 
 
+_SIGNATURE_SKIP = ("training", "seed")
+
+
+def augmentation_signature(module: nn.Module) -> str:
+    """A stable text description of an augmentation module tree: classes and their scalar settings, no seeds.
+
+    Example:
+        >>> from augment import Cutout
+        >>> print(augmentation_signature(JointBatch(Cutout(size=8, seed=3)))[:60])
+        JointBatch(augment=None, occluder=Cutout(p=1.0, fill='mean',
+        >>> augmentation_signature(Cutout(size=8, seed=3)) == augmentation_signature(Cutout(size=8, seed=4))
+        True
+    """
+    parts = []
+    for key, value in vars(module).items():
+        if key.startswith("_") or key in _SIGNATURE_SKIP:
+            continue
+        if isinstance(value, list | tuple) and all(isinstance(v, bool | int | float | str) for v in value):
+            value = tuple(value)
+        elif not isinstance(value, bool | int | float | str | type(None)):
+            continue
+        parts.append(f"{key}={value!r}")
+    for name, child in module.named_children():
+        parts.append(f"{name}={augmentation_signature(child)}")
+    return f"{type(module).__name__}({', '.join(parts)})"
+
+
 def _loss_of(output: Any) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -259,7 +286,11 @@ class JointBatchTraining(_CallbackBase):
 
     @property
     def state_key(self) -> str:
-        return f"JointBatchTraining[{type(self.joint).__name__}, layer={self.layer}]"
+        """Unique per configuration (the augmentation tree and the layer), so two instances coexist in a checkpoint.
+
+        Seeds are left out: the checkpointed generator states replace them on resume.
+        """
+        return self._generate_state_key(joint=augmentation_signature(self.joint), layer=self.layer)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":

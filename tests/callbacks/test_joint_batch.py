@@ -345,3 +345,53 @@ def _fresh_ddp_weights(script):
 
     pl.seed_everything(0, verbose=False)
     return {k: v.detach().clone() for k, v in mod.Net(4).state_dict().items()}
+
+
+def test_state_key_is_unique_per_configuration_and_ignores_seeds():
+    def key(joint: Any, layer: str | None = None) -> str:
+        return JointBatchTraining(joint, layer=layer).state_key
+
+    keys = {
+        key(JointBatch(Cutout(size=2))),
+        key(JointBatch(Cutout(size=3))),
+        key(JointBatch(Cutout(size=2, p=0.5))),
+        key(JointBatch(HideAndSeek(grid=2))),
+        key(JointBatch(SyntheticShadow())),
+        key(JointBatch(Cutout(size=2), augment=RandomCropFlip(padding=1))),
+        key(BatchAugment(RandomCropFlip(padding=1), copies=2)),
+        key(BatchAugment(RandomCropFlip(padding=1), copies=3)),
+        key(JointBatch(SaliencyOcclusion(size=3)), layer="layer1"),
+        key(JointBatch(SaliencyOcclusion(size=3)), layer="stem"),
+    }
+    assert len(keys) == 10 and all(k.startswith("JointBatchTraining") for k in keys)
+    # the seed is not configuration: a resumed run with another seed still finds (and restores) its state
+    assert key(JointBatch(Cutout(size=2, seed=0))) == key(JointBatch(Cutout(size=2, seed=7)))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_two_instances_on_one_trainer_keep_their_own_state_through_a_checkpoint(flavour, tmp_path):
+    L = pytest.importorskip(flavour)
+    cutout = JointBatchTraining(JointBatch(Cutout(size=2, seed=1)))
+    guided = JointBatchTraining(JointBatch(SaliencyOcclusion(size=3, jitter=1, seed=2)), layer="layer1")
+    assert cutout.state_key != guided.state_key
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+                        callbacks=[cutout, guided, ckpt])
+    module = _module(flavour)
+    trainer.fit(module)
+    assert all(b["image"].shape[0] == 8 for b in module.seen if not isinstance(b, tuple))  # 2B rows, both passes
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    states = {cb.state_key: cb.state_dict()["generators"] for cb in (cutout, guided)}
+    for key, generators in states.items():
+        assert len(generators) == 1 and torch.equal(saved[key]["generators"][0], generators[0])
+    assert not torch.equal(*(g[0] for g in states.values()))  # two different streams, each kept under its own key
+
+    fresh = [JointBatchTraining(JointBatch(Cutout(size=2, seed=50))),
+             JointBatchTraining(JointBatch(SaliencyOcclusion(size=3, jitter=1, seed=60)), layer="layer1")]
+    resumed = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+                        enable_checkpointing=False, callbacks=fresh)
+    resumed.fit(_module(flavour), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    for cb in fresh:
+        assert torch.equal(cb.state_dict()["generators"][0], states[cb.state_key][0])

@@ -317,3 +317,12 @@ def test_every_monitor_file_goes_through_write_artifact(tmp_path: Any, monkeypat
     names = {p.rsplit("/", 1)[-1] for p in on_disk}
     assert {"latest.json", "latest.md", "ranking.json"} <= names
     assert any(n.endswith(".png") for n in names) and not any(n.endswith(".tmp") for n in names)
+
+
+def test_two_monitors_of_a_kind_without_names_are_rejected_before_they_overwrite_each_other(tmp_path: Any) -> None:
+    # Different cadences give different state keys, so Lightning accepts both; their tags and files would collide.
+    a, b = Recorder(every_n_epochs=1, probe_size=4), Recorder(every_n_epochs=2, probe_size=4)
+    assert a.state_key != b.state_key
+    trainer = make_trainer("pytorch_lightning", tmp_path, [a, b], max_epochs=1)
+    with pytest.raises(ValueError, match="distinct tag prefixes .* two Recorders with 'recorder'; give each its own"):
+        trainer.fit(make_module("pytorch_lightning"))
