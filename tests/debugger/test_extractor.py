@@ -9,6 +9,15 @@ from debugger.patches import sliding_windows
 from debugger.structures import Concept
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only slows them on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _toy(n: int = 16, seed: int = 0):
     """Grey images; the first half carry a bright red square somewhere (the concept)."""
     g = torch.Generator().manual_seed(seed)
