@@ -90,11 +90,17 @@ def plant_concepts(
     centre_radius: Tensor,
     present: Tensor,
     concepts: tuple[str, ...],
+    shadow_strength: tuple[float, float] = (0.55, 0.75),
+    shadow_cover: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
     """Draw the present concepts onto a batch of images and return their exact masks.
 
     Concepts are drawn in a physical order: occluder, stripes, shadow, tint. Each is sampled for the whole
     batch (so the random stream does not depend on which samples carry it) and applied where present.
+
+    Args:
+        shadow_strength: range of the fraction of brightness a shadow removes where it fully covers.
+        shadow_cover: about which share of the object a shadow covers (see :func:`render.shadow_alpha`).
 
     Shape:
         - images: ``(N, C, H, W)`` in [0, 1], C = 1 or 3; object_mask: ``(N, H, W)``; present: ``(N, K)`` bool
@@ -123,8 +129,9 @@ def plant_concepts(
         images = render.paint(images, alpha > 0, colours(0.0, 1.0), alpha=0.7)
         masks[:, concepts.index("stripes")] = alpha > 0
     if (p := on("shadow")) is not None:
-        alpha = render.shadow_alpha(g, object_mask, centre_radius) * p[:, None, None]
-        strength = 0.55 + 0.2 * torch.rand(n, generator=g)
+        alpha = render.shadow_alpha(g, object_mask, centre_radius, shadow_cover) * p[:, None, None]
+        lo, hi = shadow_strength
+        strength = lo + (hi - lo) * torch.rand(n, generator=g)
         images = images * (1 - strength[:, None, None, None] * alpha[:, None])
         masks[:, concepts.index("shadow")] = alpha >= 0.5
     if (p := on("tint")) is not None:

@@ -177,20 +177,26 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return x.squeeze(1)
 
 
-def shadow_alpha(g: torch.Generator, object_mask: Tensor, centre_radius: Tensor) -> Tensor:
+def shadow_alpha(g: torch.Generator, object_mask: Tensor, centre_radius: Tensor, cover: float = 0.5) -> Tensor:
     """Soft shadow coverage in [0, 1] that crosses each object: tree canopy (blobs) or a straight boundary.
 
-    Canopy shadows threshold low-frequency noise at its median over the object's pixels, so about half of
-    every object is shadowed; boundary shadows draw a line through the object's box and darken a random
-    side. Both edges are softened with a Gaussian blur.
+    Canopy shadows threshold low-frequency noise at its ``cover`` quantile over the object's pixels, so about
+    that share of every object is shadowed; boundary shadows draw a line through the object's box and darken a
+    random side, the line moved by ``(2 cover - 1)`` object radii towards the lit side. Both edges are softened
+    with a Gaussian blur. The random draws do not depend on ``cover``.
+
+    Raises:
+        ValueError: if ``cover`` is not in (0, 1).
 
     Shape:
         - object_mask: ``(N, H, W)``; centre_radius: ``(N, 3)``; output: ``(N, H, W)``
     """
+    if not 0.0 < cover < 1.0:
+        raise ValueError(f"Expected the shadow `cover` to be in (0, 1), but got {cover!r}.")
     n, h, w = object_mask.shape
     noise = smooth_noise(g, n, h, w, cells=int(torch.randint(3, 6, (1,), generator=g)))
     inside = noise.masked_fill(~object_mask, float("nan")).view(n, -1)
-    thresh = torch.nanquantile(inside, 0.5, dim=1).nan_to_num(0.5)
+    thresh = torch.nanquantile(inside, cover, dim=1).nan_to_num(cover)
     canopy = (noise < thresh[:, None, None]).float()
 
     yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
@@ -201,7 +207,7 @@ def shadow_alpha(g: torch.Generator, object_mask: Tensor, centre_radius: Tensor)
     side = (xx[None] - px[:, None, None]) * torch.cos(ang)[:, None, None] + (yy[None] - py[:, None, None]) * torch.sin(
         ang
     )[:, None, None]
-    line = (side > 0).float()
+    line = (side > (1 - 2 * cover) * rad[:, None, None]).float()
 
     use_line = (torch.rand(n, generator=g) < 0.35)[:, None, None]
     hard = torch.where(use_line, line, canopy)

@@ -192,6 +192,32 @@ def test_fashion_planted_concepts_have_exact_masks(tiny_idx):
     assert s["concepts"][0] == 1 and s["concept_masks"][0].any()
 
 
+def test_fashion_shadows_are_deep_and_cover_most_of_the_garment(tiny_idx):
+    # Same seed: the same garments and random draws; only whether the shadow is drawn differs.
+    def make(p, **kw):
+        prevalence = {"shadow": p, "occluder": 0.0, "stripes": 0.0}
+        return FashionMNISTDataset("test", root=tiny_idx, planted=True, prevalence=prevalence, cache_dir=None,
+                                   **kw).materialize()
+
+    shadowed, plain = make(1.0), make(0.0)
+    mask, garment = shadowed["concept_masks"][:, 0], plain["image"][:, 0] > 0.1
+    lit = plain["image"][:, 0] > 0.2
+    ratio = shadowed["image"][:, 0][mask & lit] / plain["image"][:, 0][mask & lit]
+    assert float(ratio.median()) < 0.2  # 85-95% of the brightness removed where the shadow lies
+    cover = (mask & garment).flatten(1).sum(1) / garment.flatten(1).sum(1)
+    assert float(cover.mean()) > 0.6
+    weak = make(1.0, shadow_strength=(0.55, 0.75), shadow_cover=0.5)
+    weak_cover = (weak["concept_masks"][:, 0] & garment).flatten(1).sum(1) / garment.flatten(1).sum(1)
+    assert float(weak_cover.mean()) < float(cover.mean()) - 0.1
+    weak_ratio = weak["image"][:, 0][weak["concept_masks"][:, 0] & lit] / plain["image"][:, 0][
+        weak["concept_masks"][:, 0] & lit]
+    assert float(weak_ratio.median()) > 0.25
+    with pytest.raises(ValueError, match="shadow_cover"):
+        FashionMNISTDataset("test", root=tiny_idx, planted=True, shadow_cover=1.0)
+    with pytest.raises(ValueError, match="shadow_strength"):
+        FashionMNISTDataset("test", root=tiny_idx, planted=True, shadow_strength=(0.9, 0.5))
+
+
 def test_fashion_missing_files_name_the_debian_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         FashionMNISTDataset("test", root=tmp_path / "nowhere")
