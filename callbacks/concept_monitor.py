@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
+from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, analysis_mode, to_display
 
 Layout = Literal["pca", "tsne"]
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
@@ -339,6 +339,35 @@ class ConceptMonitor(Monitor):
         known = cols >= 0
         out[:, known] = member[:, cols[known]]
         return list(report.concept_names), out
+
+    def score_images(self, images: Tensor, model: Any, report: Any | None = None) -> tuple[Tensor, Tensor]:
+        """Score images this monitor never analysed with the concepts of one of its runs (the latest by default).
+
+        Patches are made and embedded at ``layer`` by ``model`` (e.g. the module as trained now, for epoch-vs-epoch
+        comparisons) and scored by the k-means/NMF model the run kept in its report, so a concept found at epoch
+        N can be followed on new samples later, also after a resume (the report is re-read from the concept
+        store). Runs under :func:`~callbacks._base.analysis_mode`: training is not disturbed.
+
+        Returns:
+            Each image's best patch score per concept, and whether it reaches the concept's slice threshold (the
+            score of the concept's weakest top patch in the report), i.e. which images fall in each slice.
+
+        Shape:
+            - images: ``(N, C, H, W)``; outputs: ``(num concepts, N)`` float and bool
+
+        Raises:
+            ValueError: if there is no report yet, or the report kept no discovery model.
+        """
+        from debugger.pipeline import best_patch_scores
+
+        report = report if report is not None else self.latest_report
+        if report is None:
+            raise ValueError("Expected a ConceptMonitor that has run (or a `report`), but got none to score with.")
+        device = next(iter(model.parameters())).device
+        with analysis_mode(model):
+            patches, scores = self.make_analysis(model).score(report, images.to(device))
+        best = best_patch_scores(scores, patches.image_index, int(images.shape[0]))
+        return best, best >= report.slice_thresholds.view(-1, 1)
 
     def covered(self, probe: ProbeSet) -> Tensor:
         """Which images of ``probe`` the latest report analysed, ``(len(probe),)`` bool."""

@@ -427,13 +427,24 @@ class ConceptDiscovery:
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "concepts_"):
+        if not hasattr(self, "estimator_"):
             raise ValueError("Expected a fitted ConceptDiscovery (call `fit` first), but got an unfitted one.")
 
     def transform(self, embeddings: Tensor | np.ndarray) -> Tensor:
-        """Scores of new embeddings for every kept concept; ``(n, n_concepts_)``."""
+        """Scores of new embeddings for every kept concept; ``(n, n_concepts_)``.
+
+        Raises:
+            ValueError: if the discovery is not fitted, the embeddings are not ``(n, D)`` with the fitted ``D``, or
+                they are negative for NMF.
+        """
         self._check_fitted()
         x = _as_numpy(embeddings)
+        weights = self.estimator_.cluster_centers_ if self.method == "kmeans" else self.estimator_.components_
+        if x.shape[1] != weights.shape[1]:
+            raise ValueError(
+                f"Expected embeddings of dimension {weights.shape[1]} (what the concepts were fitted on), but got "
+                f"{x.shape[1]}; use the same layer and embedding mode."
+            )
         if self.method == "nmf" and float(x.min()) < 0:
             raise ValueError(f"Expected non-negative embeddings for NMF, but got a minimum of {float(x.min()):.4g}.")
         scores = _model_scores(self.estimator_, x, self.method)[:, self._kept]
@@ -445,6 +456,76 @@ class ConceptDiscovery:
         if scores.shape[1] == 0:
             return torch.full((scores.shape[0],), -1, dtype=torch.long)
         return scores.argmax(1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What :meth:`transform` needs, for storing beside the concepts (a :class:`~debugger.report.ConceptReport`
+        keeps it under ``discovery``): the method, the fitted clusters' centres (k-means) or components (NMF, with
+        the estimator's settings) as a ``(k, D)`` float32 tensor, and which clusters became concepts, in id order.
+
+        Example:
+            >>> x = torch.cat([torch.zeros(10, 2), torch.ones(10, 2)]) + 0.01 * torch.arange(20.0)[:, None]
+            >>> d = ConceptDiscovery(n_concepts=2, min_size=2).fit(x)
+            >>> again = ConceptDiscovery.from_dict(d.to_dict())
+            >>> torch.equal(again.transform(x), d.transform(x))
+            True
+        """
+        self._check_fitted()
+        est = self.estimator_
+        weights = est.cluster_centers_ if self.method == "kmeans" else est.components_
+        out: dict[str, Any] = {
+            "method": self.method,
+            "kept": [int(c) for c in self._kept],
+            "weights": torch.from_numpy(np.asarray(weights, dtype=np.float32).copy()),
+        }
+        if self.method == "nmf":
+            out["estimator"] = type(est).__name__
+            out["params"] = {k: v for k, v in est.get_params().items() if isinstance(v, bool | int | float | str)}
+        return out
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> ConceptDiscovery:
+        """A discovery rebuilt from :meth:`to_dict` that can :meth:`transform` and :meth:`predict` again.
+
+        Only scoring state comes back (``estimator_``, ``k_``, ``n_concepts_``); the concepts themselves live in the
+        report. An NMF fitted with ``MiniBatchNMF`` scores with batch NMF's solver on the same components (same
+        objective, results equal up to solver tolerance).
+
+        Raises:
+            ValueError: for an unknown method, weights that are not ``(k, D)``, or kept clusters outside ``[0, k)``.
+        """
+        method = state.get("method")
+        if method not in ("kmeans", "nmf"):
+            raise ValueError(f"Expected a stored `method` of 'kmeans' or 'nmf', but got {method!r}.")
+        w = state.get("weights")
+        weights = w.detach().cpu().float().numpy() if isinstance(w, Tensor) else np.asarray(w, dtype=np.float32)
+        if weights.ndim != 2 or weights.shape[0] < 1:
+            raise ValueError(f"Expected stored `weights` of shape (k, D), but got {tuple(weights.shape)!r}.")
+        k = int(weights.shape[0])
+        kept = [int(c) for c in state.get("kept", [])]
+        if any(not 0 <= c < k for c in kept):
+            raise ValueError(f"Expected stored `kept` clusters in [0, {k}), but got {kept!r}.")
+        if method == "kmeans":
+            from sklearn.cluster import KMeans
+
+            est: Any = KMeans(n_clusters=k)
+            est.cluster_centers_ = weights
+        else:
+            from sklearn.decomposition import NMF
+
+            params = dict(state.get("params", {})) if state.get("estimator") == "NMF" else {}
+            params.update(n_components=k)
+            params.setdefault("init", "nndsvda")
+            params.setdefault("max_iter", 400)
+            est = NMF(**{p: v for p, v in params.items() if p in NMF().get_params()})
+            est.components_ = weights
+            est.n_components_ = k
+            est.n_features_in_ = int(weights.shape[1])
+        out = cls(method=method, n_concepts=len(kept))
+        out.estimator_ = est
+        out.k_ = k
+        out.n_concepts_ = len(kept)
+        out._kept = kept
+        return out
 
 
 def concept_precision(

@@ -41,6 +41,7 @@ from debugger.structures import Concept, PatchSet
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
 Embedding = Literal["roi", "resample"]
 Discoverer = Callable[[Tensor, PatchSet], list[Concept]]
+ConceptSource = Callable[[Tensor, PatchSet], Concept]
 
 _PATCH_METHODS = ("superpixel", "slic", "quickshift", "window", "windows")
 _EMBEDDINGS = ("roi", "resample")
@@ -73,6 +74,9 @@ class ConceptAnalysis:
         chunk_size: samples per forward when capturing predictions.
         min_overlap: a top patch "shows" a ground-truth concept when more than this fraction of its pixels lie
             in the concept's mask (0: touches it at all); for the report's ground-truth precision.
+        extra_concepts: callables ``(images, patches) -> Concept`` scoring this run's patches, e.g. a trained
+            :meth:`debugger.extractor.ConceptExtractor.concept`; their concepts join the discovered ones (ids
+            renumbered after them) in confusion and failure ranking.
 
     Raises:
         ValueError: for an unknown option or a non-positive ``top_k`` / ``n_concepts``.
@@ -110,6 +114,7 @@ class ConceptAnalysis:
         rank_kwargs: dict[str, Any] | None = None,
         chunk_size: int = 64,
         min_overlap: float = 0.0,
+        extra_concepts: Sequence[ConceptSource] = (),
     ) -> None:
         if patches not in _PATCH_METHODS:
             raise ValueError(f"Expected `patches` to be one of {_PATCH_METHODS!r}, but got {patches!r}.")
@@ -141,6 +146,11 @@ class ConceptAnalysis:
         self.rank_kwargs = dict(rank_kwargs or {})
         self.chunk_size = chunk_size
         self.min_overlap = min_overlap
+        if not all(callable(f) for f in extra_concepts):
+            raise ValueError(
+                f"Expected `extra_concepts` to be callables (images, patches) -> Concept, but got {extra_concepts!r}."
+            )
+        self.extra_concepts = tuple(extra_concepts)
 
     def run(
         self,
@@ -186,14 +196,19 @@ class ConceptAnalysis:
         timings["embed"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        concepts = self._discover(embeddings, patch_set)
+        concepts, fitted = self._discover(embeddings, patch_set)
         timings["discovery"] = time.perf_counter() - clock
+        if self.extra_concepts:
+            clock = time.perf_counter()
+            concepts = self._with_extra(concepts, images, patch_set)
+            timings["extra_concepts"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         report = self._analyse(cap, patch_set, concepts, num_classes, segmentation)
         timings["analysis"] = time.perf_counter() - clock
         report.class_names = tuple(class_names) if class_names is not None else ()
         report.config = self.config()
+        report.discovery = fitted
         report.meta = dict(meta or {}, timings=timings, num_patches=len(patch_set),
                            embedding_dim=int(embeddings.shape[1]))
         return report
@@ -257,6 +272,37 @@ class ConceptAnalysis:
             )
         return out
 
+    def score(self, report: ConceptReport, images: Tensor) -> tuple[PatchSet, Tensor]:
+        """Score new images with the concepts of an earlier report (e.g. concepts found at epoch N, images of now).
+
+        The images' patches are made and embedded as this analysis makes them (its patch method, layer, embedding
+        mode and model, e.g. the model trained further), then scored by the discovery model the report kept
+        (:meth:`ConceptReport.score`). :func:`best_patch_scores` turns patch scores into per-image scores, and
+        comparing those with ``report.slice_thresholds`` puts images into the report's slices. The model should
+        be in eval mode (as :meth:`run` expects too).
+
+        Shape:
+            - images: ``(N, C, H, W)``
+            - output: the ``P`` patches of the images, and their scores ``(num concepts, P)``
+
+        Raises:
+            ValueError: if the report is of another layer or kept no discovery model, or the images are not
+                ``(N, C, H, W)`` with ``N > 0``.
+        """
+        if report.layer != self.layer:
+            raise ValueError(f"Expected a report of layer {self.layer!r} like this analysis, but got {report.layer!r}.")
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise ValueError(f"Expected `images` of shape (N, C, H, W) with N > 0, but got {tuple(images.shape)!r}.")
+        if report.discovery is None:
+            report.score(images.new_zeros(1, 1))  # raises the report's own error
+        from debugger.embed import embed_patches
+
+        patch_set = self._patches(images, None, ())
+        with torch.no_grad():
+            embeddings = embed_patches(self.model, self.layer, images, patch_set, mode=self.embedding,
+                                       **self.embed_kwargs)
+        return patch_set, report.score(embeddings.float().cpu())
+
     def config(self) -> dict[str, Any]:
         """The configuration as JSON-ready values (stored in every report)."""
         return {
@@ -277,6 +323,7 @@ class ConceptAnalysis:
             "embed_kwargs": _jsonable(self.embed_kwargs),
             "discovery_kwargs": _jsonable(self.discovery_kwargs),
             "rank_kwargs": _jsonable(self.rank_kwargs),
+            "extra_concepts": [getattr(f, "__qualname__", type(f).__name__) for f in self.extra_concepts],
         }
 
     # -- steps -------------------------------------------------------------------------------------------
@@ -313,18 +360,21 @@ class ConceptAnalysis:
         return extract_patches(images, method, concept_masks=concept_masks, concept_names=names,  # type: ignore[arg-type]
                                **self.patch_kwargs)
 
-    def _discover(self, embeddings: Tensor, patches: PatchSet) -> list[Concept]:
+    def _discover(self, embeddings: Tensor, patches: PatchSet) -> tuple[list[Concept], dict[str, Any] | None]:
+        """The concepts, and the fitted k-means/NMF model that scores new patches (None for a callable)."""
+        fitted: dict[str, Any] | None = None
         if callable(self.discovery):
             concepts = list(self.discovery(embeddings, patches))
         else:
-            from debugger import discovery as disc
+            from debugger.discovery import ConceptDiscovery
 
-            kwargs: dict[str, Any] = {"image_index": patches.image_index}
-            kwargs.update(self.discovery_kwargs)
-            concepts = disc.discover_concepts(
-                embeddings, method=cast(Literal["kmeans", "nmf"], self.discovery), n_concepts=self.n_concepts,
-                seed=self.seed, **kwargs,
-            )
+            kwargs = dict(self.discovery_kwargs)
+            image_index = kwargs.pop("image_index", patches.image_index)
+            found = ConceptDiscovery(
+                method=cast(Literal["kmeans", "nmf"], self.discovery), n_concepts=self.n_concepts, seed=self.seed,
+                **kwargs,
+            ).fit(embeddings, image_index)
+            concepts, fitted = list(found.concepts_), found.to_dict()
         if not concepts:
             raise ValueError("Expected discovery to return at least one concept, but got none.")
         for c in concepts:
@@ -333,7 +383,22 @@ class ConceptAnalysis:
                     f"Expected every concept to score all {len(patches)} patches, but got scores of shape "
                     f"{tuple(c.scores.shape)!r} for {c.name!r}."
                 )
-        return concepts
+        return concepts, fitted
+
+    def _with_extra(self, concepts: list[Concept], images: Tensor, patches: PatchSet) -> list[Concept]:
+        out = list(concepts)
+        next_id = max((c.id for c in concepts), default=-1) + 1
+        for source in self.extra_concepts:
+            c = source(images, patches)
+            if not isinstance(c, Concept) or c.scores.shape != (len(patches),):
+                got = tuple(c.scores.shape) if isinstance(c, Concept) else type(c).__name__
+                raise ValueError(
+                    f"Expected every extra concept source to return a Concept scoring all {len(patches)} patches, "
+                    f"but got {got!r}."
+                )
+            out.append(replace(c, id=next_id))
+            next_id += 1
+        return out
 
     def _analyse(self, cap: CaptureResult, patches: PatchSet, concepts: list[Concept], num_classes: int,
                  segmentation: bool) -> ConceptReport:
@@ -388,6 +453,26 @@ class ConceptAnalysis:
         scores = torch.stack([torch.nan_to_num(c.scores.float(), nan=-torch.inf) for c in report.concepts])
         top_k = max(1, int(report.top_patches.shape[1]))
         return concept_membership(scores, report.patches.image_index, n, top_k, masks=masks)
+
+
+def best_patch_scores(scores: Tensor, image_index: Tensor, num_images: int) -> Tensor:
+    """Each image's best patch score for each concept (``-inf`` for an image without patches).
+
+    Shape:
+        - scores: ``(C, P)``; image_index: ``(P,)`` in ``[0, N)``; output: ``(C, N)``
+
+    Example:
+        >>> best_patch_scores(torch.tensor([[0.1, 0.7, 0.3]]), torch.tensor([0, 0, 1]), 3).tolist()
+        [[0.699999988079071, 0.30000001192092896, -inf]]
+    """
+    if scores.dim() != 2 or image_index.shape != (scores.shape[1],):
+        raise ValueError(
+            f"Expected `scores` (C, P) and `image_index` (P,), but got {tuple(scores.shape)!r} and "
+            f"{tuple(image_index.shape)!r}."
+        )
+    out = scores.new_full((scores.shape[0], num_images), -torch.inf)
+    index = image_index.to(scores.device).long().view(1, -1).expand_as(scores)
+    return out.scatter_reduce(1, index, scores, reduce="amax", include_self=True)
 
 
 def ground_truth_precision(patches: PatchSet, top: Tensor, min_overlap: float = 0.0) -> Tensor | None:

@@ -58,6 +58,10 @@ class ConceptReport:
         - ground_truth_precision: ``(C, G)`` float, fraction of each concept's top patches that overlap each
           ground-truth concept mask (``patches.concept_names``), or None without ground truth
         - diffs: name → ``(C, K, K)`` float, normalized ``second - first`` confusion differences
+
+    ``discovery`` is the fitted k-means/NMF model behind the concepts (:meth:`ConceptDiscovery.to_dict
+    <debugger.discovery.ConceptDiscovery.to_dict>`), so :meth:`score` can score patches of images the analysis
+    never saw; None when the concepts came from a callable.
     """
 
     task: Task
@@ -78,6 +82,7 @@ class ConceptReport:
     ensembles: dict[str, EnsembleCheck] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    discovery: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -95,6 +100,37 @@ class ConceptReport:
     def failures(self) -> list[ConceptFailure]:
         """The ranking rows whose verdict is a failure concept, worst first."""
         return [row for row in self.ranking if row.is_failure]
+
+    @property
+    def slice_thresholds(self) -> Tensor:
+        """``(C,)`` the score of each concept's weakest top patch: an image is in a concept's slice when one of its
+        patches scores at least this (how :meth:`score` results map onto slices of new images)."""
+        if not self.concepts or self.top_patches.numel() == 0:
+            return torch.zeros(len(self.concepts))
+        return self.scores.gather(1, self.top_patches[:, -1:].long()).squeeze(1)
+
+    def score(self, embeddings: Tensor) -> Tensor:
+        """Scores of new patch embeddings for this report's concepts, from the discovery model it kept.
+
+        The embeddings must come from the report's layer and embedding mode (see
+        :meth:`debugger.pipeline.ConceptAnalysis.score`, which makes and embeds the patches of new images). Scores
+        are comparable with :attr:`scores` and :attr:`slice_thresholds`.
+
+        Shape:
+            - embeddings: ``(n, D)``; output: ``(C, n)``
+
+        Raises:
+            ValueError: if the report kept no discovery model (concepts from a callable, or a report written
+                before models were kept) or the embeddings do not match it.
+        """
+        if self.discovery is None:
+            raise ValueError(
+                "Expected a report that kept its k-means/NMF discovery model (`discovery`), but got one without: "
+                "its concepts came from a callable or it was written before models were kept; re-run the analysis."
+            )
+        from debugger.discovery import ConceptDiscovery
+
+        return ConceptDiscovery.from_dict(self.discovery).transform(embeddings).T.contiguous()
 
     def concept(self, key: int | str) -> Concept:
         """A concept by id or by name.
@@ -132,6 +168,7 @@ class ConceptReport:
             },
             "config": _encode_value(self.config),
             "meta": _encode_value(self.meta),
+            "discovery": None if self.discovery is None else _encode_value(self.discovery),
         }
 
     @classmethod
@@ -169,6 +206,7 @@ class ConceptReport:
             },
             config=_decode_value(d.get("config", {})),
             meta=_decode_value(d.get("meta", {})),
+            discovery=_decode_value(d.get("discovery")),
             schema_version=version,
         )
 

@@ -129,3 +129,53 @@ def test_concept_slices_map_the_latest_report_onto_another_probe_by_dataset_inde
     expected = mon.latest_report.membership.bool().flip(1)
     assert torch.equal(member[:, :-1], expected) and not member[:, -1].any()
     assert mon.covered(reversed_probe).tolist() == [True] * len(probe) + [False]
+
+
+def test_concepts_of_a_run_score_new_images_also_after_a_resume(tmp_path: Path) -> None:
+    from _cbtiny import TinyConcepts
+
+    from debugger.report import ConceptReport
+
+    mon = _monitor()
+    module = make_module("pytorch_lightning")
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(module)
+    report, probe = mon.latest_report, mon.probe()
+    assert report is not None and probe is not None and report.discovery is not None
+    stored = ConceptReport.load(mon.latest_report_path)  # type: ignore[arg-type]
+    assert torch.equal(stored.discovery["weights"], report.discovery["weights"])  # type: ignore[index]
+
+    # Re-scoring the run's own probe images with the unchanged model gives back the run's scores and slices.
+    restored = _monitor()
+    restored.load_state_dict(mon.state_dict())  # what a resumed run has: the report re-read from the store
+    best, member = restored.score_images(probe.batch.images, module)
+    expected = torch.zeros_like(best).fill_(-torch.inf).scatter_reduce(
+        1, report.patches.image_index.view(1, -1).expand_as(report.scores), report.scores, "amax")
+    torch.testing.assert_close(best, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(member, report.membership.bool())
+
+    # New images: scored for every concept, by their own patches; the model as trained further scores differently.
+    fresh = torch.stack([TinyConcepts(6, seed=5)[i]["image"] for i in range(6)])
+    best_new, member_new = restored.score_images(fresh, module)
+    assert best_new.shape == member_new.shape == (len(report.concepts), 6) and torch.isfinite(best_new).all()
+    with torch.no_grad():
+        module.layer1[0].weight.mul_(1.5)
+    assert not torch.allclose(restored.score_images(fresh, module)[0], best_new)
+    assert module.training  # scoring left the module's mode alone
+
+
+def test_scoring_without_a_run_or_a_discovery_model_says_what_is_missing() -> None:
+    import dataclasses
+
+    from torch import nn
+
+    mon = _monitor()
+    with pytest.raises(ValueError, match="Expected a ConceptMonitor that has run"):
+        mon.score_images(torch.zeros(1, 3, 8, 8), nn.Conv2d(3, 3, 1))
+    from debugger.report import ConceptReport
+    from debugger.structures import PatchSet
+
+    empty = ConceptReport("classification", "layer1", 2, [], PatchSet(torch.zeros(0, dtype=torch.long),
+                          torch.zeros(0, 4, dtype=torch.long)), torch.zeros(0, 1, dtype=torch.bool),
+                          torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 2, 2, dtype=torch.long), [])
+    with pytest.raises(ValueError, match="Expected a report that kept its k-means/NMF discovery model"):
+        dataclasses.replace(empty).score(torch.zeros(2, 4))

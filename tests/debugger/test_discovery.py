@@ -156,3 +156,49 @@ def test_input_errors():
         discover_concepts(torch.ones(10, 2), n_concepts=2)
     with pytest.raises(ValueError, match="n_concepts"):
         discover_concepts(torch.rand(10, 2), n_concepts=0)
+
+
+def _blobs(n=60, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.rand(n // 3, d, generator=g) + 3 * i * torch.eye(d)[i] for i in range(3)])
+
+
+def test_stored_kmeans_centres_score_like_sklearn_transform():
+    from sklearn.cluster import KMeans
+
+    x = _blobs()
+    d = ConceptDiscovery(n_concepts=3, min_size=2, dedup_tol=None).fit(x)
+    again = ConceptDiscovery.from_dict(d.to_dict())
+    new = _blobs(seed=1)
+    reference = KMeans(n_clusters=3, n_init=4, random_state=0).fit(x.numpy())
+    # same fit (same seed and settings); sklearn's distances, columns in concept order
+    dist = torch.from_numpy(reference.transform(new.numpy())).float()[:, d._kept]
+    torch.testing.assert_close(again.transform(new), -dist, atol=1e-4, rtol=1e-4)
+    assert torch.equal(again.predict(new), d.predict(new))
+
+
+def test_stored_nmf_components_transform_like_the_fitted_model():
+    x = _blobs()
+    d = ConceptDiscovery(method="nmf", n_concepts=3, min_size=2).fit(x)
+    state = d.to_dict()
+    assert state["estimator"] == "NMF" and state["weights"].shape == (3, 6)
+    torch.testing.assert_close(ConceptDiscovery.from_dict(state).transform(_blobs(seed=1)), d.transform(_blobs(seed=1)))
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ({"method": "pca", "weights": torch.zeros(2, 3)}, "Expected a stored `method` of 'kmeans' or 'nmf'"),
+        ({"method": "kmeans", "weights": torch.zeros(3)}, r"Expected stored `weights` of shape \(k, D\)"),
+        ({"method": "kmeans", "weights": torch.zeros(2, 3), "kept": [2]}, r"Expected stored `kept` clusters in \[0, 2"),
+    ],
+)
+def test_from_dict_rejects_bad_state(state, match):
+    with pytest.raises(ValueError, match=match):
+        ConceptDiscovery.from_dict(state)
+
+
+def test_transform_rejects_embeddings_of_another_dimension():
+    d = ConceptDiscovery(n_concepts=2, min_size=2).fit(_blobs())
+    with pytest.raises(ValueError, match="Expected embeddings of dimension 6 .* but got 4"):
+        d.transform(torch.zeros(2, 4))

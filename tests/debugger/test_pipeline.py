@@ -254,3 +254,29 @@ def test_run_errors():
         analysis.compare(report, three, batches)
     with pytest.raises(ValueError, match=r"`other` to output 2 class scores"):
         analysis.compare(report, three, batches, against="report")
+
+
+def test_a_report_keeps_its_discovery_model_and_finds_its_concept_in_new_images():
+    from debugger.pipeline import best_patch_scores
+
+    analysis = ConceptAnalysis(DarknessNet(), "relu", patches="window", n_concepts=2, top_k=20, min_support=5,
+                               patch_kwargs=WINDOWS)
+    report = ConceptReport.from_json(analysis.run(_shadow_batches(), concept_names=["shadow"]).to_json())
+    assert report.discovery is not None and report.discovery["method"] == "kmeans"
+    shadow = [c.id for c in report.concepts].index(report.ranking[0].concept)
+
+    new = _shadow_batches(n=40, seed=1)
+    images = torch.cat([b["image"] for b in new])
+    shadowed = torch.cat([b["concept_masks"] for b in new]).flatten(1).any(1)
+    patches, scores = analysis.score(report, images)
+    assert scores.shape == (len(report.concepts), len(patches)) and len(patches) == 160
+    member = best_patch_scores(scores, patches.image_index, 40) >= report.slice_thresholds.view(-1, 1)
+    assert torch.equal(member[shadow], shadowed)  # exactly the shadowed images of a probe set never analysed
+
+    with pytest.raises(ValueError, match="Expected a report of layer 'features' like this analysis"):
+        ConceptAnalysis(DarknessNet(), "features", patches="window", patch_kwargs=WINDOWS).score(report, images)
+    callable_report = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_kmeans_by_sklearn,
+                                      top_k=20, patch_kwargs=WINDOWS).run(_shadow_batches())
+    assert callable_report.discovery is None
+    with pytest.raises(ValueError, match="Expected a report that kept its k-means/NMF discovery model"):
+        analysis.score(callable_report, images)
