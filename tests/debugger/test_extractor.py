@@ -199,3 +199,65 @@ def test_model_untouched():
     for k, v in net.state_dict().items():
         assert v.equal(before[k])
     assert all(p.grad is None for p in net.parameters())
+
+
+class _DarkNet(nn.Module):
+    """Predicts class 1 when any pixel is dark: wrong on every shadowed image of class 0 (hand-set weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 2, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([[-1 / 3] * 3, [1 / 3] * 3]).view(2, 3, 1, 1))
+            self.features.bias.copy_(torch.tensor([1.0, 0.0]))
+            self.fc.weight.copy_(torch.tensor([[-10.0, 0.0], [10.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([6.0, -6.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.features(x))).flatten(1))
+
+
+def test_extractor_concept_plugs_into_confusion_and_failure_ranking():
+    from debugger.confusion import concept_confusion, concept_membership
+    from debugger.pipeline import ConceptAnalysis
+
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    images = 0.7 + 0.3 * torch.rand(n, 3, 16, 16, generator=g)
+    masks = torch.zeros(n, 1, 16, 16, dtype=torch.bool)
+    for i in range(0, n, 2):  # a dark 8x8 shadow in a random quadrant of every other image
+        q = int(torch.randint(0, 4, (1,), generator=g))
+        y, x = 8 * (q // 2), 8 * (q % 2)
+        images[i, :, y : y + 8, x : x + 8] = 0.1 * torch.rand(3, 8, 8, generator=g)
+        masks[i, 0, y : y + 8, x : x + 8] = True
+    target = torch.zeros(n, dtype=torch.long)
+    batches = [{"image": images, "target": target, "concept_masks": masks}]
+    net = _DarkNet()
+    windows = {"sizes": (8,), "strides": (8,)}
+    ps = sliding_windows(images, **windows, concept_masks=masks, concept_names=("shadow",))
+    truth = ps.concept_overlap[:, 0] > 0
+    pos, neg = truth.nonzero().flatten()[:3].tolist(), (~truth).nonzero().flatten()[:3].tolist()
+    ex = ConceptExtractor(net, "relu", "shadow", n_augment=64, max_epochs=30, patience=5).fit(images, ps, pos, neg)
+
+    def bright(emb, patches):
+        return [Concept(0, "bright", torch.arange(len(patches)), emb[:, 1])]
+
+    analysis = ConceptAnalysis(net, "relu", patches="window", discovery=bright, top_k=12, patch_kwargs=windows,
+                               extra_concepts=[ex.concept], min_support=3)
+    report = analysis.run(batches)
+    assert report.concept_names == ["bright", "shadow"]
+    assert [c.id for c in report.concepts] == [0, 1]
+    shadow = report.concepts[1]
+    torch.testing.assert_close(shadow.scores, ex.score(images, ps))  # the same patches, scored by the extractor
+    membership = concept_membership(shadow.scores[None], ps.image_index, n, 12)
+    assert membership[0].equal(report.membership[1])
+    cap_pred = net(images).argmax(1)
+    torch.testing.assert_close(report.confusion[1], concept_confusion(cap_pred, target, membership, 2)[0])
+    top = report.ranking[0]
+    assert top.name == "shadow" and top.is_failure and top.error_in == 1.0
+    assert report.config["extra_concepts"] == ["ConceptExtractor.concept"]
+    with pytest.raises(ValueError, match="extra_concepts"):
+        ConceptAnalysis(net, "relu", extra_concepts=["shadow"])  # type: ignore[list-item]
