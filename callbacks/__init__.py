@@ -18,6 +18,7 @@ from callbacks.confusion_monitor import ConfusionMonitor
 from callbacks.failure_driven_augmentation import FailureDrivenAugmentation
 from callbacks.joint_batch import JointBatchTraining
 from callbacks.saliency_monitor import SaliencyMonitor
+from callbacks.tcav_monitor import TCAVMonitor
 
 __all__ = [
     "CALLBACKS",
@@ -29,6 +30,7 @@ __all__ = [
     "ProbeSet",
     "RunContext",
     "SaliencyMonitor",
+    "TCAVMonitor",
     "default_monitors",
 ]
 
@@ -39,6 +41,7 @@ CALLBACKS: tuple[type, ...] = (
     FailureDrivenAugmentation,
     JointBatchTraining,
     SaliencyMonitor,
+    TCAVMonitor,
 )
 
 

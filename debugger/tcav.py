@@ -271,7 +271,8 @@ def tcav_scores(derivatives: Tensor, labels: Tensor, classes: Sequence[int]) -> 
 def tcav_significance(concept_scores: Tensor, random_scores: Tensor) -> Tensor:
     """Two-sided Student t-test p-values (:func:`scipy.stats.ttest_ind`, pooled variance) over the last axis.
 
-    NaN where either side has fewer than 2 runs or both are constant and equal (no evidence either way).
+    Two sets of identical constant scores (e.g. both saturated at 1) differ by nothing: p = 1, where scipy gives
+    NaN. NaN remains where a side has fewer than 2 runs.
 
     Shape:
         - concept_scores: ``(..., R)``; random_scores: broadcastable to it
@@ -289,7 +290,9 @@ def tcav_significance(concept_scores: Tensor, random_scores: Tensor) -> Tensor:
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = ttest_ind(a.numpy(), b.numpy(), axis=-1)
-    return torch.as_tensor(np.asarray(res.pvalue, dtype=np.float64))
+    p = torch.as_tensor(np.asarray(res.pvalue, dtype=np.float64))
+    same = (a == a[..., :1]).all(-1) & (b == a[..., :1]).all(-1) & (a.shape[-1] >= 2)
+    return torch.where(torch.isnan(p) & same, torch.ones_like(p), p)
 
 
 # --------------------------------------------------------------------------------------------------------------

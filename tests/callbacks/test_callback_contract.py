@@ -25,6 +25,7 @@ FACTORIES: dict[str, Callable[[], Any]] = {
         importlib.import_module("augment").JointBatch(importlib.import_module("augment").Cutout(size=2))
     ),
     "SaliencyMonitor": lambda: callbacks.SaliencyMonitor("layer1", num_images=2),
+    "TCAVMonitor": lambda: callbacks.TCAVMonitor("layer1", num_runs=3, every_n_epochs=2),
 }
 
 

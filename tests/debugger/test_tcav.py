@@ -258,7 +258,9 @@ def test_significance_is_scipy_ttest_ind_two_sided() -> None:
         for j in range(3):
             ref = ttest_ind(a[i, j].double().numpy(), b[i, j].double().numpy()).pvalue
             assert float(p[i, j]) == pytest.approx(ref, rel=1e-9)
-    assert torch.isnan(tcav_significance(torch.ones(5), torch.ones(5)))
+    assert float(tcav_significance(torch.ones(5), torch.ones(5))) == 1.0  # no difference at all; scipy says NaN
+    assert float(tcav_significance(torch.ones(5), torch.zeros(5))) == 0.0
+    assert torch.isnan(tcav_significance(torch.ones(1), torch.ones(1)))
 
 
 def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not() -> None:
