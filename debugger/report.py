@@ -116,12 +116,16 @@ class ConceptReport:
         :meth:`debugger.pipeline.ConceptAnalysis.score`, which makes and embeds the patches of new images). Scores
         are comparable with :attr:`scores` and :attr:`slice_thresholds`.
 
+        Concepts the kept model did not produce (``extra_concepts`` of the analysis, appended after the discovered
+        ones) score NaN, so they are in no slice of new images.
+
         Shape:
             - embeddings: ``(n, D)``; output: ``(C, n)``
 
         Raises:
             ValueError: if the report kept no discovery model (concepts from a callable, or a report written
-                before models were kept) or the embeddings do not match it.
+                before models were kept), the model has more concepts than the report, or the embeddings do not
+                match it.
         """
         if self.discovery is None:
             raise ValueError(
@@ -130,7 +134,15 @@ class ConceptReport:
             )
         from debugger.discovery import ConceptDiscovery
 
-        return ConceptDiscovery.from_dict(self.discovery).transform(embeddings).T.contiguous()
+        found = ConceptDiscovery.from_dict(self.discovery).transform(embeddings).T  # (discovered concepts, n)
+        if found.shape[0] > len(self.concepts):
+            raise ValueError(
+                f"Expected the kept discovery model to score at most the report's {len(self.concepts)} concepts, but "
+                f"it scores {found.shape[0]}."
+            )
+        out = found.new_full((len(self.concepts), found.shape[1]), float("nan"))
+        out[: found.shape[0]] = found
+        return out
 
     def concept(self, key: int | str) -> Concept:
         """A concept by id or by name.

@@ -280,3 +280,16 @@ def test_a_report_keeps_its_discovery_model_and_finds_its_concept_in_new_images(
     assert callable_report.discovery is None
     with pytest.raises(ValueError, match="Expected a report that kept its k-means/NMF discovery model"):
         analysis.score(callable_report, images)
+
+
+def test_extra_concepts_score_nan_on_new_images_as_the_kept_model_does_not_know_them():
+    def corner(images, patches):
+        return Concept(0, "corner", torch.arange(len(patches)), -patches.boxes[:, :2].sum(1).float())
+
+    analysis = ConceptAnalysis(DarknessNet(), "relu", patches="window", n_concepts=2, top_k=20, min_support=5,
+                               patch_kwargs=WINDOWS, extra_concepts=[corner])
+    report = analysis.run(_shadow_batches())
+    assert report.concept_names[-1] == "corner" and len(report.discovery["kept"]) == len(report.concepts) - 1
+    _, scores = analysis.score(report, torch.cat([b["image"] for b in _shadow_batches(seed=1)]))
+    assert scores.shape[0] == len(report.concepts)
+    assert torch.isnan(scores[-1]).all() and torch.isfinite(scores[:-1]).all()
