@@ -537,6 +537,63 @@ def diagnose(
     return diagnosis
 
 
+def model_fingerprint(model: nn.Module) -> str:
+    """A digest of every parameter and buffer: which weights a stored result was computed from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(str(value.dtype).encode())
+        h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def diagnose_once(
+    model: nn.Module,
+    datamodule: ContractDataModule,
+    layer: str | None,
+    run: RunDirectory | None,
+    name: str = "report",
+    probe_size: int = 128,
+    n_concepts: int | None = 8,
+    seed: int = 0,
+) -> tuple[Diagnosis, bool]:
+    """:func:`diagnose`, or the diagnosis ``run`` already holds for the same weights and settings.
+
+    A finished diagnosis is stored as ``<name>.json`` (the report) and ``<name>.diagnosis.json`` (annotated
+    ranking, test metrics), both written atomically, and recorded in ``state.json`` under ``diagnose:<name>`` with
+    a fingerprint of the model's weights, the layer and the analysis settings; a resumed run reuses it only when
+    all of these match (new weights — e.g. a retrained stage — are diagnosed again).
+
+    Returns:
+        the diagnosis and whether it was reused.
+    """
+    layer = layer or default_layer(model)
+    key = {"fingerprint": model_fingerprint(model), "layer": layer, "probe_size": probe_size,
+           "n_concepts": n_concepts, "seed": seed}
+    stage = f"diagnose:{name}"
+    stored = run.done(stage) if run is not None else None
+    if run is not None and stored is not None and all(stored.get(k) == v for k, v in key.items()):
+        try:
+            saved = run.read_json(stored["file"])
+            report = ConceptReport.load(run.file(stored["report"]))
+        except (OSError, ValueError, KeyError):
+            saved = None
+        if saved is not None:
+            annotated = saved["annotated"]
+            if annotated is not None:
+                annotated = {**annotated, "counts": torch.tensor(annotated["counts"], dtype=torch.long),
+                             "overall": torch.tensor(annotated["overall"], dtype=torch.long)}
+            return Diagnosis(report, annotated, saved["metrics"], tuple(saved["concept_names"])), True
+    d = diagnose(model, datamodule, layer, run, name, probe_size, n_concepts, seed=seed)
+    if run is not None:
+        run.write_json(f"{name}.diagnosis.json", {"annotated": d.annotated, "metrics": d.metrics,
+                                                   "concept_names": list(d.concept_names)})
+        run.mark_done(stage, report=f"{name}.json", file=f"{name}.diagnosis.json", **key)
+    return d, False
+
+
 def diagnosis_markdown(d: Diagnosis, title: str | None = None) -> str:
     """The report's markdown, the annotated failure ranking and the per-concept metrics."""
     parts = [f"# {title}\n" if title else "", d.report.to_markdown()]
@@ -982,9 +1039,11 @@ def run_loop(
         log(f"      done in {time.time() - clock:.0f} s")
     log(f"[2/4] diagnosing at layer {layer!r} on {probe_size} validation images")
     clock = time.time()
-    before = diagnose(model, datamodule, layer, run, "report", probe_size, n_concepts, seed=seed)
-    log(f"      {len(before.report.failures)} discovered failure concepts; done in {time.time() - clock:.0f} s")
-    stored = run.done("policy") if run is not None else None
+    before, reused = diagnose_once(model, datamodule, layer, run, "report", probe_size, n_concepts, seed=seed)
+    log(f"      {len(before.report.failures)} discovered failure concepts; "
+        + ("reused from the run directory" if reused else f"done in {time.time() - clock:.0f} s"))
+    # The stored policy belongs to the stored diagnosis; a diagnosis made afresh derives it again.
+    stored = run.done("policy") if run is not None and reused else None
     if stored is not None and run is not None:
         saved = run.read_json("policy.json")
         policies = {k: AugmentationPolicy.from_dict(v) for k, v in saved["policies"].items()}

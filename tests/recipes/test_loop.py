@@ -19,10 +19,12 @@ from recipes.loop import (
     check_data,
     check_layer,
     default_layer,
+    diagnose_once,
     format_before_after,
     load_model,
     loop_policies,
     mean_probability,
+    model_fingerprint,
     save_model,
     train,
     uniform_policies,
@@ -261,3 +263,35 @@ def test_ctrl_c_during_training_leaves_a_resume_point(tmp_path):
     train(ResNetClassifier(width=4), dm, 2, run, "train")
     assert run.done("train") is not None
     assert torch.load(tmp_path / "checkpoints" / "train-last.ckpt", weights_only=False)["epoch"] == 1
+
+
+def test_a_resumed_run_reuses_the_stored_diagnosis_of_the_same_weights(tmp_path, monkeypatch):
+    import recipes.loop
+
+    run, dm = RunDirectory(tmp_path), tiny_planted()
+    torch.manual_seed(0)
+    model = ResNetClassifier(width=4)
+    first, reused = diagnose_once(model, dm, "layer1", run, "report", probe_size=16, n_concepts=2)
+    assert not reused and (tmp_path / "report.diagnosis.json").is_file()
+    assert run.done("diagnose:report")["fingerprint"] == model_fingerprint(model)
+
+    def not_again(*_a, **_k):
+        raise AssertionError("diagnosed again")
+
+    monkeypatch.setattr(recipes.loop, "diagnose", not_again)
+    again, reused = diagnose_once(model, dm, "layer1", run, "report", probe_size=16, n_concepts=2)
+    assert reused
+    assert again.metrics == first.metrics and again.concept_names == first.concept_names
+    torch.testing.assert_close(again.annotated["counts"], first.annotated["counts"])
+    torch.testing.assert_close(again.annotated["overall"], first.annotated["overall"])
+    assert again.annotated["ranking"] == first.annotated["ranking"]
+    torch.testing.assert_close(again.report.confusion, first.report.confusion)
+    assert loop_policies(again)[0] == loop_policies(first)[0]
+    # Other settings or other weights (a retrained stage) are diagnosed afresh.
+    with pytest.raises(AssertionError, match="diagnosed again"):
+        diagnose_once(model, dm, "layer1", run, "report", probe_size=8, n_concepts=2)
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="diagnosed again"):
+        diagnose_once(model, dm, "layer1", run, "report", probe_size=16, n_concepts=2)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
