@@ -184,8 +184,10 @@ def train_head(
     batch_size: int = 64,
     max_epochs: int = 100,
     patience: int = 3,
+    tol: float = 1e-3,
 ) -> list[dict[str, float]]:
-    """Fit ``head`` with BCE until the validation loss has not fallen for ``patience`` epochs; keep the best weights.
+    """Fit ``head`` with BCE until the validation loss has not fallen by more than ``tol`` for ``patience`` epochs;
+    keep the best weights.
 
     Sets the head's standardisation from ``x``. Returns one ``{"epoch", "train_loss", "val_loss"}`` per epoch.
 
@@ -197,7 +199,7 @@ def train_head(
         head.std.copy_(x.std((0, 2, 3), keepdim=True).clamp_min(1e-6) if len(x) > 1 else torch.ones_like(head.std))
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     y, y_val = y.float(), y_val.float()
-    best = math.inf
+    best = ref = math.inf
     best_state = {k: v.clone() for k, v in head.state_dict().items()}
     history: list[dict[str, float]] = []
     stale = 0
@@ -214,9 +216,11 @@ def train_head(
         with torch.no_grad():
             val = float(F.binary_cross_entropy_with_logits(head(x_val), y_val))
         history.append({"epoch": epoch, "train_loss": total / len(x), "val_loss": val})
-        if val < best - 1e-6:
-            best, stale = val, 0
+        if val < best:
+            best = val
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        if val < ref - tol:  # patience counts epochs without a fall of more than `tol`
+            ref, stale = val, 0
         else:
             stale += 1
             if stale >= patience:
@@ -259,7 +263,7 @@ class ConceptExtractor:
         policies: augmentation policies (:data:`POLICIES`).
         policy_p: probability of applying each policy to a draw.
         kernel_size: the head's convolution size (odd).
-        lr, weight_decay, batch_size, max_epochs, patience: head training (see :func:`train_head`).
+        lr, weight_decay, batch_size, max_epochs, patience, tol: head training (see :func:`train_head`).
         fill: grey value for pixels outside a patch (as in :func:`debugger.embed.embed_patches`).
         use_masks: grey out pixels outside superpixel masks.
         input_size: size patches are resized to (default the images' size).
@@ -283,8 +287,9 @@ class ConceptExtractor:
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int = 64,
-        max_epochs: int = 100,
+        max_epochs: int = 50,
         patience: int = 3,
+        tol: float = 1e-2,
         fill: float | Sequence[float] | Tensor | str = 0.5,
         use_masks: bool = True,
         input_size: tuple[int, int] | None = None,
@@ -315,6 +320,7 @@ class ConceptExtractor:
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.patience = patience
+        self.tol = tol
         self.fill = fill
         self.use_masks = use_masks
         self.input_size = input_size
@@ -463,7 +469,7 @@ class ConceptExtractor:
         clock = time.perf_counter()
         with _one_thread():
             hist = train_head(head, x, y, x_val, y_val, g, self.lr, self.weight_decay, self.batch_size,
-                              self.max_epochs, self.patience)
+                              self.max_epochs, self.patience, self.tol)
         head.eval()
         self.head_ = head
         self.latent_shape_ = tuple(int(v) for v in x.shape[1:])
@@ -520,7 +526,7 @@ class ConceptExtractor:
         """Weights, configuration, labelled examples and history as plain values and tensors."""
         self._check_fitted()
         config = {k: getattr(self, k) for k in ("layer", "name", "n_augment", "n_val", "policy_p", "kernel_size",
-                                                  "lr", "weight_decay", "batch_size", "max_epochs", "patience",
+                                                  "lr", "weight_decay", "batch_size", "max_epochs", "patience", "tol",
                                                   "use_masks", "embed_batch_size", "seed")}
         config["policies"] = list(self.policies)
         config["input_size"] = list(self.input_size) if self.input_size is not None else None
