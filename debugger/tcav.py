@@ -831,13 +831,15 @@ class TCAV:
             a = memo[k]
             return a[ex.index] if ex.index is not None else a
 
+        # Separate streams: the random sets must not depend on which concepts are tested alongside.
         g = torch.Generator().manual_seed(self.random_state)
+        g_concepts = torch.Generator().manual_seed(self.random_state + 1)
         pool = acts(random)
         concept_acts = {}
         for name, ex in concepts.items():
             a = acts(ex)
             if a.shape[0] > self.max_examples:
-                a = a[torch.randperm(a.shape[0], generator=g)[: self.max_examples]]
+                a = a[torch.randperm(a.shape[0], generator=g_concepts)[: self.max_examples]]
             if a.shape[0] < 2:
                 raise ValueError(f"Expected at least 2 examples of concept {name!r}, but got {a.shape[0]}.")
             concept_acts[name] = a

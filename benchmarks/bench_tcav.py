@@ -1,0 +1,221 @@
+"""TCAV on the planted-concept baseline: scores and significance per concept, layer and class, and its cost vs captum.
+
+For every seed a baseline ResNet is trained as in ``bench_planted_baseline`` (``recipes.baseline.fit_baseline``,
+6,000 images, 3 epochs, planted data with the default prevalence: shadows rare in training, common at
+validation). On a probe set of validation images:
+
+1. **Scores** (what :class:`callbacks.TCAVMonitor` logs): concept examples are the 8- and 16-pixel windows at
+   least half covered by a concept's ground-truth mask, the random pool is every window
+   (:func:`debugger.tcav.concept_windows`); channel CAVs at ``--layers``; each probe image is explained for its
+   own class; ``--runs`` concept-vs-random CAVs against as many random-vs-random ones, two-sided t-test,
+   Bonferroni over the (layer, concept, class) tests of the seed. Recorded: mean score, p-value and adjusted
+   p-value for shadow / occluder / stripes / tint per layer for ``--classes``.
+2. **Cost**: one TCAV evaluation (one layer, flat CAVs from whole images as captum does: the probe images with
+   the concept vs random probe images; ``--runs`` concept and random-vs-random CAVs; every class's images
+   explained for it) against ``captum.concept.TCAV`` doing the same work (the same experimental sets, one
+   ``interpret`` per class on that class's images, a fresh ``save_path`` per call so nothing is reused), timed
+   interleaved in one process (``benchmarks.harness.compare``).
+
+A fifth "concept", ``random_control``, is a random draw of windows (as many as the median concept has): it
+must come out significant at about the nominal rate, a check on the test's false positives.
+
+``--spurious-stripes C`` plants stripes on 90% of class ``C``'s training images (15% elsewhere), a cue the
+model can learn: TCAV should then call stripes significant for class ``C``.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_tcav`` (about 5 minutes per seed on 1 thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+from benchmarks.harness import compare, mean_std, record  # noqa: E402
+
+CONCEPTS = ("shadow", "occluder", "stripes", "tint")
+CONTROL = "random_control"
+
+
+def train_model(seed: int, args: argparse.Namespace) -> tuple[Any, Any, float]:
+    from recipes.baseline import fit_baseline
+    from recipes.data import PlantedConceptsDataModule
+    from recipes.models import ResNetClassifier
+
+    class_prev = None
+    if args.spurious_stripes is not None:
+        class_prev = {"train": {"stripes": {args.spurious_stripes: 0.9}}}
+    dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=args.probe_size, test_size=32,
+                                   class_prevalence=class_prev, batch_size=128, seed=seed, cache_dir=None)
+    t = time.perf_counter()
+    model = fit_baseline(dm, ResNetClassifier, max_epochs=args.epochs, seed=seed)
+    return model, dm, time.perf_counter() - t
+
+
+def probe_batch(dm: Any, n: int) -> dict[str, torch.Tensor]:
+    from torch.utils.data import default_collate
+
+    ds = dm.dataset("val")
+    return default_collate([ds[i] for i in range(min(n, len(ds)))])
+
+
+def scores(model: Any, batch: dict[str, torch.Tensor], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from debugger.tcav import TCAV, ExampleSet, concept_windows
+
+    images, targets = batch["image"], batch["target"]
+    concepts, random = concept_windows(images, batch["concept_masks"].bool(), CONCEPTS, sizes=(8, 16))
+    # A false-positive control: a "concept" of windows drawn at random, as many as the median concept has.
+    g = torch.Generator().manual_seed(1000 + seed)
+    size = sorted(len(concepts[c]) for c in CONCEPTS)[len(CONCEPTS) // 2]
+    concepts[CONTROL] = ExampleSet(images, random.patches, torch.randperm(len(random), generator=g)[:size])
+    t = time.perf_counter()
+    res = TCAV(model, args.layers, runs=args.runs, correction="bonferroni", random_state=seed).interpret(
+        images, targets, concepts, random, classes=args.classes)
+    seconds = time.perf_counter() - t
+    table: dict[str, Any] = {}
+    for row in res.rows():
+        table.setdefault(row["layer"], {}).setdefault(row["concept"], {})[str(row["class"])] = {
+            "score": row["score"], "score_std": row["score_std"], "random_score": row["random_score"],
+            "p_value": row["p_value"], "p_adjusted": row["p_adjusted"], "significant": row["significant"],
+            "cav_accuracy": row["cav_accuracy"], "images": row["samples"],
+        }
+    return {"table": table, "seconds": seconds, "examples": {c: len(concepts[c]) for c in (*CONCEPTS, CONTROL)},
+            "random_pool": len(random), "significant": sum(r["significant"] for r in res.rows()),
+            "tests": len(res.rows())}
+
+
+def cost(model: Any, batch: dict[str, torch.Tensor], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Ours vs captum for one layer, flat CAVs from whole images, the same experimental sets."""
+    from captum.concept import TCAV as CaptumTCAV
+    from captum.concept import Concept
+    from torch.utils.data import DataLoader
+
+    from debugger.tcav import TCAV, ExampleSet
+
+    images, targets, present = batch["image"].float(), batch["target"], batch["concepts"].bool()
+    layer, concept_name = args.cost_layer, args.cost_concept
+    concept_images = images[present[:, CONCEPTS.index(concept_name)]][: args.max_examples]
+    n = concept_images.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    subsets = [images[torch.randperm(images.shape[0], generator=g)[:n]] for _ in range(args.runs + 1)]
+    inputs = images[torch.isin(targets, torch.tensor(args.classes))]
+    in_targets = targets[torch.isin(targets, torch.tensor(args.classes))]
+
+    # Ours: the random pool is exactly the union of these subsets' draws; TCAV draws its own subsets from it.
+    ours = TCAV(model, layer, runs=args.runs, space="flat", max_examples=args.max_examples, random_state=seed)
+
+    def run_ours() -> Any:
+        return ours.interpret(inputs, in_targets, {concept_name: ExampleSet(concept_images)}, ExampleSet(images),
+                              classes=args.classes)
+
+    def loader(x: torch.Tensor) -> DataLoader:
+        return DataLoader(list(x), batch_size=64)
+
+    def run_captum() -> Any:
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = Concept(0, concept_name, loader(concept_images))
+            rs = [Concept(i + 1, f"random{i}", loader(s)) for i, s in enumerate(subsets)]
+            sets = [[c, r] for r in rs[1:]] + [[rs[0], r] for r in rs[1:]]
+            tcav = CaptumTCAV(model, [layer], save_path=d, model_id=f"bench{seed}")
+            out = {}
+            for cls in args.classes:
+                out[cls] = tcav.interpret(inputs[in_targets == cls], sets, target=cls)
+            return out
+
+    timing = compare(run_ours, run_captum, repeat=args.repeat, warmup=1)
+    ours_res = run_ours()
+    captum_res = run_captum()
+    key = lambda i: f"0-{i + 2}"  # noqa: E731 - concept id 0 vs random ids 2..runs+1
+    captum_scores = {
+        str(cls): float(torch.stack([captum_res[cls][key(i)][layer]["sign_count"][0] for i in range(args.runs)])
+                        .mean()) for cls in args.classes
+    }
+    ours_scores = {str(cls): float(ours_res.scores[0, 0, j].mean()) for j, cls in enumerate(args.classes)}
+    return {"layer": layer, "concept": concept_name, "concept_images": n, "inputs": int(inputs.shape[0]),
+            "ours_s": timing["candidate_s"], "captum_s": timing["baseline_s"],
+            "ours_over_captum": timing["ratio"], "ours_scores": ours_scores, "captum_scores": captum_scores,
+            "ours_p_values": {str(cls): float(ours_res.p_values[0, 0, j]) for j, cls in enumerate(args.classes)}}
+
+
+def _concept_keys(args: argparse.Namespace, seeds: int) -> list[str]:
+    return [c for _ in range(seeds) for _ in args.layers for c in (*CONCEPTS, CONTROL) for _ in args.classes]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-size", type=int, default=6000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--probe-size", type=int, default=256)
+    p.add_argument("--layers", nargs="+", default=["layer1", "layer2", "layer3"])
+    p.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--max-examples", type=int, default=64)
+    p.add_argument("--cost-layer", default="layer2")
+    p.add_argument("--cost-concept", default="shadow", choices=CONCEPTS)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--spurious-stripes", type=int, default=None, metavar="CLASS")
+    p.add_argument("--name", default=None, help="result file name (default tcav, or tcav_spurious)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    from recipes.baseline import quiet_lightning
+
+    quiet_lightning()
+    rows = []
+    for seed in args.seeds:
+        model, dm, train_s = train_model(seed, args)
+        batch = probe_batch(dm, args.probe_size)
+        with torch.no_grad():
+            acc = float((model(batch["image"].float()).argmax(1) == batch["target"]).float().mean())
+        row = {"seed": seed, "train_seconds": train_s, "probe_accuracy": acc,
+               "scores": scores(model, batch, args, seed), "cost": cost(model, batch, args, seed)}
+        rows.append(row)
+        sig = [(layer, c, cls) for layer, t in row["scores"]["table"].items() for c, per in t.items()
+               for cls, r in per.items() if r["significant"]]
+        print(f"seed {seed}: acc {acc:.3f}, {len(sig)}/{row['scores']['tests']} significant {sig}; "
+              f"TCAV {row['cost']['ours_s']:.2f}s vs captum {row['cost']['captum_s']:.2f}s "
+              f"({row['cost']['ours_over_captum']:.2f}x)", flush=True)
+
+    summary: dict[str, Any] = {"ours_over_captum": mean_std([r["cost"]["ours_over_captum"] for r in rows]),
+                               "ours_s": mean_std([r["cost"]["ours_s"] for r in rows]),
+                               "captum_s": mean_std([r["cost"]["captum_s"] for r in rows])}
+    per: dict[str, Any] = {}
+    for layer in args.layers:
+        for c in (*CONCEPTS, CONTROL):
+            for cls in args.classes:
+                cells = [r["scores"]["table"][layer][c][str(cls)] for r in rows]
+                vals = [x["score"] for x in cells if x["score"] is not None]
+                per[f"{layer}/{c}/{cls}"] = {
+                    "score": mean_std(vals) if vals else None,
+                    "significant_seeds": sum(x["significant"] for x in cells),
+                    "p_adjusted": [x["p_adjusted"] for x in cells],
+                }
+    summary["per_layer_concept_class"] = per
+    cells = [r["scores"]["table"][layer][c][str(cls)] for r in rows for layer in args.layers
+             for c in (*CONCEPTS, CONTROL) for cls in args.classes]
+    summary["significant_rate"] = {
+        c: sum(x["significant"] for x, k in zip(cells, _concept_keys(args, len(rows)), strict=True) if k == c)
+        / (len(rows) * len(args.layers) * len(args.classes)) for c in (*CONCEPTS, CONTROL)
+    }
+    name = args.name or ("tcav" if args.spurious_stripes is None else "tcav_spurious")
+    path = record(name, {"config": vars(args), "summary": summary, "rows": rows, "threads": 1})
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_layer_concept_class"}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
