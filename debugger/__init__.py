@@ -33,6 +33,13 @@ _LAZY: dict[str, str] = {
     # embeddings
     "embed_patches": "embed",
     "PatchEmbedder": "embed",
+    "embed_images": "embed",
+    # human-guided concept extractors and active learning
+    "ConceptExtractor": "extractor",
+    "ActiveLearner": "active",
+    "Oracle": "active",
+    "query_order": "active",
+    "precision_at_k": "active",
     # discovery
     "discover_concepts": "discovery",
     "ConceptDiscovery": "discovery",
@@ -90,6 +97,12 @@ __all__ = [
     "Concept",
     "embed_patches",
     "PatchEmbedder",
+    "embed_images",
+    "ConceptExtractor",
+    "ActiveLearner",
+    "Oracle",
+    "query_order",
+    "precision_at_k",
     "discover_concepts",
     "ConceptDiscovery",
     "select_k",
@@ -110,6 +123,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from debugger.active import ActiveLearner, Oracle, precision_at_k, query_order
     from debugger.capture import (
         ActivationCapture,
         CaptureResult,
@@ -128,7 +142,8 @@ if TYPE_CHECKING:
         ensemble_check,
     )
     from debugger.discovery import ConceptDiscovery, concept_precision, discover_concepts, select_k
-    from debugger.embed import PatchEmbedder, embed_patches
+    from debugger.embed import PatchEmbedder, embed_images, embed_patches
+    from debugger.extractor import ConceptExtractor
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
     from debugger.ranking import ConceptFailure, rank_failures
