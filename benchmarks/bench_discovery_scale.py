@@ -22,29 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _record(name: str, results: dict) -> Path:
-    try:
-        from benchmarks.harness import record  # the shared harness, when it is there
-
-        return Path(record(name, results))
-    except ImportError:
-        import platform
-
-        import torch
-
-        out = ROOT / "benchmarks" / "results" / f"{name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        machine = {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        out.write_text(json.dumps({"name": name, "machine": machine, "results": results}, indent=2))
-        return out
+from benchmarks.harness import record  # noqa: E402
 
 
 def mixture(n: int, dim: int, clusters: int = 10, seed: int = 0):
@@ -124,7 +102,7 @@ def main() -> None:
     verdict = {
         f"{r['method']}_100k_within_60s_2GiB": bool(r["seconds"] <= 60 and r["peak_rss_mib"] <= 2048) for r in big
     }
-    path = _record("discovery_scale", {"rows": rows, "growth": growth, "targets": verdict, "threads": 1})
+    path = record("discovery_scale", {"rows": rows, "growth": growth, "targets": verdict, "threads": 1})
     print(json.dumps({"growth": growth, "targets": verdict}, indent=2))
     print(f"wrote {path}")
 
