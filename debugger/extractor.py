@@ -157,13 +157,16 @@ class ExtractorHead(nn.Module):
         - output: ``(B,)`` logits
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, channels: int, kernel_size: int = 1) -> None:
         super().__init__()
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"Expected `kernel_size` to be a positive odd integer, but got {kernel_size!r}.")
         self.conv = nn.Conv2d(channels, 1, kernel_size, padding=kernel_size // 2)
         nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        nn.init.zeros_(self.conv.bias)  # type: ignore[arg-type]  # Conv2d has a bias unless told otherwise
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
 
@@ -182,9 +185,9 @@ def train_head(
     lr: float = 1e-2,
     weight_decay: float = 1e-4,
     batch_size: int = 64,
-    max_epochs: int = 100,
+    max_epochs: int = 50,
     patience: int = 3,
-    tol: float = 1e-3,
+    tol: float = 1e-2,
 ) -> list[dict[str, float]]:
     """Fit ``head`` with BCE until the validation loss has not fallen by more than ``tol`` for ``patience`` epochs;
     keep the best weights.
