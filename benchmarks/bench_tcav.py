@@ -16,8 +16,10 @@ validation). On a probe set of validation images:
    ``interpret`` per class on that class's images, a fresh ``save_path`` per call so nothing is reused), timed
    interleaved in one process (``benchmarks.harness.compare``).
 
-A fifth "concept", ``random_control``, is a random draw of windows (as many as the median concept has): it
-must come out significant at about the nominal rate, a check on the test's false positives.
+A fifth "concept", ``random_control``, is a random draw of windows (as many as the median concept has): a
+calibrated test calls it significant at most at the nominal rate. Both tests are recorded, Bonferroni-adjusted:
+``runs`` (Kim et al., captum: the concept's runs vs random-vs-random runs) and ``concepts`` (the concept's mean
+score vs ``--null-concepts`` random example sets of its size, ``debugger.tcav.tcav_concept_significance``).
 
 ``--spurious-stripes C`` plants stripes on 90% of class ``C``'s training images (15% elsewhere), a cue the
 model can learn: TCAV should then call stripes significant for class ``C``.
@@ -72,6 +74,7 @@ def probe_batch(dm: Any, n: int) -> dict[str, torch.Tensor]:
 
 
 def scores(model: Any, batch: dict[str, torch.Tensor], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from debugger.ranking import adjust_p_values
     from debugger.tcav import TCAV, ExampleSet, concept_windows
 
     images, targets = batch["image"], batch["target"]
@@ -81,19 +84,28 @@ def scores(model: Any, batch: dict[str, torch.Tensor], args: argparse.Namespace,
     size = sorted(len(concepts[c]) for c in CONCEPTS)[len(CONCEPTS) // 2]
     concepts[CONTROL] = ExampleSet(images, random.patches, torch.randperm(len(random), generator=g)[:size])
     t = time.perf_counter()
-    res = TCAV(model, args.layers, runs=args.runs, correction="bonferroni", random_state=seed).interpret(
-        images, targets, concepts, random, classes=args.classes)
+    res = TCAV(model, args.layers, runs=args.runs, correction="bonferroni", random_state=seed, test="concepts",
+               null_concepts=args.null_concepts).interpret(images, targets, concepts, random, classes=args.classes)
     seconds = time.perf_counter() - t
+    assert res.p_runs is not None
+    runs_adjusted = adjust_p_values(res.p_runs.flatten(), "bonferroni").reshape(res.p_runs.shape)
     table: dict[str, Any] = {}
     for row in res.rows():
+        li, ki, ci = (res.layers.index(row["layer"]), res.concepts.index(row["concept"]),
+                      res.classes.index(row["class"]))
         table.setdefault(row["layer"], {}).setdefault(row["concept"], {})[str(row["class"])] = {
             "score": row["score"], "score_std": row["score_std"], "random_score": row["random_score"],
-            "p_value": row["p_value"], "p_adjusted": row["p_adjusted"], "significant": row["significant"],
-            "cav_accuracy": row["cav_accuracy"], "images": row["samples"],
+            "null_concept_score": row["null_score"], "cav_accuracy": row["cav_accuracy"], "images": row["samples"],
+            # the test over runs (Kim et al., captum) and the test against null concepts, each Bonferroni-adjusted
+            "p_runs": row["p_runs"], "p_runs_adjusted": float(runs_adjusted[li, ki, ci]),
+            "significant_runs": bool(runs_adjusted[li, ki, ci] < 0.05),
+            "p_concepts": row["p_value"], "p_concepts_adjusted": row["p_adjusted"],
+            "significant_concepts": row["significant"],
         }
+    cells = [c for t in table.values() for per in t.values() for c in per.values()]
     return {"table": table, "seconds": seconds, "examples": {c: len(concepts[c]) for c in (*CONCEPTS, CONTROL)},
-            "random_pool": len(random), "significant": sum(r["significant"] for r in res.rows()),
-            "tests": len(res.rows())}
+            "random_pool": len(random), "significant_runs": sum(c["significant_runs"] for c in cells),
+            "significant_concepts": sum(c["significant_concepts"] for c in cells), "tests": len(cells)}
 
 
 def cost(model: Any, batch: dict[str, torch.Tensor], args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -163,6 +175,7 @@ def main() -> None:
     p.add_argument("--layers", nargs="+", default=["layer1", "layer2", "layer3"])
     p.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--null-concepts", type=int, default=10)
     p.add_argument("--max-examples", type=int, default=64)
     p.add_argument("--cost-layer", default="layer2")
     p.add_argument("--cost-concept", default="shadow", choices=CONCEPTS)
@@ -184,9 +197,10 @@ def main() -> None:
         row = {"seed": seed, "train_seconds": train_s, "probe_accuracy": acc,
                "scores": scores(model, batch, args, seed), "cost": cost(model, batch, args, seed)}
         rows.append(row)
-        sig = [(layer, c, cls) for layer, t in row["scores"]["table"].items() for c, per in t.items()
-               for cls, r in per.items() if r["significant"]]
-        print(f"seed {seed}: acc {acc:.3f}, {len(sig)}/{row['scores']['tests']} significant {sig}; "
+        sig = {k: [(layer, c, cls) for layer, t in row["scores"]["table"].items() for c, per in t.items()
+                   for cls, r in per.items() if r[f"significant_{k}"]] for k in ("runs", "concepts")}
+        print(f"seed {seed}: acc {acc:.3f}, of {row['scores']['tests']} significant by runs {sig['runs']}, "
+              f"by null concepts {sig['concepts']}; "
               f"TCAV {row['cost']['ours_s']:.2f}s vs captum {row['cost']['captum_s']:.2f}s "
               f"({row['cost']['ours_over_captum']:.2f}x)", flush=True)
 
@@ -201,15 +215,22 @@ def main() -> None:
                 vals = [x["score"] for x in cells if x["score"] is not None]
                 per[f"{layer}/{c}/{cls}"] = {
                     "score": mean_std(vals) if vals else None,
-                    "significant_seeds": sum(x["significant"] for x in cells),
-                    "p_adjusted": [x["p_adjusted"] for x in cells],
+                    "null_concept_score": mean_std([x["null_concept_score"] for x in cells
+                                                    if x["null_concept_score"] is not None]),
+                    "significant_seeds_runs": sum(x["significant_runs"] for x in cells),
+                    "significant_seeds_concepts": sum(x["significant_concepts"] for x in cells),
+                    "p_runs_adjusted": [x["p_runs_adjusted"] for x in cells],
+                    "p_concepts_adjusted": [x["p_concepts_adjusted"] for x in cells],
                 }
     summary["per_layer_concept_class"] = per
     cells = [r["scores"]["table"][layer][c][str(cls)] for r in rows for layer in args.layers
              for c in (*CONCEPTS, CONTROL) for cls in args.classes]
+    keys = _concept_keys(args, len(rows))
+    n_cells = len(rows) * len(args.layers) * len(args.classes)
     summary["significant_rate"] = {
-        c: sum(x["significant"] for x, k in zip(cells, _concept_keys(args, len(rows)), strict=True) if k == c)
-        / (len(rows) * len(args.layers) * len(args.classes)) for c in (*CONCEPTS, CONTROL)
+        test: {c: sum(x[f"significant_{test}"] for x, k in zip(cells, keys, strict=True) if k == c) / n_cells
+               for c in (*CONCEPTS, CONTROL)}
+        for test in ("runs", "concepts")
     }
     name = args.name or ("tcav" if args.spurious_stripes is None else "tcav_spurious")
     path = record(name, {"config": vars(args), "summary": summary, "rows": rows, "threads": 1})

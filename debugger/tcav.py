@@ -17,6 +17,11 @@ Testing with Concept Activation Vectors (Kim et al. 2018; seed 000 §5.3 and §7
    random-vs-random CAVs; a two-sided t-test (:func:`scipy.stats.ttest_ind`) between the two sets of scores
    says whether the concept matters more than chance (:class:`TCAV`).
 
+That t-test treats the runs as independent, but every run shares the one concept set, so it also flags a
+concept that is merely a different random set (``benchmarks/bench_tcav.py`` measures how often);
+``test="concepts"`` instead sets the concept's mean score against those of random example sets of its size
+(:func:`tcav_concept_significance`).
+
 CAVs depend on the weights: :class:`CAVCache` keys them by a fingerprint of every parameter and buffer
 (:func:`model_fingerprint`) and of the examples, so a cached CAV is never reused after a training step.
 
@@ -55,6 +60,7 @@ from debugger.saliency._core import LayerCapture, attribution_mode, find_layer, 
 from debugger.structures import PatchSet
 
 Space = Literal["pooled", "flat"]
+Test = Literal["runs", "concepts"]
 ClassifierName = Literal["sgd", "logistic"]
 _SPACES = ("pooled", "flat")
 _CLASSIFIERS = ("sgd", "logistic")
@@ -71,6 +77,7 @@ __all__ = [
     "layer_sensitivities",
     "model_fingerprint",
     "sample_pixels",
+    "tcav_concept_significance",
     "tcav_scores",
     "tcav_significance",
 ]
@@ -293,6 +300,42 @@ def tcav_significance(concept_scores: Tensor, random_scores: Tensor) -> Tensor:
     p = torch.as_tensor(np.asarray(res.pvalue, dtype=np.float64))
     same = (a == a[..., :1]).all(-1) & (b == a[..., :1]).all(-1) & (a.shape[-1] >= 2)
     return torch.where(torch.isnan(p) & same, torch.ones_like(p), p)
+
+
+def tcav_concept_significance(concept_scores: Tensor, null_scores: Tensor) -> Tensor:
+    """Two-sided p-value of a concept's mean score against the mean scores of ``M`` random "concepts".
+
+    Each null concept is a random example set of the concept's size, scored against the same random sets as the
+    concept; their means are a sample of what a concept made of random examples scores. The concept's mean is
+    tested as one new draw from that sample: ``t = (s - mean) / (sd · sqrt(1 + 1/M))`` with ``M − 1`` degrees of
+    freedom (a pooled-variance t-test with a sample of one). Unlike the test over runs
+    (:func:`tcav_significance`), whose runs all share the one concept set, this accounts for how much a score
+    depends on which examples were drawn, and is calibrated when the concept is itself a random set.
+
+    Shape:
+        - concept_scores: ``(..., R)``; null_scores: ``(..., M, R)`` with ``M >= 2``
+        - output: ``(...)`` float64
+
+    Example:
+        >>> null = torch.tensor([[0.4, 0.5], [0.5, 0.6], [0.6, 0.5], [0.45, 0.55]])
+        >>> bool(tcav_concept_significance(torch.tensor([0.95, 1.0]), null) < 0.01)
+        True
+    """
+    from scipy.stats import t as student_t
+
+    if null_scores.dim() < 2 or null_scores.shape[-2] < 2:
+        raise ValueError(
+            f"Expected null scores of shape (..., M >= 2, R), but got {tuple(null_scores.shape)!r}."
+        )
+    m = null_scores.shape[-2]
+    c = concept_scores.double().cpu().mean(-1)
+    null = null_scores.double().cpu().mean(-1)  # (..., M)
+    mu, sd = null.mean(-1), null.std(-1)
+    stat = (c - mu) / (sd * math.sqrt(1.0 + 1.0 / m))
+    p = torch.as_tensor(2.0 * student_t.sf(stat.abs().numpy(), m - 1), dtype=torch.float64)
+    flat = sd == 0  # every null concept scored the same: the concept either matches it or not
+    p = torch.where(flat, (c == mu).double(), p)
+    return torch.where(torch.isnan(c) | torch.isnan(mu), torch.full_like(p, float("nan")), p)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -648,7 +691,9 @@ class TCAVResult:
     Shape:
         - scores: ``(L, K, C, R)``, concept vs random set ``r``
         - random_scores: ``(L, C, R)``, random vs random
-        - p_values, p_adjusted: ``(L, K, C)`` float64 (NaN when undefined)
+        - p_values, p_adjusted: ``(L, K, C)`` float64 (NaN when undefined), of the chosen ``test``
+        - p_runs: ``(L, K, C)`` the test over runs (:func:`tcav_significance`), whatever ``test`` was chosen
+        - null_scores: ``(L, K, C, M)`` mean scores of the random null concepts (``test="concepts"``), or None
         - cav_accuracy: ``(L, K, R)``; random_cav_accuracy: ``(L, R)``
         - counts: ``(C,)`` samples (images or pixels) per class
     """
@@ -665,6 +710,9 @@ class TCAVResult:
     counts: Tensor
     correction: str = "none"
     alpha: float = 0.05
+    test: str = "runs"
+    p_runs: Tensor | None = None
+    null_scores: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -687,6 +735,9 @@ class TCAVResult:
                         "layer": layer, "concept": concept, "class": int(cls),
                         "score": _f(s.mean()), "score_std": _f(s.std()) if s.numel() > 1 else 0.0,
                         "random_score": _f(r.mean()), "p_value": _f(self.p_values[li, ki, ci]),
+                        "p_runs": _f(self.p_runs[li, ki, ci]) if self.p_runs is not None else None,
+                        "null_score": _f(self.null_scores[li, ki, ci].mean()) if self.null_scores is not None
+                        else None,
                         "p_adjusted": _f(self.p_adjusted[li, ki, ci]),
                         "significant": bool(self.significant[li, ki, ci]),
                         "cav_accuracy": _f(self.cav_accuracy[li, ki].mean()), "samples": int(self.counts[ci]),
@@ -697,7 +748,8 @@ class TCAVResult:
         """JSON-able: settings, per-run scores and the flat rows (NaN as ``None``)."""
         return {
             "layers": self.layers, "concepts": self.concepts, "classes": self.classes,
-            "correction": self.correction, "alpha": self.alpha,
+            "correction": self.correction, "alpha": self.alpha, "test": self.test,
+            "null_scores": None if self.null_scores is None else _nan_none(self.null_scores),
             "scores": _nan_none(self.scores), "random_scores": _nan_none(self.random_scores),
             "cav_accuracy": _nan_none(self.cav_accuracy), "random_cav_accuracy": _nan_none(self.random_cav_accuracy),
             "counts": self.counts.tolist(), "rows": self.rows(),
@@ -732,6 +784,10 @@ class TCAV:
         max_examples: cap on the examples per concept set (a seeded subsample beyond it).
         correction: ``"none"``, ``"bonferroni"`` or ``"holm"`` (see :func:`debugger.ranking.adjust_p_values`).
         significance: level below which an adjusted p-value is significant.
+        test: ``"runs"`` (Kim et al. and captum: t-test between the concept's runs and the random-vs-random runs;
+            anti-conservative, as its runs share one concept set) or ``"concepts"`` (the concept's mean score
+            against ``null_concepts`` random example sets of its size, :func:`tcav_concept_significance`).
+        null_concepts: random "concepts" for ``test="concepts"`` (each costs ``runs`` more CAVs).
         embed_mode: patch embedding mode (see :func:`debugger.embed.embed_patches`).
         batch_size: images per forward.
         test_fraction: held-out share for CAV accuracy.
@@ -753,6 +809,8 @@ class TCAV:
         max_examples: int = 200,
         correction: Correction = "none",
         significance: float = 0.05,
+        test: Test = "runs",
+        null_concepts: int = 10,
         embed_mode: Literal["roi", "resample"] = "roi",
         batch_size: int = 32,
         test_fraction: float = 0.33,
@@ -774,6 +832,10 @@ class TCAV:
             raise ValueError(f"Expected `significance` to be in (0, 1), but got {significance!r}.")
         if not isinstance(max_examples, int) or max_examples < 2:
             raise ValueError(f"Expected `max_examples` to be an integer >= 2, but got {max_examples!r}.")
+        if test not in ("runs", "concepts"):
+            raise ValueError(f"Expected `test` to be one of ('runs', 'concepts'), but got {test!r}.")
+        if not isinstance(null_concepts, int) or null_concepts < 2:
+            raise ValueError(f"Expected `null_concepts` to be an integer >= 2, but got {null_concepts!r}.")
         if isinstance(classifier, str) and classifier not in _CLASSIFIERS:
             raise ValueError(f"Expected `classifier` to be one of {_CLASSIFIERS!r}, but got {classifier!r}.")
         self.model = model
@@ -785,6 +847,8 @@ class TCAV:
         self.max_examples = max_examples
         self.correction: Correction = correction
         self.significance = significance
+        self.test: Test = test
+        self.null_concepts = null_concepts
         self.embed_mode: Literal["roi", "resample"] = embed_mode
         self.batch_size = batch_size
         self.test_fraction = test_fraction
@@ -795,19 +859,21 @@ class TCAV:
 
     def cavs(
         self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Train (or fetch) the CAVs of one layer.
 
         Returns:
-            concept CAVs ``(K, R, F)``, their accuracies ``(K, R)``, random-vs-random CAVs ``(R, F)`` and their
-            accuracies ``(R,)``.
+            concept CAVs ``(K, R, F)``, their accuracies ``(K, R)``, random-vs-random CAVs ``(R, F)``, their
+            accuracies ``(R,)``, and the null concepts' CAVs ``(K, M, R, F)`` (``M = 0`` unless
+            ``test="concepts"``).
         """
         find_layer(self.model, layer)
         key = None
         if self.cache is not None:
             key = (
                 model_fingerprint(self.model), layer, self.space, self.embed_mode, self.runs, repr(self.classifier),
-                self.alpha, self.max_examples, self.test_fraction, self.random_state, _examples_fingerprint(random),
+                self.alpha, self.max_examples, self.test_fraction, self.random_state, self.test, self.null_concepts,
+                _examples_fingerprint(random),
                 tuple((name, _examples_fingerprint(ex)) for name, ex in concepts.items()),
             )
             hit = self.cache.get(key)
@@ -820,7 +886,7 @@ class TCAV:
 
     def _train(
         self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         memo: dict[tuple[int, int], Tensor] = {}
 
         def acts(ex: ExampleSet) -> Tensor:
@@ -862,7 +928,19 @@ class TCAV:
         f = pool.shape[1]
         concept_dirs = torch.stack(dirs) if dirs else torch.zeros(0, self.runs, f)
         concept_accs = torch.stack(accs) if accs else torch.zeros(0, self.runs)
-        return concept_dirs, concept_accs, torch.stack([d for d, _ in rand]), torch.tensor([a for _, a in rand])
+        null = torch.zeros(len(concept_acts), 0, self.runs, f)
+        if self.test == "concepts":
+            # Null concepts: random example sets of each concept's size, against the concept's own random sets.
+            g_null = torch.Generator().manual_seed(self.random_state + 2)
+            by_size: dict[int, Tensor] = {}
+            for size in sorted({a.shape[0] for a in concept_acts.values()}):
+                sets = [pool[torch.randperm(pool.shape[0], generator=g_null)[:size]] for _ in range(self.null_concepts)]
+                by_size[size] = torch.stack(
+                    [torch.stack([fit(fake, subsets[r + 1], r)[0] for r in range(self.runs)]) for fake in sets]
+                )
+            null = torch.stack([by_size[a.shape[0]] for a in concept_acts.values()])
+        rand_dirs, rand_accs = torch.stack([d for d, _ in rand]), torch.tensor([a for _, a in rand])
+        return concept_dirs, concept_accs, rand_dirs, rand_accs, null
 
     # -- the verb --------------------------------------------------------------------------------------------
 
@@ -898,23 +976,29 @@ class TCAV:
             raise ValueError("Expected at least one class to score, but `targets` holds none.")
         names = list(concepts)
         k, r = len(names), self.runs
-        scores, rscores, caccs, raccs = [], [], [], []
+        scores, rscores, nscores, caccs, raccs = [], [], [], [], []
         counts = torch.zeros(len(cls), dtype=torch.long)
         for layer in self.layers:
-            cdirs, cacc, rdirs, racc = self.cavs(layer, concepts, random)
-            all_dirs = torch.cat([cdirs.reshape(k * r, -1), rdirs])
+            cdirs, cacc, rdirs, racc, ndirs = self.cavs(layer, concepts, random)
+            m = ndirs.shape[1]
+            f = rdirs.shape[1]
+            all_dirs = torch.cat([cdirs.reshape(k * r, f), rdirs, ndirs.reshape(k * m * r, f)])
             d = layer_sensitivities(self.model, layer, inputs, all_dirs, targets, pixels, self.batch_size)
-            s, counts = tcav_scores(d.cpu(), targets.cpu(), cls)  # (C, K*R + R)
+            s, counts = tcav_scores(d.cpu(), targets.cpu(), cls)  # (C, K*R + R + K*M*R)
             scores.append(s[:, : k * r].reshape(len(cls), k, r).permute(1, 0, 2))
-            rscores.append(s[:, k * r :])
+            rscores.append(s[:, k * r : k * r + r])
+            nscores.append(s[:, k * r + r :].reshape(len(cls), k, m, r).permute(1, 0, 2, 3))
             caccs.append(cacc)
             raccs.append(racc)
         sc = torch.stack(scores)  # (L, K, C, R)
         rs = torch.stack(rscores)  # (L, C, R)
-        p = tcav_significance(sc, rs[:, None])
+        ns = torch.stack(nscores)  # (L, K, C, M, R)
+        p_runs = tcav_significance(sc, rs[:, None])
+        p = tcav_concept_significance(sc, ns) if self.test == "concepts" else p_runs
         adjusted = adjust_p_values(p.flatten(), self.correction).reshape(p.shape)
         return TCAVResult(
             layers=list(self.layers), concepts=names, classes=cls, scores=sc, random_scores=rs, p_values=p,
             p_adjusted=adjusted, cav_accuracy=torch.stack(caccs), random_cav_accuracy=torch.stack(raccs),
-            counts=counts, correction=self.correction, alpha=self.significance,
+            counts=counts, correction=self.correction, alpha=self.significance, test=self.test, p_runs=p_runs,
+            null_scores=ns.mean(-1) if self.test == "concepts" else None,
         )

@@ -19,6 +19,7 @@ from debugger.tcav import (
     layer_sensitivities,
     model_fingerprint,
     sample_pixels,
+    tcav_concept_significance,
     tcav_scores,
     tcav_significance,
 )
@@ -231,7 +232,7 @@ def test_tcav_runs_equal_captum_per_random_set(tmp_path: Any) -> None:
     inputs, targets = _images(10, 3), torch.full((10,), 1)
     tcav = TCAV(net, "3", runs=3, space="flat", max_examples=12)
     res = tcav.interpret(inputs, targets, {"corner": ExampleSet(concept)}, ExampleSet(pool), classes=[1])
-    cdirs, _, _, _ = tcav.cavs("3", {"corner": ExampleSet(concept)}, ExampleSet(pool))
+    cdirs, *_ = tcav.cavs("3", {"corner": ExampleSet(concept)}, ExampleSet(pool))
     # rebuild the random subsets TCAV drew, to hand captum the same concept examples
     g = torch.Generator().manual_seed(0)
     subsets = [pool[torch.randperm(48, generator=g)[:12]] for _ in range(4)]
@@ -289,6 +290,39 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not() -> No
     assert res.to_dict()["rows"] == rows
 
 
+def test_concept_test_is_a_t_test_of_one_new_draw_against_the_null_concepts() -> None:
+    from scipy.stats import t as student_t
+
+    g = torch.Generator().manual_seed(1)
+    concept = torch.rand(2, 6, generator=g)
+    null = torch.rand(2, 5, 6, generator=g)
+    p = tcav_concept_significance(concept, null)
+    for i in range(2):
+        c, means = concept[i].double().mean(), null[i].double().mean(-1)
+        stat = (c - means.mean()) / (means.std() * (1 + 1 / 5) ** 0.5)
+        assert float(p[i]) == pytest.approx(2 * student_t.sf(abs(float(stat)), 4), rel=1e-9)
+    flat = torch.full((3, 4), 0.5)
+    assert float(tcav_concept_significance(torch.full((4,), 0.5), flat)) == 1.0
+    assert float(tcav_concept_significance(torch.full((4,), 0.9), flat)) == 0.0
+    with pytest.raises(ValueError, match=r"Expected null scores of shape \(\.\.\., M >= 2, R\)"):
+        tcav_concept_significance(concept[0], null[0, :1])
+
+
+def test_concepts_test_flags_the_concept_and_spares_a_random_lookalike() -> None:
+    net = _net(seed=1)
+    concept, pool = ExampleSet(_images(30, 1, shift=3.0)), _images(200, 2)
+    lookalike = ExampleSet(pool, index=torch.arange(100, 130))  # literally random members of the pool
+    inputs, targets = _images(40, 3), torch.arange(40) % 3
+    tcav = TCAV(net, "3", runs=10, test="concepts", null_concepts=10)
+    res = tcav.interpret(inputs, targets, {"corner": concept, "lookalike": lookalike}, ExampleSet(pool))
+    assert res.test == "concepts" and res.null_scores is not None and res.null_scores.shape == (1, 2, 3, 10)
+    assert bool((res.p_values[0, 0] < 0.05).all()) and bool((res.p_values[0, 1] > 0.1).all())
+    assert res.p_runs is not None and torch.equal(res.p_runs, tcav_significance(res.scores, res.random_scores[:, None]))
+    *_, null = tcav.cavs("3", {"corner": concept, "lookalike": lookalike}, ExampleSet(pool))
+    assert null.shape == (2, 10, 10, 5) and torch.equal(null[0], null[1])  # one size: the same null sets
+    assert res.rows()[0]["null_score"] == pytest.approx(float(res.null_scores[0, 0, 0].mean()))
+
+
 def test_per_pixel_tcav_on_a_segmentation_net() -> None:
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
     g = torch.Generator().manual_seed(0)
@@ -302,7 +336,7 @@ def test_per_pixel_tcav_on_a_segmentation_net() -> None:
     res = TCAV(net, "1", runs=4).interpret(images, cls, concepts, random, pixels=pix)
     assert res.classes == [0, 1] and res.scores.shape == (1, 1, 2, 4)
     assert res.counts.tolist() == [int((cls == 0).sum()), int((cls == 1).sum())]
-    cdirs, _, _, _ = TCAV(net, "1", runs=4).cavs("1", concepts, random)
+    cdirs, *_ = TCAV(net, "1", runs=4).cavs("1", concepts, random)
     d = layer_sensitivities(net, "1", images, cdirs[0], cls, pixels=pix)
     expected, _ = tcav_scores(d, cls, [0, 1])
     assert torch.allclose(res.scores[0, 0], expected)
@@ -376,6 +410,8 @@ def test_interpret_leaves_training_state_grads_and_hooks_alone_inside_inference_
         ({"significance": 1.5}, "Expected `significance`"),
         ({"classifier": "tree"}, "Expected `classifier` to be one of"),
         ({"max_examples": 1}, "Expected `max_examples`"),
+        ({"test": "welch"}, "Expected `test` to be one of"),
+        ({"null_concepts": 1}, "Expected `null_concepts`"),
     ],
 )
 def test_tcav_rejects_bad_configuration(kwargs: dict[str, Any], match: str) -> None:
