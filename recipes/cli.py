@@ -130,7 +130,7 @@ def fit_parser() -> Any:
     _analysis_args(p)
     p.add_argument("--finetune.enabled", type=bool, default=True, help="fine-tune with the derived policy")
     p.add_argument("--finetune.epochs", type=int, default=2, help="fine-tuning epochs")
-    p.add_argument("--finetune.lr", type=float | None, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--finetune.lr", type=float | None, default=3e-3, help="fine-tuning learning rate")
     p.add_argument("--finetune.augmentations", type=dict[str, str] | None, default=None,
                    help="failure concept → transform name (default shadow → SyntheticShadow, occluder → Cutout)")
     p.add_argument("--finetune.transforms", type=dict[str, nn.Module] | None, default=None,
