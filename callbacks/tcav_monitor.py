@@ -4,7 +4,9 @@ Each run trains fresh CAVs on the current weights (:class:`debugger.tcav.TCAV`):
 windows of the probe images that its ground-truth mask covers (planted data carries ``concept_masks``), the
 random pool is every window (:func:`debugger.tcav.concept_windows`). The TCAV score of a class is the fraction
 of its probe images (or, for segmentation, of its sampled pixels, seed 000 §7.2) whose class logit rises along
-the CAV; ``num_runs`` concept-vs-random CAVs against as many random-vs-random ones give a two-sided t-test p-value.
+the CAV; ``num_runs`` concept-vs-random CAVs against as many random-vs-random ones give a two-sided t-test p-value
+(``test="runs"``, the paper's; ``test="concepts"`` tests against random example sets instead, see
+``docs/tcav.md`` for why).
 
 TensorBoard (``tcav/`` tags, one entry per run each): scalars ``score/<layer>/<concept>/<class>`` (mean over the
 runs), ``p_value/<layer>/<concept>/<class>`` (adjusted when ``correction`` is set) and ``significant/<layer>``
@@ -44,6 +46,10 @@ class TCAVMonitor(Monitor):
         pixels_per_class: pixel samples per class and image (segmentation).
         correction: family-wise adjustment of one run's p-values: ``"none"``, ``"bonferroni"`` or ``"holm"``.
         significance: level below which an (adjusted) p-value counts as significant.
+        test: ``"runs"`` (the paper's t-test over runs) or ``"concepts"`` (against ``null_concepts`` random example
+            sets; calibrated, costs ``null_concepts × num_runs`` more CAVs per concept size), see
+            :class:`debugger.tcav.TCAV`.
+        null_concepts: random example sets for ``test="concepts"``.
         classifier: the CAV classifier, ``"sgd"`` or ``"logistic"`` (see :class:`debugger.tcav.CAV`).
         max_examples: cap on the examples per concept set.
         **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
@@ -66,6 +72,8 @@ class TCAVMonitor(Monitor):
         pixels_per_class: int = 8,
         correction: str = "none",
         significance: float = 0.05,
+        test: str = "runs",
+        null_concepts: int = 10,
         classifier: str = "sgd",
         max_examples: int = 200,
         **kwargs: Any,
@@ -91,6 +99,10 @@ class TCAVMonitor(Monitor):
             raise ValueError(f"Expected `correction` to be one of {_CORRECTIONS!r}, but got {correction!r}.")
         if not 0.0 < significance < 1.0:
             raise ValueError(f"Expected `significance` to be in (0, 1), but got {significance!r}.")
+        if test not in ("runs", "concepts"):
+            raise ValueError(f"Expected `test` to be one of ('runs', 'concepts'), but got {test!r}.")
+        if not isinstance(null_concepts, int) or null_concepts < 2:
+            raise ValueError(f"Expected `null_concepts` to be an integer >= 2, but got {null_concepts!r}.")
         if classifier not in ("sgd", "logistic"):
             raise ValueError(f"Expected `classifier` to be one of ('sgd', 'logistic'), but got {classifier!r}.")
         if not isinstance(max_examples, int) or max_examples < 2:
@@ -104,6 +116,8 @@ class TCAVMonitor(Monitor):
         self.pixels_per_class = pixels_per_class
         self.correction = correction
         self.significance = significance
+        self.test = test
+        self.null_concepts = null_concepts
         self.classifier = classifier
         self.max_examples = max_examples
         self.latest: dict[str, Any] | None = None  # the last run's TCAVResult.to_dict(), for other callbacks
@@ -161,6 +175,7 @@ class TCAVMonitor(Monitor):
         tcav = TCAV(
             ctx.pl_module, self.layers, runs=self.num_runs, classifier=self.classifier, max_examples=self.max_examples,
             correction=self.correction,  # type: ignore[arg-type]
+            test=self.test, null_concepts=self.null_concepts,  # type: ignore[arg-type]
             significance=self.significance, batch_size=self.chunk_size, random_state=self.seed,
         )
         result = tcav.interpret(images, targets, usable, random, pixels=pixels, classes=classes)

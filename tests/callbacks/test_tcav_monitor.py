@@ -28,6 +28,8 @@ from debugger.contract import as_sample
         ({"layers": "x", "correction": "fdr"}, "Expected `correction` to be one of"),
         ({"layers": "x", "significance": 0.0}, "Expected `significance`"),
         ({"layers": "x", "classifier": "tree"}, "Expected `classifier` to be one of"),
+        ({"layers": "x", "test": "welch"}, "Expected `test` to be one of"),
+        ({"layers": "x", "null_concepts": 1}, "Expected `null_concepts`"),
         ({"layers": "x", "max_examples": 1}, "Expected `max_examples`"),
     ],
 )
@@ -72,17 +74,20 @@ def test_monitor_scores_equal_a_direct_tcav_call_on_the_trained_model(tmp_path: 
     from debugger.tcav import TCAV, concept_windows
 
     module = make_module("pytorch_lightning")
-    mon = TCAVMonitor("layer1", num_runs=4, probe_size=12, every_n_epochs=1, seed=3)
+    mon = TCAVMonitor("layer1", num_runs=4, probe_size=12, every_n_epochs=1, seed=3, test="concepts",
+                      null_concepts=3)
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(module)
     probe = mon.probe()
     assert probe is not None and probe.batch.concept_masks is not None
     concepts, random = concept_windows(probe.batch.images, probe.batch.concept_masks.bool(), ["bright", "stripe"],
                                        sizes=(2, 4))
     targets = probe.batch.targets
-    res = TCAV(module, "layer1", runs=4, random_state=3).interpret(
+    res = TCAV(module, "layer1", runs=4, random_state=3, test="concepts", null_concepts=3).interpret(
         probe.batch.images, targets, concepts, random, classes=sorted(targets.unique().tolist()))
     assert mon.latest is not None
     assert torch.allclose(torch.tensor(mon.latest["scores"], dtype=torch.float64), res.scores)
+    assert mon.latest["test"] == "concepts"
+    assert [r["p_value"] for r in mon.latest["rows"]] == [r["p_value"] for r in res.rows()]
     assert (tmp_path / "conceptfix" / "tcav" / "tcav.json").exists()  # no TensorBoard: still in the run dir
 
 
