@@ -36,7 +36,14 @@ def attribution_mode(model: nn.Module) -> Iterator[None]:
     try:
         for m in switched:
             m.training = False
-        with torch.inference_mode(False), torch.enable_grad():
+        # Only leave the modes that are on: the context managers cost ~1% of a Grad-CAM call on the baseline.
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.enable_grad():
+                yield
+        elif not torch.is_grad_enabled():
+            with torch.enable_grad():
+                yield
+        else:
             yield
     finally:
         for m in switched:
