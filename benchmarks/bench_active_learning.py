@@ -49,6 +49,7 @@ from benchmarks.harness import mean_std, record  # noqa: E402
 
 CONCEPTS = ("shadow", "occluder", "stripes", "tint")
 KS = (10, 50, 100)
+KERNEL = [3]  # the heads' convolution size, set from --kernel-size
 
 
 def prevalence() -> dict[str, dict[str, float]]:
@@ -100,8 +101,8 @@ def run_arm(model: Any, layer: str, concept: str, schedule: str, strategy: str, 
     from debugger.active import ActiveLearner
     from debugger.extractor import ConceptExtractor
 
-    learner = ActiveLearner(ConceptExtractor(model, layer, concept, seed=seed), schedule, strategy,  # type: ignore[arg-type]
-                            brush=brush, eval_ks=KS, seed=seed)
+    learner = ActiveLearner(ConceptExtractor(model, layer, concept, seed=seed, kernel_size=KERNEL[0]), schedule,
+                            strategy, brush=brush, eval_ks=KS, seed=seed)  # type: ignore[arg-type]
     learner.run(images, ps, oracle, latents=latents)
     return {"stages": learner.stages_, "label_fraction": learner.stages_[-1]["labels"] / len(ps)}
 
@@ -132,7 +133,8 @@ def analyse_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {
             "base_rate": float(oracle.truth().float().mean()),
             "oracle_positives": int((labels == 1).sum()), "oracle_negatives": int((labels == 0).sum()),
-            "upper_bound": upper_bound(ConceptExtractor(model, args.layer, concept, seed=seed), latents, oracle),
+            "upper_bound": upper_bound(ConceptExtractor(model, args.layer, concept, seed=seed, kernel_size=KERNEL[0]),
+                                       latents, oracle),
             "arms": {},
         }
         for schedule in args.schedules:
@@ -158,7 +160,8 @@ def analyse_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             oracle = Oracle(ps, concept, positive_min=args.positive_min, concept_masks=masks)
             res[concept] = {
                 "active": run_arm(other, layer, concept, "10-4-4-4", "confident_wrong", images, ps, lat, oracle, seed),
-                "upper_bound": upper_bound(ConceptExtractor(other, layer, concept, seed=seed), lat, oracle),
+                "upper_bound": upper_bound(ConceptExtractor(other, layer, concept, seed=seed, kernel_size=KERNEL[0]),
+                                           lat, oracle),
             }
         row["latent_quality"][key] = res
         print(f"  {key}: final p@50 "
@@ -237,11 +240,13 @@ def main() -> None:
     p.add_argument("--schedules", nargs="+", default=["2-2-2-2", "6-4-4-4", "10-4-4-4"])
     p.add_argument("--strategies", nargs="+", default=["confident_wrong", "least_confidence", "random"])
     p.add_argument("--positive-min", type=float, default=0.5)
+    p.add_argument("--kernel-size", type=int, default=3, help="the extractor head's convolution size")
     p.add_argument("--no-brush", dest="brush", action="store_false")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--name", default="active_learning")
     args = p.parse_args()
     torch.set_num_threads(1)
+    KERNEL[0] = args.kernel_size
     warnings.filterwarnings("ignore")
     from recipes.baseline import quiet_lightning
 

@@ -265,7 +265,8 @@ class ConceptExtractor:
         n_val: positives and negatives each generated for validation (default ``n_augment // 4``, at least 16).
         policies: augmentation policies (:data:`POLICIES`).
         policy_p: probability of applying each policy to a draw.
-        kernel_size: the head's convolution size (odd).
+        kernel_size: the head's convolution size (odd). 3 (the default) against 1 raised the upper bound's
+            precision@50 for the planted stripes texture from 0.08 to 0.56 (layer2, all labels, one seed).
         lr, weight_decay, batch_size, max_epochs, patience, tol: head training (see :func:`train_head`).
         fill: grey value for pixels outside a patch (as in :func:`debugger.embed.embed_patches`).
         use_masks: grey out pixels outside superpixel masks.
@@ -286,7 +287,7 @@ class ConceptExtractor:
         n_val: int | None = None,
         policies: Sequence[Policy] = ("shear", "flip", "rotate", "grayscale", "blur"),
         policy_p: float = 0.5,
-        kernel_size: int = 1,
+        kernel_size: int = 3,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int = 64,
