@@ -193,13 +193,22 @@ def main() -> None:
         model, dm, train_s = train_model(seed, args)
         batch = probe_batch(dm, args.probe_size)
         with torch.no_grad():
-            acc = float((model(batch["image"].float()).argmax(1) == batch["target"]).float().mean())
-        row = {"seed": seed, "train_seconds": train_s, "probe_accuracy": acc,
+            pred = model(batch["image"].float()).argmax(1)
+        acc = float((pred == batch["target"]).float().mean())
+        # Did the model learn a concept as a cue for a class? P(predict c | concept, not c) vs without the concept.
+        cue = args.spurious_stripes if args.spurious_stripes is not None else 3
+        other = batch["target"] != cue
+        has = batch["concepts"][:, CONCEPTS.index("stripes")].bool()
+        shortcut = {"class": cue, "p_pred_class_with_stripes": float((pred[other & has] == cue).float().mean()),
+                    "p_pred_class_without_stripes": float((pred[other & ~has] == cue).float().mean()),
+                    "images_with_stripes": int((other & has).sum())}
+        row = {"seed": seed, "train_seconds": train_s, "probe_accuracy": acc, "stripes_shortcut": shortcut,
                "scores": scores(model, batch, args, seed), "cost": cost(model, batch, args, seed)}
         rows.append(row)
         sig = {k: [(layer, c, cls) for layer, t in row["scores"]["table"].items() for c, per in t.items()
                    for cls, r in per.items() if r[f"significant_{k}"]] for k in ("runs", "concepts")}
-        print(f"seed {seed}: acc {acc:.3f}, of {row['scores']['tests']} significant by runs {sig['runs']}, "
+        print(f"seed {seed}: acc {acc:.3f}, shortcut {shortcut}, "
+              f"of {row['scores']['tests']} significant by runs {sig['runs']}, "
               f"by null concepts {sig['concepts']}; "
               f"TCAV {row['cost']['ours_s']:.2f}s vs captum {row['cost']['captum_s']:.2f}s "
               f"({row['cost']['ours_over_captum']:.2f}x)", flush=True)
@@ -230,6 +239,11 @@ def main() -> None:
     summary["significant_rate"] = {
         test: {c: sum(x[f"significant_{test}"] for x, k in zip(cells, keys, strict=True) if k == c) / n_cells
                for c in (*CONCEPTS, CONTROL)}
+        for test in ("runs", "concepts")
+    }
+    summary["uncorrected_rate_p_below_0.05"] = {
+        test: {c: sum((x[f"p_{test}"] is not None and x[f"p_{test}"] < 0.05)
+                      for x, k in zip(cells, keys, strict=True) if k == c) / n_cells for c in (*CONCEPTS, CONTROL)}
         for test in ("runs", "concepts")
     }
     name = args.name or ("tcav" if args.spurious_stripes is None else "tcav_spurious")
