@@ -1068,7 +1068,7 @@ def run_loop(
                      seed=seed, progress=progress)
     log(f"      done in {time.time() - clock:.0f} s")
     log("[4/4] diagnosing the fine-tuned model")
-    after = diagnose(model, datamodule, layer, run, "report_after", probe_size, n_concepts, seed=seed)
+    after, _ = diagnose_once(model, datamodule, layer, run, "report_after", probe_size, n_concepts, seed=seed)
     result = LoopResult(before.metrics, after.metrics, policies, evidence, before.concept_names, run, model)
     if run is not None:
         run.write_json("metrics.json", {"before": before.metrics, "after": after.metrics})
