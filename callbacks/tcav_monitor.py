@@ -43,7 +43,8 @@ class TCAVMonitor(Monitor):
         window_sizes: window sides in pixels for concept and random examples (default: a quarter and a half of
             the probe images' shorter side).
         min_overlap: share of a window its concept's mask must cover for the window to be an example.
-        pixels_per_class: pixel samples per class and image (segmentation).
+        pixels_per_class: pixel samples per class and image (segmentation); each of the ``pixels_per_class ×
+            classes`` slots costs one backward pass per probe chunk and layer.
         correction: family-wise adjustment of one run's p-values: ``"none"``, ``"bonferroni"`` or ``"holm"``.
         significance: level below which an (adjusted) p-value counts as significant.
         test: ``"runs"`` (the paper's t-test over runs) or ``"concepts"`` (against ``null_concepts`` random example
@@ -69,7 +70,7 @@ class TCAVMonitor(Monitor):
         num_runs: int = 10,
         window_sizes: Sequence[int] | None = None,
         min_overlap: float = 0.5,
-        pixels_per_class: int = 8,
+        pixels_per_class: int = 4,
         correction: str = "none",
         significance: float = 0.05,
         test: str = "runs",
