@@ -179,7 +179,9 @@ class TCAVMonitor(Monitor):
             test=self.test, null_concepts=self.null_concepts,  # type: ignore[arg-type]
             significance=self.significance, batch_size=self.chunk_size, random_state=self.seed,
         )
-        result = tcav.interpret(images, targets, usable, random, pixels=pixels, classes=classes)
+        # Past the time budget no further layer starts; the base class then shrinks the next run's probe set.
+        result = tcav.interpret(images, targets, usable, random, pixels=pixels, classes=classes,
+                                deadline=ctx.deadline)
 
         class_names = self._class_names()
         label = {c: (class_names[c] if class_names and c < len(class_names) else f"class_{c}") for c in classes}
@@ -204,7 +206,8 @@ class TCAVMonitor(Monitor):
         path = self.write_artifact(ctx, "tcav.json", history)
         self.latest = record
         significant = [f"{r['layer']}/{r['concept']}/{label[r['class']]}" for r in result.rows() if r["significant"]]
-        return {"tcav_tests": len(result.rows()), "significant": len(significant), "artifact": str(path)}
+        return {"tcav_tests": len(result.rows()), "significant": len(significant), "artifact": str(path),
+                "layers_done": len(result.layers)}
 
     def _class_names(self) -> list[str] | None:
         names = getattr(_unwrap_dataset(self._dataset), "classes", None)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
@@ -952,6 +953,7 @@ class TCAV:
         random: ExampleSet,
         pixels: Tensor | None = None,
         classes: Sequence[int] | None = None,
+        deadline: float | None = None,
     ) -> TCAVResult:
         """TCAV scores of every concept for every class and layer, with p-values against random concepts.
 
@@ -963,6 +965,8 @@ class TCAV:
             random: the random pool the random sets are drawn from.
             pixels: ``(N, P, 2)`` pixel samples for segmentation.
             classes: classes to report (default: every class present in ``targets``).
+            deadline: a :func:`time.perf_counter` time after which no further layer is started (the result then
+                covers the layers done, at least the first); for time budgets during training.
 
         Raises:
             ValueError: if ``concepts`` is empty, or as :meth:`cavs` and :func:`layer_sensitivities`.
@@ -978,7 +982,11 @@ class TCAV:
         k, r = len(names), self.runs
         scores, rscores, nscores, caccs, raccs = [], [], [], [], []
         counts = torch.zeros(len(cls), dtype=torch.long)
+        done: list[str] = []
         for layer in self.layers:
+            if done and deadline is not None and time.perf_counter() > deadline:
+                break
+            done.append(layer)
             cdirs, cacc, rdirs, racc, ndirs = self.cavs(layer, concepts, random)
             m = ndirs.shape[1]
             f = rdirs.shape[1]
@@ -997,7 +1005,7 @@ class TCAV:
         p = tcav_concept_significance(sc, ns) if self.test == "concepts" else p_runs
         adjusted = adjust_p_values(p.flatten(), self.correction).reshape(p.shape)
         return TCAVResult(
-            layers=list(self.layers), concepts=names, classes=cls, scores=sc, random_scores=rs, p_values=p,
+            layers=done, concepts=names, classes=cls, scores=sc, random_scores=rs, p_values=p,
             p_adjusted=adjusted, cav_accuracy=torch.stack(caccs), random_cav_accuracy=torch.stack(raccs),
             counts=counts, correction=self.correction, alpha=self.significance, test=self.test, p_runs=p_runs,
             null_scores=ns.mean(-1) if self.test == "concepts" else None,

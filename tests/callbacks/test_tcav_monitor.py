@@ -91,6 +91,15 @@ def test_monitor_scores_equal_a_direct_tcav_call_on_the_trained_model(tmp_path: 
     assert (tmp_path / "conceptfix" / "tcav" / "tcav.json").exists()  # no TensorBoard: still in the run dir
 
 
+def test_time_budget_stops_before_the_next_layer(tmp_path: Any) -> None:
+    mon = TCAVMonitor(["stem", "layer1"], num_runs=2, probe_size=8, every_n_epochs=1, max_seconds=1e-6)
+    with pytest.warns(UserWarning, match="over its budget"):
+        make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(
+            make_module("pytorch_lightning"))
+    assert mon.runs[0]["layers_done"] == 1 and mon.latest is not None and mon.latest["layers"] == ["stem"]
+    assert mon.probe_fraction < 1.0  # the next run analyses a subsample
+
+
 def test_the_monitor_does_not_change_the_loss_trajectory(tmp_path: Any) -> None:
     def losses(with_monitor: bool) -> list[float]:
         lightning("pytorch_lightning").seed_everything(0, workers=True)

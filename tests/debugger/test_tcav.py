@@ -368,6 +368,16 @@ def test_cache_serves_cavs_until_the_weights_change() -> None:
     assert cache.misses == 4 and len(cache) == 4
 
 
+def test_a_passed_deadline_stops_after_the_first_layer() -> None:
+    net = _net(seed=5)
+    tcav = TCAV(net, ["0", "3"], runs=2)
+    args = (_images(6, 1), torch.tensor([0, 1, 2] * 2), {"c": ExampleSet(_images(8, 2, 3.0))},
+            ExampleSet(_images(20, 3)))
+    assert tcav.interpret(*args, deadline=0.0).layers == ["0"]
+    full = tcav.interpret(*args)
+    assert full.layers == ["0", "3"] and full.scores.shape[0] == 2
+
+
 def test_cache_is_bounded() -> None:
     cache = CAVCache(max_entries=2)
     for i in range(3):
