@@ -53,6 +53,7 @@ class TCAVMonitor(Monitor):
         null_concepts: random example sets for ``test="concepts"``.
         classifier: the CAV classifier, ``"sgd"`` or ``"logistic"`` (see :class:`debugger.tcav.CAV`).
         max_examples: cap on the examples per concept set.
+        ignore_index: target value that is no class (segmentation "void"); its pixels are never sampled.
         **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
 
     Example:
@@ -77,6 +78,7 @@ class TCAVMonitor(Monitor):
         null_concepts: int = 10,
         classifier: str = "sgd",
         max_examples: int = 200,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -121,6 +123,7 @@ class TCAVMonitor(Monitor):
         self.null_concepts = null_concepts
         self.classifier = classifier
         self.max_examples = max_examples
+        self.ignore_index = ignore_index
         self.latest: dict[str, Any] | None = None  # the last run's TCAVResult.to_dict(), for other callbacks
         self._warned_no_masks = False
 
@@ -130,6 +133,10 @@ class TCAVMonitor(Monitor):
 
         for layer in self.layers:
             resolve_layer(pl_module, layer)  # fail at setup with the nearest names, not mid-training
+        known = tuple(getattr(_unwrap_dataset(self._dataset), "concept_names", ()) or ())
+        unknown = sorted(set(self.concepts or ()) - set(known))
+        if known and unknown:
+            raise ValueError(f"Expected `concepts` among the dataset's {list(known)!r}, but got {unknown!r}.")
 
     # -- the run -----------------------------------------------------------------------------------------------
 
@@ -166,7 +173,8 @@ class TCAVMonitor(Monitor):
         segmentation = batch.targets.dim() == 3
         pixels = None
         if segmentation:
-            classes = self.classes or sorted(int(c) for c in batch.targets.unique().tolist() if c >= 0)
+            present = batch.targets.unique().tolist()
+            classes = self.classes or sorted(int(c) for c in present if c >= 0 and c != self.ignore_index)
             g = torch.Generator().manual_seed(self.seed)
             pixels, targets = sample_pixels(batch.targets.cpu(), self.pixels_per_class, classes, g)
             pixels, targets = pixels.to(images.device), targets.to(images.device)

@@ -38,6 +38,12 @@ def test_tcav_monitor_rejects_bad_configuration(kwargs: dict[str, Any], match: s
         TCAVMonitor(**kwargs)
 
 
+def test_unknown_concept_fails_at_setup(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match=r"Expected `concepts` among the dataset's \['bright', 'stripe'\]"):
+        make_trainer("pytorch_lightning", tmp_path, [TCAVMonitor("layer1", concepts=["shadow"])], max_epochs=1,
+                     logger=False).fit(make_module("pytorch_lightning"))
+
+
 def test_unknown_layer_fails_at_setup_with_nearest_names(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="layer1"):
         make_trainer("pytorch_lightning", tmp_path, [TCAVMonitor("layr1")], max_epochs=1, logger=False).fit(
@@ -122,7 +128,7 @@ def test_probe_without_concept_masks_warns_once_and_logs_nothing(tmp_path: Any) 
 
 
 class _TinySegData(Dataset):
-    """TinyConcepts with a per-pixel target: class 1 where the first channel is positive."""
+    """TinyConcepts with a per-pixel target: class 1 where the first channel is positive, the top row void (255)."""
 
     concept_names = TinyConcepts.concept_names
 
@@ -134,7 +140,9 @@ class _TinySegData(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         x, m = self.base.x[i], self.base.m[i]
-        return as_sample(x, (x[0] > 0).long(), self.base.c[i], m)
+        target = (x[0] > 0).long()
+        target[0] = 255
+        return as_sample(x, target, self.base.c[i], m)
 
 
 def _seg_module() -> Any:
@@ -150,10 +158,11 @@ def _seg_module() -> Any:
             return self.head(self.enc(x))
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            return nn.functional.cross_entropy(self(batch["image"]), batch["target"])
+            return nn.functional.cross_entropy(self(batch["image"]), batch["target"], ignore_index=255)
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val_loss", nn.functional.cross_entropy(self(batch["image"]), batch["target"]))
+            loss = nn.functional.cross_entropy(self(batch["image"]), batch["target"], ignore_index=255)
+            self.log("val_loss", loss)
 
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -168,7 +177,7 @@ def _seg_module() -> Any:
 
 
 def test_segmentation_scores_pixels_of_each_class(tmp_path: Any) -> None:
-    mon = TCAVMonitor("enc", num_runs=3, probe_size=8, pixels_per_class=5, every_n_epochs=1)
+    mon = TCAVMonitor("enc", num_runs=3, probe_size=8, pixels_per_class=5, every_n_epochs=1, ignore_index=255)
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(_seg_module())
     assert mon.latest is not None
     assert mon.latest["classes"] == [0, 1]
