@@ -214,6 +214,10 @@ def main() -> None:
         "per_seed": per_seed,
     }
     suffix = ("_quick" if args.quick else "") + (f"_probe{args.probe_size}" if args.probe_size != 128 else "")
+    if (args.base_p, args.max_p) != (0.3, 0.9):
+        suffix += f"_p{args.base_p:g}-{args.max_p:g}"
+    if args.lr != 3e-3:
+        suffix += f"_lr{args.lr:g}"
     path = record(f"loop_{args.dataset}{suffix}", results)
     print(f"wrote {path}")
 
