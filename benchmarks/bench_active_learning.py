@@ -49,7 +49,6 @@ from benchmarks.harness import mean_std, record  # noqa: E402
 
 CONCEPTS = ("shadow", "occluder", "stripes", "tint")
 KS = (10, 50, 100)
-KERNEL = [3]  # the heads' convolution size, set from --kernel-size
 
 
 def prevalence() -> dict[str, dict[str, float]]:
@@ -97,11 +96,11 @@ def upper_bound(extractor: Any, latents: torch.Tensor, oracle: Any) -> dict[str,
 
 
 def run_arm(model: Any, layer: str, concept: str, schedule: str, strategy: str, images: torch.Tensor, ps: Any,
-            latents: torch.Tensor, oracle: Any, seed: int, brush: bool = False) -> dict[str, Any]:
+            latents: torch.Tensor, oracle: Any, seed: int, kernel_size: int, brush: bool = False) -> dict[str, Any]:
     from debugger.active import ActiveLearner
     from debugger.extractor import ConceptExtractor
 
-    learner = ActiveLearner(ConceptExtractor(model, layer, concept, seed=seed, kernel_size=KERNEL[0]), schedule,
+    learner = ActiveLearner(ConceptExtractor(model, layer, concept, seed=seed, kernel_size=kernel_size), schedule,
                             strategy, brush=brush, eval_ks=KS, seed=seed)  # type: ignore[arg-type]
     learner.run(images, ps, oracle, latents=latents)
     return {"stages": learner.stages_, "label_fraction": learner.stages_[-1]["labels"] / len(ps)}
@@ -133,17 +132,18 @@ def analyse_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {
             "base_rate": float(oracle.truth().float().mean()),
             "oracle_positives": int((labels == 1).sum()), "oracle_negatives": int((labels == 0).sum()),
-            "upper_bound": upper_bound(ConceptExtractor(model, args.layer, concept, seed=seed, kernel_size=KERNEL[0]),
-                                       latents, oracle),
+            "upper_bound": upper_bound(
+                ConceptExtractor(model, args.layer, concept, seed=seed, kernel_size=args.kernel_size), latents, oracle),
             "arms": {},
         }
         for schedule in args.schedules:
             for strategy in args.strategies:
                 out["arms"][f"{schedule}/{strategy}"] = run_arm(model, args.layer, concept, schedule, strategy,
-                                                                 images, ps, latents, oracle, seed)
+                                                                 images, ps, latents, oracle, seed, args.kernel_size)
         if args.brush:
             out["arms"]["10-4-4-4/confident_wrong+brush"] = run_arm(
-                model, args.layer, concept, "10-4-4-4", "confident_wrong", images, ps, latents, oracle, seed, True)
+                model, args.layer, concept, "10-4-4-4", "confident_wrong", images, ps, latents, oracle, seed,
+                args.kernel_size, brush=True)
         row["concepts"][concept] = out
         p50 = {k: round(v["stages"][-1]["precision"][50], 2) for k, v in out["arms"].items()}
         print(f"  {concept}: base {out['base_rate']:.3f}, upper p@50 {out['upper_bound']['precision'][50]:.2f}, "
@@ -159,9 +159,10 @@ def analyse_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         for concept in args.concepts:
             oracle = Oracle(ps, concept, positive_min=args.positive_min, concept_masks=masks)
             res[concept] = {
-                "active": run_arm(other, layer, concept, "10-4-4-4", "confident_wrong", images, ps, lat, oracle, seed),
-                "upper_bound": upper_bound(ConceptExtractor(other, layer, concept, seed=seed, kernel_size=KERNEL[0]),
-                                           lat, oracle),
+                "active": run_arm(other, layer, concept, "10-4-4-4", "confident_wrong", images, ps, lat, oracle, seed,
+                                  args.kernel_size),
+                "upper_bound": upper_bound(
+                    ConceptExtractor(other, layer, concept, seed=seed, kernel_size=args.kernel_size), lat, oracle),
             }
         row["latent_quality"][key] = res
         print(f"  {key}: final p@50 "
@@ -246,7 +247,6 @@ def main() -> None:
     p.add_argument("--name", default="active_learning")
     args = p.parse_args()
     torch.set_num_threads(1)
-    KERNEL[0] = args.kernel_size
     warnings.filterwarnings("ignore")
     from recipes.baseline import quiet_lightning
 
