@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["layer1"])
     parser.add_argument("--n-concepts", type=int, nargs="+", default=[16, 64],
                         help="k of k-means; 64 over-clusters as ACE does (its 25 clusters on 224-px images)")
+    parser.add_argument("--name", default="planted_failure", help="result file name under benchmarks/results/")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, not recorded")
     args = parser.parse_args()
     if args.quick:
@@ -189,8 +190,8 @@ def main() -> None:
     summary = summarise(rows, args)
     print(json.dumps(summary, indent=2))
     if not args.quick:
-        config = {k: v for k, v in vars(args).items() if k != "quick"}
-        path = record("planted_failure", {"config": config, "summary": summary, "runs": rows})
+        config = {k: v for k, v in vars(args).items() if k not in ("quick", "name")}
+        path = record(args.name, {"config": config, "summary": summary, "runs": rows})
         print(f"recorded {path}")
 
 
