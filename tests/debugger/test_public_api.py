@@ -1,0 +1,33 @@
+"""The engine's public API is importable from ``debugger`` and loads its heavy parts only on use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import debugger
+
+
+def test_every_exported_name_resolves_to_the_submodule_object():
+    from debugger.pipeline import ConceptAnalysis
+    from debugger.report import ConceptReport
+
+    missing = [name for name in debugger.__all__ if getattr(debugger, name, None) is None]
+    assert missing == []
+    assert debugger.ConceptAnalysis is ConceptAnalysis
+    assert debugger.ConceptReport is ConceptReport
+
+
+def test_an_unknown_name_raises_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'not_a_thing'"):
+        debugger.not_a_thing  # noqa: B018
+
+
+def test_importing_the_package_does_not_load_matplotlib_or_sklearn():
+    code = "import sys, debugger; print('matplotlib' in sys.modules, 'sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["False", "False"]
