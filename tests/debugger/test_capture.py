@@ -202,3 +202,17 @@ def test_max_samples_and_binary_logits():
     data = [(torch.randn(5, 3, 2, 2), torch.zeros(5, dtype=torch.long))] * 2
     assert len(run_capture(net, "fc", data, max_samples=7, chunk_size=3)) == 7
     assert torch.equal(predictions_from_logits(torch.tensor([[0.3], [-1.0]])), torch.tensor([1, 0]))
+
+
+def test_first_tensor_finds_the_tensor_in_common_output_forms_and_rejects_others():
+    from debugger.capture import first_tensor, model_device
+
+    t = torch.zeros(2, 3)
+    assert first_tensor(t, "x") is t
+    assert first_tensor((t, "aux"), "x") is t
+    assert first_tensor({"out": t, "aux": 1}, "x") is t
+    assert first_tensor({"logits": t}, "x") is t
+    with pytest.raises(ValueError, match="Expected the head's output to be a Tensor"):
+        first_tensor({"scores": t}, "the head's output")
+    assert model_device(nn.Linear(2, 2)) == torch.device("cpu")
+    assert model_device(nn.ReLU()) == torch.device("cpu")
