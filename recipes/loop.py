@@ -73,9 +73,12 @@ class RunDirectory:
     Example:
         >>> import tempfile
         >>> run = RunDirectory(tempfile.mkdtemp())
-        >>> run.mark_done("train", checkpoint="checkpoints/baseline.ckpt")
-        >>> run.done("train")["checkpoint"]
-        'checkpoints/baseline.ckpt'
+        >>> run.mark_done("train", epochs=3)
+        >>> run.done("train")["epochs"]
+        3
+        >>> run.mark_done("finetune", checkpoint="checkpoints/finetune.ckpt")  # a file that is not there
+        >>> run.done("finetune") is None
+        True
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
