@@ -19,15 +19,6 @@ from debugger.patches import sliding_windows
 from debugger.structures import PatchSet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only slows them on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _pool(overlap: list[float]) -> PatchSet:
     n = len(overlap)
     return PatchSet(

@@ -2,20 +2,12 @@ import math
 
 import pytest
 import torch
+from _dbtiny import DarknessNet
 from torch import nn
 
 from debugger.extractor import ConceptExtractor, ExtractorHead, augment_patches, train_head
 from debugger.patches import sliding_windows
 from debugger.structures import Concept
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only slows them on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy(n: int = 16, seed: int = 0):
@@ -201,25 +193,6 @@ def test_model_untouched():
     assert all(p.grad is None for p in net.parameters())
 
 
-class _DarkNet(nn.Module):
-    """Predicts class 1 when any pixel is dark: wrong on every shadowed image of class 0 (hand-set weights)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Conv2d(3, 2, 1)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.fc = nn.Linear(2, 2)
-        with torch.no_grad():
-            self.features.weight.copy_(torch.tensor([[-1 / 3] * 3, [1 / 3] * 3]).view(2, 3, 1, 1))
-            self.features.bias.copy_(torch.tensor([1.0, 0.0]))
-            self.fc.weight.copy_(torch.tensor([[-10.0, 0.0], [10.0, 0.0]]))
-            self.fc.bias.copy_(torch.tensor([6.0, -6.0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.relu(self.features(x))).flatten(1))
-
-
 def test_extractor_concept_plugs_into_confusion_and_failure_ranking():
     from debugger.confusion import concept_confusion, concept_membership
     from debugger.pipeline import ConceptAnalysis
@@ -235,7 +208,7 @@ def test_extractor_concept_plugs_into_confusion_and_failure_ranking():
         masks[i, 0, y : y + 8, x : x + 8] = True
     target = torch.zeros(n, dtype=torch.long)
     batches = [{"image": images, "target": target, "concept_masks": masks}]
-    net = _DarkNet()
+    net = DarknessNet()  # wrong on every shadowed image of class 0
     windows = {"sizes": (8,), "strides": (8,)}
     ps = sliding_windows(images, **windows, concept_masks=masks, concept_names=("shadow",))
     truth = ps.concept_overlap[:, 0] > 0
