@@ -23,6 +23,7 @@ logged to TensorBoard: ``augmentation/policy`` (text: what changed and why) and 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,13 @@ class FailureDrivenAugmentation(Monitor):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._auto_targets = {} if self.targets else training_targets(getattr(trainer, "callbacks", []))
+        if not (self.targets or self._auto_targets or self.on_update):
+            warnings.warn(
+                "FailureDrivenAugmentation has nothing to drive: no `targets`, no `on_update` and no "
+                "JointBatchTraining on the trainer, so its policies are only logged and written to policy.json. "
+                "Add e.g. JointBatchTraining(JointBatch(SyntheticShadow())) to the callbacks to train with them.",
+                stacklevel=2,
+            )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.policies:  # a resumed run trains with the policy it had

@@ -208,6 +208,12 @@ def test_joint_batch_training_callbacks_are_targeted_by_occluder_name(tmp_path: 
     assert shadow.policy is not None and [r.index for r in shadow.policy.rules] == [1]
 
 
+def test_a_policy_with_nothing_to_drive_is_said_at_setup(tmp_path: Path) -> None:
+    trainer = make_trainer("pytorch_lightning", tmp_path, [FailureDrivenAugmentation()], max_epochs=1, logger=False)
+    with pytest.warns(UserWarning, match="nothing to drive"):
+        trainer.fit(make_module("pytorch_lightning"))
+
+
 def test_auto_source_combines_the_concept_report_and_annotated_confusion_failures() -> None:
     L = lightning("pytorch_lightning")
     report = _bright_report()
