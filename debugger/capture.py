@@ -322,10 +322,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-# Former private names, kept while other modules move to the public ones.
-_first_tensor = first_tensor
-_model_device = model_device
-
 
 def stream_capture(
     model: nn.Module,

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from debugger.capture import _first_tensor
+from debugger.capture import first_tensor
 from debugger.embed import embed_images, embed_patches
 from debugger.patches import sliding_windows
 from debugger.ranking import Correction, adjust_p_values
@@ -396,7 +396,7 @@ def layer_sensitivities(
         for s in range(0, n, batch_size):
             x = prepare_input(inputs[s : s + batch_size], model)
             with LayerCapture(model, [layer]) as cap:
-                output = _first_tensor(model(x), "the model's output")
+                output = first_tensor(model(x), "the model's output")
             if layer not in cap.outputs:
                 raise ValueError(f"Expected layer {layer!r} to run in the model's forward pass, but it never did.")
             act = cap.outputs[layer]
