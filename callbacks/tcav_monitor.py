@@ -27,8 +27,7 @@ from typing import Any
 import torch
 
 from callbacks._base import Monitor, RunContext, _unwrap_dataset
-
-_CORRECTIONS = ("none", "bonferroni", "holm")
+from debugger.tcav import check_tcav_options
 
 
 class TCAVMonitor(Monitor):
@@ -82,15 +81,13 @@ class TCAVMonitor(Monitor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        names = [layers] if isinstance(layers, str) else list(layers)
-        if not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"Expected `layers` to be one or more dotted module names, but got {layers!r}.")
+        names = check_tcav_options(layers=layers, runs=num_runs, runs_name="num_runs", max_examples=max_examples,
+                                   correction=correction, significance=significance, test=test,
+                                   null_concepts=null_concepts)
         if concepts is not None and (isinstance(concepts, str) or not all(isinstance(c, str) for c in concepts)):
             raise ValueError(f"Expected `concepts` to be a list of concept names or None, but got {concepts!r}.")
         if classes is not None and (not classes or not all(isinstance(c, int) and c >= 0 for c in classes)):
             raise ValueError(f"Expected `classes` to be non-negative class indices or None, but got {classes!r}.")
-        if not isinstance(num_runs, int) or isinstance(num_runs, bool) or num_runs < 2:
-            raise ValueError(f"Expected `num_runs` to be an integer >= 2, but got {num_runs!r}.")
         if window_sizes is not None and (not window_sizes or not all(isinstance(s, int) and s > 0
                                                                      for s in window_sizes)):
             raise ValueError(f"Expected `window_sizes` to be positive integers or None, but got {window_sizes!r}.")
@@ -98,18 +95,8 @@ class TCAVMonitor(Monitor):
             raise ValueError(f"Expected `min_overlap` to be in (0, 1], but got {min_overlap!r}.")
         if not isinstance(pixels_per_class, int) or pixels_per_class < 1:
             raise ValueError(f"Expected `pixels_per_class` to be a positive integer, but got {pixels_per_class!r}.")
-        if correction not in _CORRECTIONS:
-            raise ValueError(f"Expected `correction` to be one of {_CORRECTIONS!r}, but got {correction!r}.")
-        if not 0.0 < significance < 1.0:
-            raise ValueError(f"Expected `significance` to be in (0, 1), but got {significance!r}.")
-        if test not in ("runs", "concepts"):
-            raise ValueError(f"Expected `test` to be one of ('runs', 'concepts'), but got {test!r}.")
-        if not isinstance(null_concepts, int) or null_concepts < 2:
-            raise ValueError(f"Expected `null_concepts` to be an integer >= 2, but got {null_concepts!r}.")
         if classifier not in ("sgd", "logistic"):
             raise ValueError(f"Expected `classifier` to be one of ('sgd', 'logistic'), but got {classifier!r}.")
-        if not isinstance(max_examples, int) or max_examples < 2:
-            raise ValueError(f"Expected `max_examples` to be an integer >= 2, but got {max_examples!r}.")
         self.layers = names
         self.concepts = None if concepts is None else list(concepts)
         self.classes = None if classes is None else list(classes)

@@ -685,6 +685,40 @@ class CAVCache:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def check_tcav_options(
+    *,
+    layers: str | Sequence[str],
+    runs: int,
+    max_examples: int,
+    correction: str,
+    significance: float,
+    test: str,
+    null_concepts: int,
+    runs_name: str = "runs",
+) -> list[str]:
+    """Validate the options :class:`TCAV` and the TCAV monitor share; returns the layer names as a list.
+
+    Raises:
+        ValueError: naming the option, what it got and what is accepted.
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"Expected `layers` to be one or more dotted layer names, but got {layers!r}.")
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 2:
+        raise ValueError(f"Expected `{runs_name}` to be an integer >= 2, but got {runs!r}.")
+    if correction not in ("none", "bonferroni", "holm"):
+        raise ValueError(f"Expected `correction` to be one of ('none', 'bonferroni', 'holm'), but got {correction!r}.")
+    if not 0.0 < significance < 1.0:
+        raise ValueError(f"Expected `significance` to be in (0, 1), but got {significance!r}.")
+    if not isinstance(max_examples, int) or max_examples < 2:
+        raise ValueError(f"Expected `max_examples` to be an integer >= 2, but got {max_examples!r}.")
+    if test not in ("runs", "concepts"):
+        raise ValueError(f"Expected `test` to be one of ('runs', 'concepts'), but got {test!r}.")
+    if not isinstance(null_concepts, int) or null_concepts < 2:
+        raise ValueError(f"Expected `null_concepts` to be an integer >= 2, but got {null_concepts!r}.")
+    return names
+
+
 @dataclass
 class TCAVResult:
     """TCAV scores with their random baselines and significance, for layers × concepts × classes.
@@ -818,25 +852,10 @@ class TCAV:
         random_state: int = 0,
         cache: CAVCache | None = None,
     ) -> None:
-        names = [layers] if isinstance(layers, str) else list(layers)
-        if not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"Expected `layers` to be one or more dotted layer names, but got {layers!r}.")
-        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 2:
-            raise ValueError(f"Expected `runs` to be an integer >= 2, but got {runs!r}.")
+        names = check_tcav_options(layers=layers, runs=runs, max_examples=max_examples, correction=correction,
+                                   significance=significance, test=test, null_concepts=null_concepts)
         if space not in _SPACES:
             raise ValueError(f"Expected `space` to be one of {_SPACES!r}, but got {space!r}.")
-        if correction not in ("none", "bonferroni", "holm"):
-            raise ValueError(
-                f"Expected `correction` to be one of ('none', 'bonferroni', 'holm'), but got {correction!r}."
-            )
-        if not 0.0 < significance < 1.0:
-            raise ValueError(f"Expected `significance` to be in (0, 1), but got {significance!r}.")
-        if not isinstance(max_examples, int) or max_examples < 2:
-            raise ValueError(f"Expected `max_examples` to be an integer >= 2, but got {max_examples!r}.")
-        if test not in ("runs", "concepts"):
-            raise ValueError(f"Expected `test` to be one of ('runs', 'concepts'), but got {test!r}.")
-        if not isinstance(null_concepts, int) or null_concepts < 2:
-            raise ValueError(f"Expected `null_concepts` to be an integer >= 2, but got {null_concepts!r}.")
         if isinstance(classifier, str) and classifier not in _CLASSIFIERS:
             raise ValueError(f"Expected `classifier` to be one of {_CLASSIFIERS!r}, but got {classifier!r}.")
         self.model = model
