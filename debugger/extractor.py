@@ -275,7 +275,8 @@ class ConceptExtractor:
         seed: seeds augmentation and training.
 
     Raises:
-        ValueError: for an unknown policy or a non-positive count.
+        ValueError: for an unknown policy, a non-positive count, an even kernel size or a probability
+            outside [0, 1].
     """
 
     def __init__(
@@ -311,6 +312,10 @@ class ConceptExtractor:
                 raise ValueError(f"Expected every policy to be one of {POLICIES!r}, but got {pol!r}.")
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise ValueError(f"Expected `name` to be a non-empty file-safe string, but got {name!r}.")
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"Expected `kernel_size` to be a positive odd integer, but got {kernel_size!r}.")
+        if not 0.0 <= policy_p <= 1.0:
+            raise ValueError(f"Expected `policy_p` to be a probability in [0, 1], but got {policy_p!r}.")
         self.model = model
         self.layer = layer
         self.name = name

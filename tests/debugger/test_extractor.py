@@ -144,6 +144,10 @@ def test_to_concept_members_and_top():
 def test_clear_errors():
     images, ps, _ = _toy()
     net = _net()
+    with pytest.raises(ValueError, match="positive odd integer"):
+        ConceptExtractor(net, "2", kernel_size=2)
+    with pytest.raises(ValueError, match=r"probability in \[0, 1\]"):
+        ConceptExtractor(net, "2", policy_p=1.5)
     ex = ConceptExtractor(net, "2", n_augment=4, max_epochs=1)
     with pytest.raises(ValueError, match="at least one positive and one negative"):
         ex.fit(images, ps, [], [1])
@@ -151,6 +155,8 @@ def test_clear_errors():
         ex.fit(images, ps, [99], [1])
     with pytest.raises(RuntimeError, match="fit"):
         ex.score_latents(torch.zeros(2, 8, 8, 8))
+    with pytest.raises(ValueError, match="Nearest valid names"):  # an unknown layer fails when first used
+        ConceptExtractor(net, "3", n_augment=4, max_epochs=1).fit(images, ps, [0], [9])
     with pytest.raises(ValueError, match=r"latent tensors of shape \(N, C, h, w\)"):
         ex.fit_latents(torch.zeros(4, 8), torch.tensor([0, 1, 0, 1]))
     ex.fit(images, ps, [0], [9])
