@@ -285,6 +285,11 @@ def parse_schedule(schedule: str | Sequence[int | tuple[int, int]]) -> list[tupl
     return stages
 
 
+def _check_ks(ks: Sequence[int]) -> None:
+    if isinstance(ks, str) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ValueError(f"Expected precision cut-offs to be positive integers, e.g. (10, 50, 100), but got {ks!r}.")
+
+
 def precision_at_k(scores: Tensor, truth: Tensor, ks: Sequence[int] = (10, 50, 100),
                    exclude: Tensor | None = None) -> dict[int, float]:
     """Fraction of the ``k`` highest-scoring patches that show the concept, for each ``k``.
@@ -295,6 +300,7 @@ def precision_at_k(scores: Tensor, truth: Tensor, ks: Sequence[int] = (10, 50, 1
         >>> precision_at_k(torch.tensor([0.9, 0.8, 0.1, 0.7]), torch.tensor([True, False, False, True]), ks=(2, 3))
         {2: 0.5, 3: 0.6666666865348816}
     """
+    _check_ks(ks)
     keep = torch.ones_like(truth, dtype=torch.bool) if exclude is None else ~exclude
     s, t = scores[keep], truth[keep]
     out: dict[int, float] = {}
@@ -345,6 +351,7 @@ class ActiveLearner:
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"Expected `strategy` to be one of {STRATEGIES!r}, but got {strategy!r}.")
+        _check_ks(eval_ks)
         self.extractor = extractor
         self.schedule = parse_schedule(schedule)
         self.strategy: Strategy = strategy

@@ -167,3 +167,12 @@ def test_active_learner_errors():
     none = PatchSet(ps.image_index, ps.boxes, ps.masks, torch.zeros(len(ps), 1), ("red",))
     with pytest.raises(ValueError, match="positives and negatives"):
         ActiveLearner(ex, "1").run(images, none, Oracle(none, "red"))
+
+
+def test_precision_cut_offs_must_be_positive_integers():
+    from debugger.active import precision_at_k
+
+    with pytest.raises(ValueError, match="positive integers"):
+        precision_at_k(torch.tensor([0.9, 0.1]), torch.tensor([True, False]), ks=(0,))
+    with pytest.raises(ValueError, match="positive integers"):
+        precision_at_k(torch.tensor([0.9, 0.1]), torch.tensor([True, False]), ks=(-1, 2))
