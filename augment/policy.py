@@ -14,7 +14,8 @@ target map); a concept rule matches with strength ``concepts[b, k]`` (so a soft 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -49,10 +50,15 @@ class AugmentationPolicy:
         base: probability for samples no rule matches.
         rules: the rules, in the order they were added.
         augmentation: a free-form label of what the policy drives (e.g. ``"SyntheticShadow"``), for reports.
+        params: settings for the transform the policy drives, as its keyword arguments (e.g. the
+            ``SyntheticShadow`` ``intensity`` measured from the failure, see
+            :func:`callbacks.failure_driven_augmentation.derive_policies`); whoever builds the transform applies
+            them (:func:`recipes.loop.configure_transforms`). Empty: the transform's own settings.
+        params_reason: why ``params`` are set so, for reports.
 
     Raises:
-        ValueError: on probabilities outside ``[0, 1]``, negative indices, an unknown rule kind, or targets /
-            concepts of the wrong shape.
+        ValueError: on probabilities outside ``[0, 1]``, negative indices, an unknown rule kind, ``params`` that
+            are not a mapping with string keys, or targets / concepts of the wrong shape.
 
     Example:
         >>> policy = AugmentationPolicy(base=0.1).with_class(2, 0.9, reason="class 2 fails under shadow")
@@ -65,9 +71,16 @@ class AugmentationPolicy:
     base: float = 0.0
     rules: tuple[PolicyRule, ...] = ()
     augmentation: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    params_reason: str = ""
 
     def __post_init__(self) -> None:
         check_probability("base", self.base)
+        if not isinstance(self.params, Mapping) or not all(isinstance(k, str) for k in self.params):
+            raise ValueError(f"Expected `params` to be a mapping from argument names to values, but got "
+                             f"{self.params!r}.")
+        # A plain dict copy: the caller's mapping can change afterwards without changing the policy.
+        object.__setattr__(self, "params", dict(self.params))
         for r in self.rules:
             if r.kind not in ("class", "concept"):
                 raise ValueError(f"Expected a rule kind in ('class', 'concept'), but got {r.kind!r}.")
@@ -112,9 +125,12 @@ class AugmentationPolicy:
         return out
 
     def explain(self) -> str:
-        """Why the policy is set so, one clause per rule."""
+        """Why the policy is set so, one clause per rule (and the transform's settings, when it carries any)."""
         parts = [f"base p={self.base:.2f}"] + [r.describe() for r in self.rules]
         head = f"{self.augmentation}: " if self.augmentation else ""
+        if self.params:
+            settings = ", ".join(f"{k}={_show(v)}" for k, v in self.params.items())
+            parts.append(f"with {settings}" + (f" ({self.params_reason})" if self.params_reason else ""))
         return head + "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,13 +139,18 @@ class AugmentationPolicy:
             "augmentation": self.augmentation,
             "rules": [{"kind": r.kind, "index": r.index, "p": r.p, "reason": r.reason, "name": r.name}
                       for r in self.rules],
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+            "params_reason": self.params_reason,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentationPolicy:
         rules = tuple(PolicyRule(str(r["kind"]), int(r["index"]), float(r["p"]),  # type: ignore[arg-type]
                                  str(r.get("reason", "")), str(r.get("name", ""))) for r in d.get("rules", []))
-        return cls(base=float(d.get("base", 0.0)), rules=rules, augmentation=str(d.get("augmentation", "")))
+        # JSON has no tuples: ranges such as ``intensity`` come back as lists and are restored.
+        params = {str(k): tuple(v) if isinstance(v, list) else v for k, v in (d.get("params") or {}).items()}
+        return cls(base=float(d.get("base", 0.0)), rules=rules, augmentation=str(d.get("augmentation", "")),
+                   params=params, params_reason=str(d.get("params_reason", "")))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -137,3 +158,9 @@ class AugmentationPolicy:
     @classmethod
     def from_json(cls, text: str) -> AugmentationPolicy:
         return cls.from_dict(json.loads(text))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return f"{value:.2f}" if isinstance(value, float) else repr(value)

@@ -16,6 +16,12 @@ the loop uses). Road scenes (segmentation): per-class IoU on shadowed and unshad
 Every arm fine-tunes at ``--lr`` (default 3e-3, the models' own training rate; chosen on the validation split of
 seed 0 — 1e-3 barely moved the model in 3 epochs) with a fresh AdamW and a cosine schedule.
 
+The loop's shadow strength is calibrated from the failure by default (``SyntheticShadow`` ``intensity`` = the
+darkening measured under the shadow masks of the diagnosis's probe images, :func:`recipes.loop.loop_policies`);
+``--no-calibrate`` keeps the default 40–75% for the loop too (the earlier recordings). The untargeted control
+always uses the default transforms: it does not know the failure. Settings are chosen with ``--eval-split val``
+(every metric on the validation split instead of test; its results file ends in ``_val``).
+
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_loop --dataset planted --seeds 3
 """
 
@@ -41,8 +47,10 @@ from recipes.loop import (  # noqa: E402
     diagnose,
     finetune,
     headline,
+    load_model,
     loop_policies,
     mean_probability,
+    save_model,
     train,
     uniform_policies,
 )
@@ -99,9 +107,24 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     return float((preds == targets).float().mean())
 
 
-def evaluate(model: torch.nn.Module, dm: Any, extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+def eval_dataset(dataset: str, dm: Any, split: str, val_size: int | None) -> Any:
+    """The split every metric is read from; for ``val`` on planted data optionally a longer validation split
+    (same seed and split, drawn afresh at that size: a few hundred validation images measure clean accuracy to
+    about ±1 point, too coarse to choose settings by)."""
+    if split == "val" and val_size is not None:
+        if dataset != "planted":
+            raise SystemExit("Expected `--val-eval-size` only with `--dataset planted` (Fashion-MNIST's validation "
+                             "images are carved from the training file: a longer split would overlap training).")
+        from recipes.data import PlantedConceptsDataModule
+
+        return PlantedConceptsDataModule(train_size=dm.sizes["train"], val_size=val_size, test_size=dm.sizes["test"],
+                                         seed=dm.seed).dataset("val")
+    return dm.dataset(split)
+
+
+def evaluate(model: torch.nn.Module, data: Any, extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
              ) -> dict[str, Any]:
-    m = slice_metrics(model, dm.dataset("test"))
+    m = slice_metrics(model, data)
     if isinstance(m["all"], dict):  # segmentation
         return {"all": m["all"], "shadow_with": m["shadow"]["with"], "shadow_without": m["shadow"]["without"],
                 "miou_all": headline(m["all"]), "miou_shadow": headline(m["shadow"]["with"]),
@@ -117,8 +140,13 @@ def evaluate(model: torch.nn.Module, dm: Any, extra: tuple[torch.Tensor, torch.T
     return out
 
 
+ARMS = ("loop", "no_aug", "untargeted")
+
+
 def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, probe_size: int = 128,
-             lr: float = 3e-3, base_p: float = 0.3, max_p: float = 0.9) -> dict[str, Any]:
+             lr: float = 3e-3, base_p: float = 0.3, max_p: float = 0.9, calibrate: bool = True,
+             split: str = "test", arms: tuple[str, ...] = ARMS, baseline_cache: str | None = None,
+             val_eval_size: int | None = None) -> dict[str, Any]:
     torch.manual_seed(seed)
     dm = make_data(dataset, seed, quick)
     seg = dataset == "roads"
@@ -126,16 +154,26 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
     model = (SegmentationNet(num_classes=dm.num_classes) if seg
              else ResNetClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels))
     clock = time.time()
-    model = train(model, dm, epochs, None, "train", (), seed)
+    cached = (os.path.join(baseline_cache, f"{dataset}{'_quick' if quick else ''}_seed{seed}_e{epochs}.ckpt")
+              if baseline_cache else None)
+    if cached is not None and os.path.exists(cached):
+        model = load_model(cached, model)
+    else:
+        model = train(model, dm, epochs, None, "train", (), seed)
+        if cached is not None:
+            save_model(model, cached)
     times = {"baseline_s": time.time() - clock}
-    extra = None if seg else random_shadow_set(dm.dataset("test"), seed)
-    result: dict[str, Any] = {"seed": seed, "baseline": evaluate(model, dm, extra)}
+    data = eval_dataset(dataset, dm, split, val_eval_size)
+    extra = None if seg else random_shadow_set(data, seed)
+    result: dict[str, Any] = {"seed": seed, "baseline": evaluate(model, data, extra)}
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDirectory(tmp)
         clock = time.time()
         d = diagnose(model, dm, None, run, "report", probe_size=probe_size, seed=seed, metrics_split=None)
-        policies, evidence = loop_policies(d, base=base_p, max_p=max_p, report_path=run.file("report.json"))
+        policies, evidence = loop_policies(d, base=base_p, max_p=max_p, report_path=run.file("report.json"),
+                                           calibrate=calibrate)
         times["diagnose_s"] = time.time() - clock
+    result["darkening"] = (d.annotated or {}).get("darkening", {})
     result["evidence"] = evidence
     result["policies"] = {k: v.to_dict() for k, v in policies.items()}
     sample = dm.dataset("train")[0]["image"]
@@ -143,17 +181,18 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
     p_any = mean_probability(policies, dm.dataset("train"))
     p_each = 1 - (1 - p_any) ** (1 / len(names)) if p_any > 0 else 0.0
     result["augmented_share"] = p_any
-    arms = {
+    arm_policies = {
         "loop": policies,
         "no_aug": {},
         "untargeted": uniform_policies(names, p_each),
     }
-    for arm, arm_policies in arms.items():
+    for arm in arms:
         clock = time.time()
-        tuned = finetune(copy.deepcopy(model), dm, arm_policies, ft_epochs, lr,
+        # finetune applies the loop policy's calibrated params; the controls' policies carry none.
+        tuned = finetune(copy.deepcopy(model), dm, arm_policies[arm], ft_epochs, lr,
                          default_transforms(int(min(sample.shape[-2:])), seed), None, arm, seed=seed)
         times[f"{arm}_s"] = time.time() - clock
-        result[arm] = evaluate(tuned, dm, extra)
+        result[arm] = evaluate(tuned, data, extra)
         print(f"  seed {seed} {arm}: {_short(result[arm])}", flush=True)
     result["times"] = times
     print(f"  seed {seed} baseline: {_short(result['baseline'])}", flush=True)
@@ -165,15 +204,17 @@ def _short(m: dict[str, Any]) -> str:
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    arms = ("baseline", "loop", "no_aug", "untargeted")
+    arms = [a for a in ARMS if a in per_seed[0]]
     keys = [k for k, v in per_seed[0]["baseline"].items() if isinstance(v, float)]
     out: dict[str, Any] = {}
-    for arm in arms:
+    for arm in ("baseline", *arms):
         out[arm] = {k: mean_std([r[arm][k] for r in per_seed]) for k in keys}
-    for arm in ("loop", "no_aug", "untargeted"):
+    for arm in arms:
         out[f"{arm}_minus_baseline"] = {k: mean_std([r[arm][k] - r["baseline"][k] for r in per_seed]) for k in keys}
     for control in ("no_aug", "untargeted"):
-        out[f"loop_minus_{control}"] = {k: mean_std([r["loop"][k] - r[control][k] for r in per_seed]) for k in keys}
+        if "loop" in arms and control in arms:
+            out[f"loop_minus_{control}"] = {k: mean_std([r["loop"][k] - r[control][k] for r in per_seed])
+                                            for k in keys}
     return out
 
 
@@ -197,17 +238,33 @@ def main() -> None:
     parser.add_argument("--max-p", type=float, default=0.9, help="the loop policy's probability for a class "
                         "failing only inside a concept's slice")
     parser.add_argument("--quick", action="store_true", help="small data, for trying the script")
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="the loop's SyntheticShadow keeps the default intensity instead of the measured one")
+    parser.add_argument("--eval-split", choices=("test", "val"), default="test",
+                        help="split every metric is measured on (val: for choosing settings)")
+    parser.add_argument("--val-eval-size", type=int, default=None,
+                        help="with --eval-split val on planted data: measure on this many validation images")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed")
+    parser.add_argument("--baseline-cache", default=None,
+                        help="folder to keep/reuse the trained baselines in (same seed and epochs → same model)")
+    parser.add_argument("--tag", default="", help="suffix for the results file name")
     args = parser.parse_args()
+    arms = tuple(a for a in args.arms.split(",") if a)
+    if not arms or any(a not in ARMS for a in arms):
+        raise SystemExit(f"Expected `--arms` to be a comma-separated subset of {ARMS}, but got {args.arms!r}.")
     torch.set_num_threads(1)
     per_seed = []
-    for seed in range(args.seeds):
+    for seed in range(args.seed_offset, args.seed_offset + args.seeds):
         print(f"{args.dataset}: seed {seed}", flush=True)
         per_seed.append(run_seed(args.dataset, seed, args.epochs, args.finetune_epochs, args.quick, args.probe_size,
-                                 args.lr, args.base_p, args.max_p))
+                                 args.lr, args.base_p, args.max_p, args.calibrate, args.eval_split, arms,
+                                 args.baseline_cache, args.val_eval_size))
     results = {
-        "config": {"dataset": args.dataset, "seeds": args.seeds, "epochs": args.epochs,
-                   "finetune_epochs": args.finetune_epochs, "finetune_lr": args.lr, "base_p": args.base_p,
-                   "max_p": args.max_p, "quick": args.quick,
+        "config": {"dataset": args.dataset, "seeds": args.seeds, "seed_offset": args.seed_offset,
+                   "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.lr,
+                   "base_p": args.base_p, "max_p": args.max_p, "quick": args.quick, "calibrate": args.calibrate,
+                   "eval_split": args.eval_split, "val_eval_size": args.val_eval_size, "arms": list(arms),
                    "probe_size": args.probe_size, "torch_threads": 1},
         "data": _data_settings(args.dataset),
         "summary": summarise(per_seed),
@@ -218,6 +275,13 @@ def main() -> None:
         suffix += f"_p{args.base_p:g}-{args.max_p:g}"
     if args.lr != 3e-3:
         suffix += f"_lr{args.lr:g}"
+    if args.finetune_epochs != 3:
+        suffix += f"_ft{args.finetune_epochs}"
+    if args.calibrate:
+        suffix += "_calibrated"
+    if args.eval_split != "test":
+        suffix += f"_{args.eval_split}" + (f"{args.val_eval_size}" if args.val_eval_size else "")
+    suffix += f"_{args.tag}" if args.tag else ""
     path = record(f"loop_{args.dataset}{suffix}", results)
     print(f"wrote {path}")
 

@@ -11,7 +11,12 @@ on disk — and, for every **failure concept** (significant lift, enough support
 - **on which samples and how strongly**: the classes whose error rate inside the concept's slice exceeds
   their error rate outside it (the same comparison as :func:`debugger.ranking.rank_failures`) get a class rule
   with ``p = base + (max_p - base) · (err_in - err_out) / err_in``, so a class that fails only under the
-  concept is augmented hardest.
+  concept is augmented hardest;
+- **how strong the transform is** (when the evidence measured it): a failure with a :class:`Darkening` — how
+  much brightness the concept removes inside its mask, over the images of its slice (:func:`concept_darkening`)
+  — sets the strength of a transform in ``strength_params`` (``SyntheticShadow``'s ``intensity``) to the
+  measured range, so the shadows trained on are as deep as the ones the model fails on. Without a measurement
+  the transform keeps its own settings.
 
 The result is one :class:`augment.AugmentationPolicy` per transform (rules carry their reasons). It is set
 as ``policy`` on the objects in ``targets`` (e.g. the joint-batch integration or any holder the training step
@@ -38,11 +43,106 @@ from callbacks._base import Monitor, RunContext
 Source = Literal["auto", "concepts", "confusion"]
 _SOURCES = ("auto", "concepts", "confusion")
 DEFAULT_AUGMENTATIONS: dict[str, str] = {"shadow": "SyntheticShadow", "occluder": "Cutout"}
+# transform → its argument that takes a (lo, hi) range of the fraction of brightness removed
+STRENGTH_PARAMS: dict[str, str] = {"SyntheticShadow": "intensity"}
+
+
+def concept_darkening(
+    images: Tensor,
+    concept_masks: Tensor,
+    object_masks: Tensor | None = None,
+    quantile: float = 0.9,
+    min_pixels: int = 4,
+) -> Tensor:
+    """Per image, the fraction of brightness a concept removes inside its mask.
+
+    ``1 - q(lum inside) / q(lum outside)``, with ``q`` the ``quantile`` of the luminance (channel mean) over the
+    object's pixels inside and outside the concept's mask (the whole image without ``object_masks``). An upper
+    quantile rather than the mean, because the region inside a shadow's mask also holds background and
+    half-covered edge pixels; the brightest pixels inside are the shadowed object itself (on Fashion-MNIST with
+    black backgrounds and without object masks, the median would read the background).
+
+    Shape:
+        - images: ``(B, C, H, W)``; concept_masks, object_masks: ``(B, H, W)``, non-zero inside
+        - output: ``(B,)``, NaN where either region has fewer than ``min_pixels`` pixels or the outside is black
+
+    Raises:
+        ValueError: for masks whose shape does not match the images, or ``quantile`` outside ``[0, 1]``.
+
+    Example:
+        >>> x = torch.full((1, 1, 4, 4), 0.8)
+        >>> x[..., :2] *= 0.25  # the left half loses 75% of its brightness
+        >>> mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+        >>> mask[..., :2] = True
+        >>> round(float(concept_darkening(x, mask)[0]), 3)
+        0.75
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"Expected `images` to have shape (B, C, H, W), but got {got!r}.")
+    b, _, h, w = images.shape
+    for name, m in (("concept_masks", concept_masks), ("object_masks", object_masks)):
+        if m is not None and tuple(m.shape) != (b, h, w):
+            raise ValueError(f"Expected `{name}` to have shape ({b}, {h}, {w}), but got {tuple(m.shape)}.")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"Expected `quantile` to be in [0, 1], but got {quantile!r}.")
+    lum = images.detach().float().mean(1).cpu()
+    inside = concept_masks.detach().cpu() != 0
+    obj = torch.ones_like(inside) if object_masks is None else object_masks.detach().cpu() != 0
+    out = torch.full((b,), float("nan"))
+    for i in range(b):
+        r_in, r_out = inside[i] & obj[i], ~inside[i] & obj[i]
+        if int(r_in.sum()) < min_pixels or int(r_out.sum()) < min_pixels:
+            continue
+        lit = torch.quantile(lum[i][r_out], quantile)
+        if float(lit) <= 1e-3:
+            continue
+        out[i] = (1 - torch.quantile(lum[i][r_in], quantile) / lit).clamp(0, 1)
+    return out
+
+
+@dataclass(frozen=True)
+class Darkening:
+    """How much brightness a concept removes over the images of its slice: median and 10th–90th percentiles.
+
+    Example:
+        >>> d = Darkening.from_values(torch.tensor([0.6, 0.7, 0.65, float("nan"), 0.62, 0.68]))
+        >>> d.n, round(d.median, 2)
+        (5, 0.65)
+    """
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def from_values(cls, values: Tensor, min_images: int = 5) -> Darkening | None:
+        """Summarise per-image values (NaN ignored); None when fewer than ``min_images`` were measured."""
+        v = values[~torch.isnan(values)].double()
+        if len(v) < min_images:
+            return None
+        q = torch.quantile(v, torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64)).tolist()
+        return cls(round(q[0], 4), round(q[1], 4), round(q[2], 4), len(v))
+
+    def describe(self, concept: str) -> str:
+        return (f"'{concept}' removes {self.median:.0%} of the brightness under its mask (median of {self.n} "
+                f"images; 10th–90th percentile {self.low:.0%}–{self.high:.0%})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "low": self.low, "high": self.high, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Darkening:
+        return cls(float(d["median"]), float(d["low"]), float(d["high"]), int(d["n"]))
 
 
 @dataclass(frozen=True)
 class FailureEvidence:
     """One failure concept and the confusion counts a policy is derived from.
+
+    ``darkening``: how much brightness the concept removes in its slice, when it was measured (concept masks);
+    it sets the strength of the transform (see :func:`derive_policies`).
 
     Shape:
         - confusion_in: ``(K, K)`` counts inside the concept's slice
@@ -55,6 +155,7 @@ class FailureEvidence:
     lift: float
     confusion_in: Tensor
     confusion_all: Tensor
+    darkening: Darkening | None = None
 
 
 def class_error_rates(confusion: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,10 +181,13 @@ def derive_policies(
     max_p: float = 0.8,
     min_class_support: int = 3,
     class_names: Sequence[str] | None = None,
+    strength_params: Mapping[str, str] | None = STRENGTH_PARAMS,
 ) -> dict[str, AugmentationPolicy]:
     """One policy per transform from the failure concepts (see the module docstring for the rule).
 
-    A class that several failures point at under the same transform keeps its strongest rule.
+    A class that several failures point at under the same transform keeps its strongest rule. A transform in
+    ``strength_params`` whose failures carry a :class:`Darkening` gets ``params`` setting that argument to the
+    measured 10th–90th percentile range (from the failure with the largest lift); None or ``{}`` turns this off.
 
     Example:
         >>> inside = torch.tensor([[1, 3], [0, 4]])  # class 0 wrong 3/4 times inside the slice
@@ -101,11 +205,15 @@ def derive_policies(
     if not isinstance(min_class_support, int) or min_class_support < 1:
         raise ValueError(f"Expected `min_class_support` to be a positive integer, but got {min_class_support!r}.")
     best: dict[str, dict[int, tuple[float, str]]] = {}
+    strength: dict[str, FailureEvidence] = {}
     for f in failures:
         key = f.matches if f.matches is not None else f.name
         transform = augmentations.get(key, fallback)
         if transform is None:
             continue
+        if f.darkening is not None and transform in (strength_params or {}):
+            if transform not in strength or strength[transform].lift < f.lift:
+                strength[transform] = f
         outside = f.confusion_all - f.confusion_in
         if bool((outside < 0).any()):
             raise ValueError(
@@ -131,7 +239,14 @@ def derive_policies(
                 rules[c] = (p, reason)
     out: dict[str, AugmentationPolicy] = {}
     for transform, rules in best.items():
-        policy = AugmentationPolicy(base=base, augmentation=transform)
+        params: dict[str, Any] = {}
+        params_reason = ""
+        measured = strength.get(transform)
+        if measured is not None and measured.darkening is not None:
+            d = measured.darkening
+            params = {(strength_params or {})[transform]: (d.low, d.high)}
+            params_reason = f"measured: {d.describe(measured.matches or measured.name)}"
+        policy = AugmentationPolicy(base=base, augmentation=transform, params=params, params_reason=params_reason)
         for c in sorted(rules):
             cname = class_names[c] if class_names is not None and c < len(class_names) else ""
             policy = policy.with_class(c, round(rules[c][0], 4), reason=rules[c][1], name=cname)

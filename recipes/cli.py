@@ -140,6 +140,8 @@ def fit_parser() -> Any:
     p.add_argument("--finetune.max_p", type=float, default=0.9, help="probability for a class failing only "
                    "inside the concept's slice")
     p.add_argument("--finetune.base_p", type=float, default=0.3, help="probability for every other sample")
+    p.add_argument("--finetune.calibrate", type=bool, default=True, help="set the shadow transform's strength "
+                   "(SyntheticShadow intensity) from the darkening measured under the failing concept's masks")
     _common(p)
     return p
 
@@ -377,7 +379,7 @@ def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = N
         callbacks=init.callbacks, finetune_lr=ft.lr, augmentations=ft.augmentations, transforms=transforms,
         fallback=ft.fallback,
         max_p=ft.max_p, base_p=ft.base_p, probe_size=cfg.probe_size, n_concepts=cfg.n_concepts, seed=cfg.seed,
-        progress=_progress(cfg.progress), log=_say, pretrained=ckpt is not None,
+        progress=_progress(cfg.progress), log=_say, pretrained=ckpt is not None, calibrate=ft.calibrate,
     )
     _say("\nBefore / after fine-tuning with the policy:")
     _say(result.table())

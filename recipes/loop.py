@@ -480,6 +480,41 @@ def annotated_ranking(model: nn.Module, loader: Iterable[Any], concept_names: Se
     return {"names": names, "counts": counts, "overall": overall, "ranking": [r.to_dict() for r in ranking]}
 
 
+def annotated_darkening(loader: Iterable[Any], concept_names: Sequence[str], min_images: int = 5
+                        ) -> dict[str, dict[str, Any]]:
+    """How much brightness each annotated concept removes under its mask, over the probe images that carry it.
+
+    Per image :func:`~callbacks.failure_driven_augmentation.concept_darkening` (over the object's pixels when
+    the batches carry an ``object_mask``, else the whole image), summarised as a
+    :class:`~callbacks.failure_driven_augmentation.Darkening` dict. Concepts without masks, or measured on fewer
+    than ``min_images`` images, are left out; so is everything for data without concept masks.
+
+    Returns:
+        concept name → ``{"median", "low", "high", "n"}`` (fractions of brightness removed; low/high are the
+        10th/90th percentiles).
+    """
+    from callbacks.failure_driven_augmentation import Darkening, concept_darkening
+
+    values: dict[str, list[Tensor]] = {name: [] for name in concept_names}
+    for batch in loader:
+        b = unpack_batch(batch)
+        if b.concept_masks is None or b.concepts is None or b.images.dim() != 4:
+            return {}
+        obj = batch.get("object_mask") if isinstance(batch, Mapping) else None
+        for k, name in enumerate(concept_names[: b.concepts.shape[1]]):
+            sel = b.concepts[:, k] > 0
+            if not bool(sel.any()):
+                continue
+            values[name].append(concept_darkening(b.images[sel], b.concept_masks[sel, k],
+                                                  obj[sel] if isinstance(obj, Tensor) else None))
+    out: dict[str, dict[str, Any]] = {}
+    for name, parts in values.items():
+        d = Darkening.from_values(torch.cat(parts), min_images) if parts else None
+        if d is not None:
+            out[name] = d.to_dict()
+    return out
+
+
 def diagnose(
     model: nn.Module,
     datamodule: ContractDataModule,
@@ -530,7 +565,9 @@ def diagnose(
     num_classes = report.num_classes
     annotated = annotated_ranking(model, loader, concept_names, num_classes, seed=seed)
     if annotated is not None:
-        report.meta["annotated"] = {"names": annotated["names"], "ranking": annotated["ranking"]}
+        annotated["darkening"] = annotated_darkening(loader, concept_names)
+        report.meta["annotated"] = {"names": annotated["names"], "ranking": annotated["ranking"],
+                                    "darkening": annotated["darkening"]}
     metrics = slice_metrics(model, datamodule.dataset(metrics_split)) if metrics_split else {}
     diagnosis = Diagnosis(report, annotated, metrics, concept_names)
     if run is not None:
@@ -710,14 +747,28 @@ def loop_policies(
     min_precision: float = 0.5,
     min_class_support: int = 3,
     report_path: str | os.PathLike[str] | None = None,
+    calibrate: bool = True,
 ) -> tuple[dict[str, AugmentationPolicy], list[str]]:
     """The augmentation policies the failure concepts imply, and the evidence used (one line per concept).
 
     Evidence is every failure among the annotated concepts (by name) and every discovered failure concept whose
     top patches show a ground-truth concept (``min_precision``), read through
     :class:`~callbacks.FailureDrivenAugmentation` from the saved report (``report_path``).
+
+    With ``calibrate``, a failure concept whose darkening the diagnosis measured (:func:`annotated_darkening`:
+    annotated concepts with masks; a discovered concept uses the ground-truth concept it shows) sets the
+    strength of its transform: ``SyntheticShadow``'s ``intensity`` becomes the measured 10th–90th percentile
+    range of brightness removed, carried in the policy's ``params`` (applied by :func:`configure_transforms`)
+    and stated in the evidence. Without masks, or with ``calibrate=False``, the transforms keep their settings.
     """
-    from callbacks.failure_driven_augmentation import FailureDrivenAugmentation, FailureEvidence, derive_policies
+    from dataclasses import replace
+
+    from callbacks.failure_driven_augmentation import (
+        Darkening,
+        FailureDrivenAugmentation,
+        FailureEvidence,
+        derive_policies,
+    )
 
     augmentations = dict(DEFAULT_AUGMENTATIONS if augmentations is None else augmentations)
     evidence: list[FailureEvidence] = []
@@ -734,11 +785,21 @@ def loop_policies(
                 i = a["names"].index(row["name"])
                 evidence.append(FailureEvidence(row["name"], row["name"], float(row["lift"]), a["counts"][i],
                                                 a["overall"]))
+    measured = ((a or {}).get("darkening") or {}) if calibrate else {}
+    evidence = [replace(e, darkening=Darkening.from_dict(measured[e.matches or e.name]))
+                if (e.matches or e.name) in measured else e for e in evidence]
     policies = derive_policies(evidence, augmentations, fallback, base, max_p, min_class_support, class_names)
-    lines = [f"{e.name}" + (f" (shows {e.matches})" if e.matches and e.matches != e.name else "")
-             + f": lift {e.lift:.2f}" + (f" → {augmentations.get(e.matches or e.name, fallback)}"
-                                        if augmentations.get(e.matches or e.name, fallback) else " → no transform")
-             for e in evidence]
+    lines = []
+    for e in evidence:
+        transform = augmentations.get(e.matches or e.name, fallback)
+        line = (f"{e.name}" + (f" (shows {e.matches})" if e.matches and e.matches != e.name else "")
+                + f": lift {e.lift:.2f} → {transform or 'no transform'}")
+        params = policies[transform].params if transform in policies else {}
+        if e.darkening is not None and params:
+            shown = ", ".join(f"{k} {v[0]:.2f}–{v[1]:.2f}" if isinstance(v, tuple) else f"{k} {v}"
+                              for k, v in params.items())
+            line += f"; {e.darkening.describe(e.matches or e.name)} → {shown}"
+        lines.append(line)
     return policies, lines
 
 
@@ -773,6 +834,48 @@ def default_transforms(image_size: int, seed: int = 0) -> dict[str, nn.Module]:
         "Cutout": Cutout(p=1.0, size=max(2, image_size // 3), seed=seed + 1),
         "HideAndSeek": HideAndSeek(p=1.0, grid=4, p_keep_patch=0.6, seed=seed + 2),
     }
+
+
+def with_params(module: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+    """A new ``module`` of the same class with ``params`` replacing its constructor arguments (the rest kept).
+
+    Raises:
+        LoopError: if a key is not an argument of the module's constructor, or the value is not accepted.
+
+    Example:
+        >>> shadow = with_params(SyntheticShadow(p=1.0, intensity=(0.4, 0.75), seed=0), {"intensity": (0.8, 0.9)})
+        >>> shadow.intensity, shadow.p
+        ((0.8, 0.9), 1.0)
+    """
+    import inspect
+
+    cls = type(module)
+    accepted = [n for n, prm in inspect.signature(cls.__init__).parameters.items()
+                if n != "self" and prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise LoopError(f"Expected the policy's settings for {cls.__name__} to be among its arguments {accepted}, "
+                        f"but got {unknown!r}.")
+    kwargs = {n: getattr(module, n) for n in accepted if hasattr(module, n)}
+    kwargs.update(params)
+    try:
+        return cls(**kwargs)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as err:
+        raise LoopError(f"Expected settings {dict(params)!r} that {cls.__name__} accepts, but: {err}") from err
+
+
+def configure_transforms(transforms: Mapping[str, nn.Module], policies: Mapping[str, AugmentationPolicy]
+                         ) -> dict[str, nn.Module]:
+    """``transforms`` with each policy's ``params`` applied to the transform it drives (see :func:`with_params`).
+
+    This is how a failure-calibrated strength (e.g. ``SyntheticShadow(intensity=...)`` measured by
+    :func:`loop_policies`) reaches fine-tuning; transforms whose policy carries no ``params`` are unchanged.
+    """
+    out = dict(transforms)
+    for name, policy in policies.items():
+        if policy.params and name in out:
+            out[name] = with_params(out[name], policy.params)
+    return out
 
 
 def apply_policies(
@@ -891,11 +994,14 @@ def finetune(
 
     ``lr`` replaces the model's learning rate (``hparams.lr``) for the fine-tuning; None keeps it.
     An empty ``policies`` is the no-augmentation control with the same budget (plain batches).
+    A policy's ``params`` (a strength measured from the failure) override its transform's settings
+    (:func:`configure_transforms`).
     """
     if transforms is None:
         sample = datamodule.dataset("train")[0]
         image = sample[IMAGE] if isinstance(sample, Mapping) else sample[0]
         transforms = default_transforms(int(min(image.shape[-2:])), seed)
+    transforms = configure_transforms(transforms, policies)
     if lr is not None:
         if not lr > 0:
             raise LoopError(f"Expected the fine-tuning `lr` to be positive, but got {lr!r}.")
@@ -1025,10 +1131,12 @@ def run_loop(
     progress: bool = False,
     log: Callable[[str], None] = print,
     pretrained: bool = False,
+    calibrate: bool = True,
 ) -> LoopResult:
     """Train (unless ``pretrained``) → diagnose → derive the policy → fine-tune → diagnose again.
 
-    ``callbacks`` are used while training; None means :func:`monitors` at ``layer``.
+    ``callbacks`` are used while training; None means :func:`monitors` at ``layer``. ``calibrate``: set the
+    shadow transform's strength from the darkening measured in the failing slice (see :func:`loop_policies`).
     """
     layer = layer or default_layer(model)
     check_layer(model, layer)
@@ -1053,7 +1161,8 @@ def run_loop(
         evidence = list(saved["evidence"])
     else:
         policies, evidence = loop_policies(before, augmentations, fallback, max_p=max_p, base=base_p,
-                                           report_path=run.file("report.json") if run is not None else None)
+                                           report_path=run.file("report.json") if run is not None else None,
+                                           calibrate=calibrate)
         if run is not None:
             run.write_json("policy.json", {"evidence": evidence,
                                            "policies": {k: v.to_dict() for k, v in policies.items()},

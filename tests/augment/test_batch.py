@@ -156,6 +156,18 @@ def test_policy_on_segmentation_maps_and_round_trip():
     assert pickle.loads(pickle.dumps(policy)) == policy
 
 
+def test_policy_params_round_trip_through_json_and_are_explained():
+    policy = AugmentationPolicy(base=0.2, augmentation="SyntheticShadow", params={"intensity": (0.8, 0.9)},
+                                params_reason="shadows remove 85% here").with_class(1, 0.9)
+    restored = AugmentationPolicy.from_json(policy.to_json())
+    assert restored == policy and restored.params["intensity"] == (0.8, 0.9)  # a tuple again, not a list
+    assert restored.rules[0].p == 0.9  # with_class keeps the params
+    assert "with intensity=(0.80, 0.90) (shadows remove 85% here)" in policy.explain()
+    assert AugmentationPolicy.from_dict({"base": 0.1}).params == {}  # files written before params existed
+    with pytest.raises(ValueError, match="Expected `params` to be a mapping"):
+        AugmentationPolicy(params=[("intensity", (0.1, 0.2))])  # type: ignore[arg-type]
+
+
 def test_policy_drives_a_transform():
     policy = AugmentationPolicy().with_class(1, 1.0)
     targets = torch.tensor([0, 1, 0, 1])

@@ -13,9 +13,11 @@ from torch import nn
 
 from augment.policy import AugmentationPolicy
 from callbacks.failure_driven_augmentation import (
+    Darkening,
     FailureDrivenAugmentation,
     FailureEvidence,
     class_error_rates,
+    concept_darkening,
     derive_policies,
     policy_changes,
 )
@@ -68,6 +70,59 @@ def test_a_class_failing_only_inside_the_slice_gets_max_p_even_when_the_slice_do
     policies = derive_policies([FailureEvidence("shadow", None, 3.0, inside, overall)], max_p=0.9)
     (rule,) = policies["SyntheticShadow"].rules
     assert rule.index == 1 and rule.p == pytest.approx(0.9)
+
+
+def test_concept_darkening_reads_the_brightness_removed_under_the_mask() -> None:
+    x = torch.full((3, 3, 8, 8), 0.6)
+    mask = torch.zeros(3, 8, 8, dtype=torch.bool)
+    mask[:, :, :4] = True
+    x[0, :, :, :4] *= 1 - 0.9  # 90% removed on the left half
+    x[1, :, :, :4] *= 1 - 0.5
+    # image 2: a bright object on a black background, shadowed by 80% over its left half; the shadow mask
+    # also covers black background (as on Fashion-MNIST), which must not count as darkening
+    x[2] = 0.0
+    x[2, :, 2:6, 2:6] = 0.7
+    x[2, :, 2:6, 2:4] *= 0.2
+    d = concept_darkening(x, mask)
+    assert d.tolist() == pytest.approx([0.9, 0.5, 0.8], abs=1e-5)
+    # with object masks only the object's pixels count; an image without object pixels outside is not measured
+    obj = torch.zeros(3, 8, 8, dtype=torch.bool)
+    obj[:, 2:6, 2:6] = True
+    obj[1] = mask[1]
+    d = concept_darkening(x, mask, obj)
+    assert d[0].item() == pytest.approx(0.9, abs=1e-5) and torch.isnan(d[1]) and d[2].item() == pytest.approx(0.8)
+    with pytest.raises(ValueError, match=r"Expected `concept_masks` to have shape \(3, 8, 8\)"):
+        concept_darkening(x, mask[:, :4])
+    with pytest.raises(ValueError, match=r"Expected `images` to have shape \(B, C, H, W\)"):
+        concept_darkening(x[0], mask)
+    with pytest.raises(ValueError, match="Expected `quantile` to be in"):
+        concept_darkening(x, mask, quantile=1.5)
+
+
+def test_darkening_summary_needs_enough_images() -> None:
+    d = Darkening.from_values(torch.linspace(0.5, 0.9, 11))
+    assert d is not None and (d.median, d.low, d.high, d.n) == pytest.approx((0.7, 0.54, 0.86, 11))
+    assert Darkening.from_dict(d.to_dict()) == d
+    assert Darkening.from_values(torch.tensor([0.5, float("nan"), 0.6]), min_images=3) is None
+
+
+def test_a_measured_darkening_sets_the_shadow_strength_of_the_policy() -> None:
+    inside = torch.tensor([[1, 3], [0, 4]])
+    overall = torch.tensor([[8, 4], [1, 9]])
+    deep = Darkening(median=0.9, low=0.85, high=0.95, n=40)
+    shadow = FailureEvidence("shadow", "shadow", 2.5, inside, overall, darkening=deep)
+    occluder = FailureEvidence("occluder", "occluder", 2.0, inside, overall, darkening=deep)
+    policies = derive_policies([shadow, occluder])
+    assert policies["SyntheticShadow"].params == {"intensity": (0.85, 0.95)}
+    assert "removes 90% of the brightness" in policies["SyntheticShadow"].params_reason
+    assert policies["Cutout"].params == {}  # Cutout has no strength to set
+    # the failure with the largest lift decides when two measured failures drive the same transform
+    weaker = FailureEvidence("cluster-0", "shadow", 1.5, inside, overall, darkening=Darkening(0.5, 0.4, 0.6, 9))
+    assert derive_policies([weaker, shadow])["SyntheticShadow"].params == {"intensity": (0.85, 0.95)}
+    # switched off, or nothing measured: the transform keeps its own settings
+    assert derive_policies([shadow], strength_params=None)["SyntheticShadow"].params == {}
+    unmeasured = FailureEvidence("shadow", "shadow", 2.5, inside, overall)
+    assert derive_policies([unmeasured])["SyntheticShadow"].params == {}
 
 
 def test_slice_counts_larger_than_the_probe_set_are_rejected() -> None:

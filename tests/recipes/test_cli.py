@@ -75,6 +75,12 @@ def test_fit_writes_one_directory_with_everything(fitted):
     report = ConceptReport.load(run / "report.json")
     assert report.task == "classification" and report.layer == "layer2"
     assert report.meta["annotated"]["names"][-1] == "clean"
+    # the shadow's depth is measured on the probe images (planted shadows remove 55-75% where they cover)
+    darkening = report.meta["annotated"]["darkening"]["shadow"]
+    assert 0.4 < darkening["median"] < 0.85 and darkening["n"] >= 5
+    policies = json.loads((run / "policy.json").read_text())["policies"]
+    if "SyntheticShadow" in policies:  # a shadow failure found: its strength is the measured one
+        assert policies["SyntheticShadow"]["params"] == {"intensity": [darkening["low"], darkening["high"]]}
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"before", "after"} and "shadow" in metrics["after"]
     md = (run / "report.md").read_text()
@@ -186,6 +192,12 @@ def test_suggest_leaves_other_messages_alone():
 
 
 # -- shipped recipes -----------------------------------------------------------------------------------------
+
+
+def test_shadow_calibration_is_on_by_default_and_can_be_switched_off():
+    parser = fit_parser()
+    assert parser.parse_args(TINY_DATA).finetune.calibrate is True
+    assert parser.parse_args([*TINY_DATA, "--finetune.calibrate", "false"]).finetune.calibrate is False
 
 
 def test_the_shipped_recipes_are_there_and_parse():

@@ -14,20 +14,25 @@ from recipes.data.base import ContractDataModule
 from recipes.loop import (
     LoopError,
     RunDirectory,
+    annotated_darkening,
     apply_policies,
     atomic_write,
     check_data,
     check_layer,
+    configure_transforms,
     default_layer,
+    default_transforms,
     diagnose_once,
     format_before_after,
     load_model,
     loop_policies,
     mean_probability,
     model_fingerprint,
+    probe_loader,
     save_model,
     train,
     uniform_policies,
+    with_params,
 )
 from recipes.models import ResNetClassifier, SegmentationNet
 
@@ -168,6 +173,50 @@ def test_a_shadow_failure_becomes_a_synthetic_shadow_policy_on_the_failing_class
     # A concept mapped to nothing yields no policy.
     policies, _ = loop_policies(_diagnosis_with_shadow_failure(), augmentations={})
     assert policies == {}
+
+
+def test_a_measured_shadow_depth_sets_the_policys_shadow_intensity_and_is_stated():
+    d = _diagnosis_with_shadow_failure()
+    d.annotated["darkening"] = {"shadow": {"median": 0.9, "low": 0.86, "high": 0.94, "n": 30}}
+    policies, evidence = loop_policies(d, base=0.1, max_p=0.9)
+    assert policies["SyntheticShadow"].params == {"intensity": (0.86, 0.94)}
+    assert "removes 90% of the brightness" in evidence[0] and "intensity 0.86–0.94" in evidence[0]
+    assert "intensity=(0.86, 0.94)" in policies["SyntheticShadow"].explain()
+    # switched off, or no masks measured (no "darkening"): the default transform settings stay
+    off, evidence = loop_policies(d, base=0.1, max_p=0.9, calibrate=False)
+    assert off["SyntheticShadow"].params == {} and "removes" not in evidence[0]
+    assert loop_policies(_diagnosis_with_shadow_failure())[0]["SyntheticShadow"].params == {}
+
+
+def test_annotated_darkening_measures_the_planted_shadows_depth():
+    dm = PlantedConceptsDataModule(train_size=16, val_size=64, test_size=16, batch_size=16, cache_dir=None,
+                                   prevalence={"val": {"shadow": 1.0}})
+    measured = annotated_darkening(probe_loader(dm.dataset("val"), 64, 0), dm.concept_names)
+    shadow = measured["shadow"]
+    # the planted shadows remove 55-75% of the brightness where they fully cover
+    assert shadow["n"] >= 50 and 0.5 <= shadow["low"] <= shadow["median"] <= shadow["high"] <= 0.8
+    # data without concept masks: nothing measured
+    plain = [{"image": torch.rand(3, 8, 8), "target": torch.tensor(0), "concepts": torch.ones(1)}] * 4
+    assert annotated_darkening(torch.utils.data.DataLoader(plain, batch_size=2), ("shadow",)) == {}
+
+
+def test_policy_params_reach_the_transform_that_fine_tuning_uses():
+    transforms = default_transforms(32, seed=0)
+    policy = AugmentationPolicy(augmentation="SyntheticShadow", params={"intensity": (0.85, 0.95)})
+    configured = configure_transforms(transforms, {"SyntheticShadow": policy, "Cutout": AugmentationPolicy()})
+    shadow = configured["SyntheticShadow"]
+    assert isinstance(shadow, SyntheticShadow) and shadow.intensity == (0.85, 0.95)
+    assert (shadow.kind, shadow.p, shadow.seed) == ("line", 1.0, 0)  # the other settings are kept
+    assert configured["Cutout"] is transforms["Cutout"]
+    assert transforms["SyntheticShadow"].intensity == (0.4, 0.75)  # the caller's transforms are not changed
+    x = torch.ones(64, 1, 8, 8)
+    y = shadow(x)
+    # every darkened pixel lost between 85% and 95% of its brightness (soft edges lose less, never more)
+    assert float(y.min()) >= 0.05 - 1e-6 and float(y.min()) <= 0.15
+    with pytest.raises(LoopError, match="Expected the policy's settings for SyntheticShadow to be among"):
+        with_params(shadow, {"strength": 0.5})
+    with pytest.raises(LoopError, match="Expected settings .* that SyntheticShadow accepts"):
+        with_params(shadow, {"intensity": (0.9, 0.2)})
 
 
 def test_apply_policies_grows_a_joint_batch_and_augments_only_what_the_policy_picks():
