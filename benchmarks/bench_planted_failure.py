@@ -94,8 +94,9 @@ def run_seed(scenario: str, seed: int, args: argparse.Namespace) -> list[dict[st
     runs = [(la, k, e) for la in args.layers for k in args.n_concepts for e in EMBEDDINGS]
     for layer, n_concepts, embedding in runs:
         clock = time.perf_counter()
-        report = ConceptAnalysis(model, layer, patches="superpixel", embedding=embedding,
-                                 n_concepts=n_concepts, top_k=50, seed=seed).run(batches, concept_names=names)
+        embed_kwargs = {"resample_pool": args.resample_pool} if embedding == "resample" else {}
+        report = ConceptAnalysis(model, layer, patches="superpixel", embedding=embedding, n_concepts=n_concepts,
+                                 top_k=50, seed=seed, embed_kwargs=embed_kwargs).run(batches, concept_names=names)
         seconds = time.perf_counter() - clock
         ids = [c.id for c in report.concepts]
         gt = report.ground_truth_precision
@@ -174,6 +175,8 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["layer1"])
     parser.add_argument("--n-concepts", type=int, nargs="+", default=[16, 64],
                         help="k of k-means; 64 over-clusters as ACE does (its 25 clusters on 224-px images)")
+    parser.add_argument("--resample-pool", default="map", choices=["map", "mask"],
+                        help="resample mode's pooling: the whole map, fill included (the seed's), or the patch only")
     parser.add_argument("--name", default="planted_failure", help="result file name under benchmarks/results/")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, not recorded")
     args = parser.parse_args()

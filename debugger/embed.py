@@ -3,7 +3,10 @@
 - ``mode="resample"`` (seed 000 §7.1, ACE): each patch is cut out of its image (the pixels outside a
   superpixel's mask set to neutral grey), its box resized to the model's input size, and the batch of
   resized patches sent through the model; the layer's activation is pooled over space. One forward per
-  patch (batched), faithful to how the model sees the patch alone.
+  patch (batched), faithful to how the model sees the patch alone. The seed pools the whole map, grey fill
+  included (``resample_pool="map"``); ``resample_pool="mask"`` pools only where the resized patch is, so a
+  patch's embedding no longer depends on how much of the box its mask fills, or on how close its own colour
+  is to the fill (a grey occluder on grey padding).
 - ``mode="roi"``: the image is sent through the model once and the patch region is pooled from the
   layer's feature map — a masked average over the patch mask resampled to the feature grid
   (``roi_pool="mask"``), or RoI-align on the box (``roi_pool="box"``: bilinear samples on a regular grid
@@ -36,6 +39,7 @@ Mode = Literal["resample", "roi"]
 Pool = Literal["mean", "max"]
 Reduce = Literal["mean", "max", "none"]
 RoiPool = Literal["mask", "box"]
+ResamplePool = Literal["map", "mask"]
 
 __all__ = [
     "PatchEmbedder",
@@ -224,7 +228,7 @@ def roi_pool_mask(features: Tensor, masks: Tensor, reduce: Pool = "mean") -> Ten
 
     Shape:
         - features: ``(P, D, h, w)``, the feature map of each patch's image (already gathered)
-        - masks: ``(P, H, W)`` bool
+        - masks: ``(P, H, W)`` bool, or float weights in [0, 1]
         - output: ``(P, D)``
 
     Example:
@@ -312,17 +316,29 @@ def _embed_resample(
     input_size: tuple[int, int] | None,
     keep_aspect: bool,
     device: torch.device,
+    pool: ResamplePool = "map",
 ) -> Tensor:
     module = resolve_layer(model, layer)
     out: list[Tensor] = []
     for s in range(0, len(patches), batch_size):
         idx = patches.image_index[s : s + batch_size]
+        boxes = patches.boxes[s : s + batch_size]
         src = images[idx].to(device)
         masks = patches.masks[s : s + batch_size].to(device) if (use_masks and patches.masks is not None) else None
-        crops = resample_patches(src, patches.boxes[s : s + batch_size], masks, input_size, fill.to(device),
-                                 keep_aspect)
+        crops = resample_patches(src, boxes, masks, input_size, fill.to(device), keep_aspect)
         act = forward_to_layer(model, module, crops)
-        out.append(_pool_activation(act, reduce, layer).float().cpu())
+        if pool == "mask":
+            if act.dim() != 4:
+                raise ValueError(
+                    f"Expected layer {layer!r} to give a spatial map (B, D, h, w) for resample_pool='mask', but "
+                    f"got activations of shape {tuple(act.shape)!r}; use resample_pool='map'."
+                )
+            # Where the patch lies in the resized crop: its mask (or whole box) resampled the same way, 0 outside.
+            inside = (masks if masks is not None else torch.ones_like(src[:, 0], dtype=torch.bool))[:, None]
+            where = resample_patches(inside.to(src.dtype), boxes, None, input_size, 0.0, keep_aspect)[:, 0]
+            out.append(roi_pool_mask(act, where, "max" if reduce == "max" else "mean").float().cpu())
+        else:
+            out.append(_pool_activation(act, reduce, layer).float().cpu())
     return torch.cat(out)
 
 
@@ -392,6 +408,7 @@ def embed_patches(
     roi_pool: RoiPool = "mask",
     roi_samples: int = 4,
     eval_mode: bool = True,
+    resample_pool: ResamplePool = "map",
 ) -> Tensor:
     """Embed every patch of ``patches`` at ``layer``; see the module docstring for the two modes.
 
@@ -413,6 +430,9 @@ def embed_patches(
         roi_pool: ``"mask"`` (masked average over the patch mask) or ``"box"`` (RoI-align) for ``roi``.
         roi_samples: RoI-align samples per side (``roi_pool="box"``).
         eval_mode: run the model in eval mode (flags restored afterwards).
+        resample_pool: ``"map"`` pools the layer's whole map, fill included (the seed's); ``"mask"`` pools it
+            over the patch's mask resized like the patch (its box without ``use_masks``; the ``keep_aspect``
+            margins excluded), area-weighted as ``roi_pool_mask`` does (``resample``, ``reduce`` mean or max).
 
     Shape:
         - images: ``(N, C, H, W)``
@@ -429,6 +449,13 @@ def embed_patches(
         raise ValueError(f"Expected `reduce` to be one of 'mean', 'max', 'none', but got {reduce!r}.")
     if roi_pool not in ("mask", "box"):
         raise ValueError(f"Expected `roi_pool` to be one of 'mask', 'box', but got {roi_pool!r}.")
+    if resample_pool not in ("map", "mask"):
+        raise ValueError(f"Expected `resample_pool` to be one of 'map', 'mask', but got {resample_pool!r}.")
+    if resample_pool == "mask" and reduce == "none":
+        raise ValueError(
+            "Expected `reduce` to be 'mean' or 'max' with resample_pool='mask' (it pools over the patch), but got "
+            "'none'; use resample_pool='map' to keep the whole spatial map."
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
     resolve_layer(model, layer)
@@ -438,7 +465,7 @@ def embed_patches(
         if mode == "resample":
             fill_t = _fill_tensor(fill, images)
             return _embed_resample(model, layer, images, patches, reduce, fill_t, batch_size, use_masks,
-                                   input_size, keep_aspect, device)
+                                   input_size, keep_aspect, device, resample_pool)
         return _embed_roi(model, layer, images, patches, reduce, batch_size, roi_pool, roi_samples, device)
 
 
@@ -469,6 +496,7 @@ class PatchEmbedder:
         keep_aspect: bool = False,
         roi_pool: RoiPool = "mask",
         roi_samples: int = 4,
+        resample_pool: ResamplePool = "map",
     ) -> None:
         if mode not in ("resample", "roi"):
             raise ValueError(f"Expected `mode` to be one of 'resample', 'roi', but got {mode!r}.")
@@ -483,6 +511,7 @@ class PatchEmbedder:
         self.keep_aspect = keep_aspect
         self.roi_pool: RoiPool = roi_pool
         self.roi_samples = roi_samples
+        self.resample_pool: ResamplePool = resample_pool
 
     def embed(self, images: Tensor, patches: PatchSet) -> Tensor:
         """Embed ``patches`` cut from ``images``; ``(P, D)``."""
@@ -490,4 +519,5 @@ class PatchEmbedder:
             self.model, self.layer, images, patches, mode=self.mode, reduce=self.reduce,
             batch_size=self.batch_size, fill=self.fill, use_masks=self.use_masks, input_size=self.input_size,
             keep_aspect=self.keep_aspect, roi_pool=self.roi_pool, roi_samples=self.roi_samples,
+            resample_pool=self.resample_pool,
         )

@@ -250,3 +250,53 @@ def test_embed_images_matches_forward_and_rejects_flat_layers_for_none():
         embed_images(net, "2", x)
     with pytest.raises(ValueError, match="reduce"):
         embed_images(net, "1", x, reduce="sum")  # type: ignore[arg-type]
+
+
+def test_resample_mask_pool_averages_only_the_patch_and_ignores_the_fill():
+    # A pointwise network and crops resized 1:1, so the expected embedding is the mean of the network's output
+    # over the patch's own pixels, whatever the fill.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 1), nn.ReLU())
+    images = torch.rand(2, 3, 8, 8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 1:3, 2:5] = True  # box (2, 1, 5, 3): 3 wide, 2 high, full
+    masks[1, 4:8, 4:8] = torch.rand(4, 4) > 0.4
+    masks[1, 4, 4] = masks[1, 7, 7] = True  # the box stays (4, 4, 8, 8)
+    boxes = torch.tensor([[2, 1, 5, 3], [4, 4, 8, 8]])
+    ps = PatchSet(torch.tensor([0, 1]), boxes, masks, torch.zeros(2, 0), (), "slic")
+    with torch.no_grad():
+        pixel_out = net(images)  # (2, 5, 8, 8)
+    expected = torch.stack([pixel_out[i][:, masks[i]].mean(1) for i in range(2)])
+    for i, size in enumerate([(2, 3), (4, 4)]):
+        one = PatchSet(ps.image_index[i : i + 1], boxes[i : i + 1], masks[i : i + 1], torch.zeros(1, 0), (), "slic")
+        got = [embed_patches(net, "1", images, one, mode="resample", input_size=size, fill=f, resample_pool="mask")
+               for f in (0.0, 0.5, 1.0)]
+        for g in got:
+            torch.testing.assert_close(g[0], expected[i], atol=1e-5, rtol=1e-5)
+        # the seed's whole-map pooling does depend on the fill when the mask leaves part of the box empty
+        whole = [embed_patches(net, "1", images, one, mode="resample", input_size=size, fill=f) for f in (0.0, 1.0)]
+        if not masks[i, boxes[i, 1] : boxes[i, 3], boxes[i, 0] : boxes[i, 2]].all():
+            assert not torch.allclose(whole[0], whole[1])
+
+
+def test_resample_mask_pool_equals_map_pool_for_a_full_box():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    images = torch.rand(3, 3, 16, 16)
+    ps = sliding_windows(images, sizes=(8,))
+    by_map = embed_patches(net, "1", images, ps, mode="resample")
+    by_mask = embed_patches(net, "1", images, ps, mode="resample", resample_pool="mask")
+    torch.testing.assert_close(by_mask, by_map, atol=1e-5, rtol=1e-5)
+    mx = embed_patches(net, "1", images, ps, mode="resample", reduce="max", resample_pool="mask")
+    torch.testing.assert_close(mx, embed_patches(net, "1", images, ps, mode="resample", reduce="max"))
+    assert PatchEmbedder(net, "1", mode="resample", resample_pool="mask").embed(images, ps).shape == by_map.shape
+
+
+def test_resample_pool_rejects_bad_options():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    images = torch.rand(1, 3, 8, 8)
+    ps = sliding_windows(images, sizes=(4,))
+    with pytest.raises(ValueError, match="resample_pool"):
+        embed_patches(net, "1", images, ps, mode="resample", resample_pool="box")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduce"):
+        embed_patches(net, "1", images, ps, mode="resample", reduce="none", resample_pool="mask")
