@@ -60,7 +60,8 @@ def concept_darkening(
     object's pixels inside and outside the concept's mask (the whole image without ``object_masks``). An upper
     quantile rather than the mean, because the region inside a shadow's mask also holds background and
     half-covered edge pixels; the brightest pixels inside are the shadowed object itself (on Fashion-MNIST with
-    black backgrounds and without object masks, the median would read the background).
+    black backgrounds and without object masks, the median would read the background). The ratio assumes that 0
+    is black (images in ``[0, 1]`` or ``[0, 255]``, not mean/std-normalised ones).
 
     Shape:
         - images: ``(B, C, H, W)``; concept_masks, object_masks: ``(B, H, W)``, non-zero inside

@@ -9,7 +9,8 @@ line (:mod:`recipes.cli`), the benchmarks and a user's notebook run the same cod
    the failure ranking of the annotated concepts, and the per-concept metrics on the test split;
 3. :func:`loop_policies` — the failure concepts (discovered ones matched to a ground-truth concept, and
    annotated ones) become one :class:`augment.AugmentationPolicy` per transform
-   (:func:`callbacks.failure_driven_augmentation.derive_policies`);
+   (:func:`callbacks.failure_driven_augmentation.derive_policies`), the shadow transform as strong as the
+   shadows measured in the failing slice (``calibrate``);
 4. :func:`finetune` — joint batches ``(X, augment(X))`` where each transform's policy says which samples it
    touches (:class:`PolicyAugmentedData`);
 5. the same diagnosis again, and a before/after table (:func:`format_before_after`).
