@@ -268,3 +268,37 @@ def test_image_folder_reads_class_folders_and_rejects_bad_roots(tmp_path):
     (empty / "a").mkdir()
     with pytest.raises(ValueError, match="image files"):
         ImageFolderDataset(empty)
+
+
+def _image_folder(root, counts):
+    from PIL import Image
+
+    for c, n in counts.items():
+        os.makedirs(root / c)
+        for i in range(n):
+            Image.fromarray(np.full((6, 6, 3), 20 * i, np.uint8)).save(root / c / f"{i}.png")
+    return str(root)
+
+
+def test_image_folder_module_rejects_one_class_an_empty_class_and_too_few_images(tmp_path):
+    with pytest.raises(ValueError, match=r"at least 2 class sub-folders.*\{'cat': 10\}"):
+        ImageFolderDataModule(_image_folder(tmp_path / "one", {"cat": 10}))
+    with pytest.raises(ValueError, match=r"each with images.*'dog': 0"):
+        ImageFolderDataModule(_image_folder(tmp_path / "hollow", {"cat": 10, "dog": 0}))
+    with pytest.raises(ValueError, match="got 5 images, which leaves the val split empty"):
+        ImageFolderDataModule(_image_folder(tmp_path / "few", {"cat": 3, "dog": 2}))
+    root = _image_folder(tmp_path / "ok", {"cat": 3, "dog": 3})
+    dm = ImageFolderDataModule(root)
+    assert [len(dm.dataset(s)) for s in ("train", "val", "test")] == [4, 1, 1]
+    with pytest.raises(ValueError, match="`image_size` to be a positive integer"):
+        ImageFolderDataModule(root, image_size=0)
+    with pytest.raises(ValueError, match="`channels` to be 1 or 3"):
+        ImageFolderDataModule(root, channels=2)  # type: ignore[arg-type]
+
+
+def test_image_folder_names_an_unreadable_file(tmp_path):
+    root = _image_folder(tmp_path, {"cat": 5, "dog": 5})
+    (tmp_path / "dog" / "3.png").write_bytes(b"not a png")
+    ds = ImageFolderDataset(root, image_size=8)
+    with pytest.raises(ValueError, match=r"Expected '.*dog/3\.png' to be a readable image"):
+        [ds[i] for i in range(len(ds))]
