@@ -240,7 +240,22 @@ class ConceptReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ConceptReport:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """Read a report written by :meth:`save`.
+
+        Raises:
+            ValueError: if the file is not a report's JSON (naming the file), or its ``schema_version`` is
+                newer than this conceptfix reads.
+        """
+        raw = Path(path).read_bytes()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"Expected {str(path)!r} to hold a ConceptReport's JSON, but it is not JSON: {err}."
+                             ) from err
+        if not isinstance(data, dict):
+            raise ValueError(f"Expected {str(path)!r} to hold a ConceptReport's JSON object, but it holds a "
+                             f"{type(data).__name__}.")
+        return cls.from_dict(data)
 
     def to_markdown(self, max_rows: int = 20) -> str:
         """A human summary: the failure ranking as a table, then each concept's slice accuracy."""

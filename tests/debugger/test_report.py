@@ -109,6 +109,15 @@ def test_save_is_atomic_and_load_reads_it_back(tmp_path):
     assert ConceptReport.load(path).to_json() == report.to_json()
 
 
+def test_load_names_a_file_that_is_not_a_report(tmp_path):
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ValueError, match=r"Expected '.*model\.ckpt' to hold a ConceptReport's JSON, but it is not"):
+        ConceptReport.load(tmp_path / "model.ckpt")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list\.json' to hold a ConceptReport's JSON object, but it holds a list"):
+        ConceptReport.load(tmp_path / "list.json")
+
+
 def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     report = _report(with_masks=False)
     path = report.save(tmp_path / "concepts.json")
