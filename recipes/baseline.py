@@ -25,6 +25,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    # Lightning's own pytree copy builds torch's deprecated LeafSpec; nothing a user of conceptfix can change.
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*", FutureWarning)
 
 
 def default_model(datamodule: ContractDataModule) -> pl.LightningModule:

@@ -81,3 +81,22 @@ def test_fit_baseline_builds_a_model_factory_after_seeding():
     b = fit_baseline(dm, factory, max_epochs=1, seed=5)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+def test_quiet_lightning_hides_the_leafspec_deprecation_lightning_triggers():
+    import warnings
+
+    from pytorch_lightning.utilities import _pytree
+
+    from recipes.baseline import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _pytree._tree_flatten(1)
+    if not any("LeafSpec" in str(w.message) for w in seen):
+        pytest.skip("this torch/Lightning pair does not warn about LeafSpec")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        _pytree._tree_flatten(1)
+    assert not [w for w in seen if "LeafSpec" in str(w.message)]
