@@ -43,12 +43,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (``.gz`` or plain) into an array of its declared shape and dtype.
 
     Raises:
-        ValueError: if the file is not an IDX file.
+        ValueError: if the file is not an IDX file, or a ``.gz`` one is not valid gzip (truncated or corrupt).
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError) as err:  # EOFError: a gzip stream cut short
+        raise ValueError(f"Expected {str(path)!r} to be a gzip-compressed IDX file, but it could not be "
+                         f"decompressed: {err}.") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"Expected {str(path)!r} to be an unsigned-byte IDX file, but its header is {data[:4]!r}.")
     ndim = data[3]

@@ -229,6 +229,18 @@ def test_fashion_missing_files_name_the_debian_package(tmp_path):
         read_idx(bad)
 
 
+def test_fashion_corrupt_or_truncated_gzip_is_a_clear_error(tiny_idx, tmp_path):
+    bad = tmp_path / "not-gzip-idx3-ubyte.gz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"not-gzip-idx3-ubyte\.gz' to be a gzip-compressed IDX file"):
+        read_idx(bad)
+    whole = (tiny_idx / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    cut = tmp_path / "cut-idx1-ubyte.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="could not be decompressed"):
+        read_idx(cut)
+
+
 @pytest.mark.skipif(not HAVE_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_the_debian_package():
     dm = FashionMNISTDataModule(test_size=256, batch_size=64)
