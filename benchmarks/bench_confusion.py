@@ -9,6 +9,7 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_confusion.py``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -31,6 +32,8 @@ def _best_of(fn: Any, repeat: int) -> float:
 
 
 def main() -> None:
+    # No options, but `--help` must not run (and record) the benchmark.
+    argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0]).parse_args()
     import torch
     from sklearn.metrics import confusion_matrix
 

@@ -5,6 +5,7 @@ Run: ``python -m benchmarks.bench_data_generation``
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 
@@ -22,6 +23,8 @@ def rate(make, cache_dir: str | None, n: int) -> float:
 
 
 def main() -> None:
+    # No options, but `--help` must not run (and record) the benchmark.
+    argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0]).parse_args()
     texture_bank()  # the one-off texture load is not per-image work
     results = {}
     cases = {

@@ -1,0 +1,23 @@
+"""Every benchmark script parses its command line, so `--help` or a misspelt option never
+runs a benchmark and overwrites its recorded result."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("bench_*.py"))
+
+
+def test_there_are_benchmark_scripts():
+    assert len(SCRIPTS) >= 10
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_main_parses_its_arguments(script):
+    tree = ast.parse(script.read_text())
+    mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+    assert mains, f"{script.name} has no main()"
+    calls = [n for n in ast.walk(mains[0]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    assert any(c.func.attr in ("parse_args", "parse_known_args") for c in calls), (
+        f"{script.name}: main() never parses its arguments, so `--help` runs the benchmark")
