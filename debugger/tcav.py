@@ -352,6 +352,7 @@ def layer_sensitivities(
     targets: int | Tensor,
     pixels: Tensor | None = None,
     batch_size: int = 32,
+    slots_per_pass: int = 1,
 ) -> Tensor:
     """Directional derivatives of the target logits along ``cavs`` at ``layer`` (batched, training-safe).
 
@@ -362,6 +363,13 @@ def layer_sensitivities(
     logit of its ``targets`` class at that pixel; one backward per slot covers the whole chunk (in eval mode
     a pixel's logit depends on its own image only). Slots with target ``-1`` are unused (derivative 0).
 
+    ``slots_per_pass > 1`` runs that many slots' backward passes as one vmapped backward
+    (``torch.autograd.grad(..., is_grads_batched=True)`` over stacked one-hot output gradients); the result is
+    the same, but on CPU with torch 2.13 it is slower than one pass per slot (torch's batched backward has no
+    batching rule for convolutions and loops over the slots itself; ``benchmarks/bench_tcav.py --pixel-cost``).
+    When the model's backward cannot be vmapped (e.g. data-dependent Python in a custom ``backward``), it warns
+    once and falls back to one pass per slot.
+
     Shape:
         - inputs: ``(N, C, H, W)``
         - cavs: ``(K, F)`` flat or ``(K, D)`` per channel (see :func:`directional_derivatives`)
@@ -371,7 +379,7 @@ def layer_sensitivities(
 
     Raises:
         ValueError: for an unknown layer, bad shapes, class indices out of range, pixels outside the output,
-            or a segmentation output without ``pixels``.
+            a segmentation output without ``pixels``, or ``slots_per_pass`` not a positive integer.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -382,6 +390,8 @@ def layer_sensitivities(
     find_layer(model, layer)  # unknown names fail before any forward, with the nearest names
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
+    if not isinstance(slots_per_pass, int) or isinstance(slots_per_pass, bool) or slots_per_pass < 1:
+        raise ValueError(f"Expected `slots_per_pass` to be a positive integer, but got {slots_per_pass!r}.")
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"Expected `inputs` of shape (N, C, H, W), but got {shape!r}.")
@@ -406,7 +416,8 @@ def layer_sensitivities(
                 out_parts.append(_image_derivatives(output, act, t, cavs))
             else:
                 pix = pixels[s : s + batch_size].to(output.device, torch.long, copy=True)
-                out_parts.append(_pixel_derivatives(output, act, t, pix, cavs))
+                d, slots_per_pass = _pixel_derivatives(output, act, t, pix, cavs, slots_per_pass)
+                out_parts.append(d)
     return torch.cat(out_parts)
 
 
@@ -442,7 +453,10 @@ def _image_derivatives(output: Tensor, act: Tensor, t: Tensor, cavs: Tensor) -> 
     return directional_derivatives(grad.detach(), cavs)
 
 
-def _pixel_derivatives(output: Tensor, act: Tensor, t: Tensor, pixels: Tensor, cavs: Tensor) -> Tensor:
+def _pixel_derivatives(
+    output: Tensor, act: Tensor, t: Tensor, pixels: Tensor, cavs: Tensor, slots_per_pass: int = 1
+) -> tuple[Tensor, int]:
+    """``(B, P, K)`` derivatives of every used slot, and the slots per pass that worked (1 after a fallback)."""
     if output.dim() != 4:
         raise ValueError(f"Expected (B, classes, H, W) logits for pixel samples, but got {tuple(output.shape)!r}.")
     b, c, h, w = output.shape
@@ -451,17 +465,46 @@ def _pixel_derivatives(output: Tensor, act: Tensor, t: Tensor, pixels: Tensor, c
     ys, xs = pix[..., 0], pix[..., 1]
     if pix.numel() and (int(ys.min()) < 0 or int(ys.max()) >= h or int(xs.min()) < 0 or int(xs.max()) >= w):
         raise ValueError(f"Expected pixel coordinates (y, x) inside the {h}x{w} output, but got some outside it.")
-    rows = torch.arange(b, device=output.device)
-    slots = t.shape[1]
-    out = torch.zeros(b, slots, cavs.shape[0], device=output.device)
-    for p in range(slots):  # one backward per slot, batched over the chunk's images
-        valid = t[:, p] >= 0
-        if not bool(valid.any()):
-            continue
-        score = (output[rows, t[:, p].clamp_min(0), ys[:, p], xs[:, p]] * valid).sum()
-        (grad,) = torch.autograd.grad(score, act, retain_graph=p < slots - 1)
-        out[:, p] = directional_derivatives(grad.detach(), cavs).float() * valid[:, None]
-    return out
+    valid = t >= 0  # (B, P)
+    used = [p for p in range(t.shape[1]) if bool(valid[:, p].any())]
+    out = torch.zeros(b, t.shape[1], cavs.shape[0], device=output.device)
+    i = 0
+    while i < len(used):
+        chunk = used[i : i + slots_per_pass]
+        grads = None
+        if len(chunk) > 1:
+            try:
+                grads = _batched_slot_grads(output, act, t, ys, xs, chunk)
+            except RuntimeError as err:  # also NotImplementedError; the graph is retained, so loop from here on
+                warnings.warn(
+                    f"Expected the model's backward to be vmappable over pixel slots (`slots_per_pass` > 1), but "
+                    f"it raised {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                    "; falling back to one backward pass per slot.",
+                    stacklevel=3,
+                )
+                slots_per_pass, chunk = 1, chunk[:1]
+        if grads is None:
+            p = chunk[0]
+            score = output[valid[:, p], t[valid[:, p], p], ys[valid[:, p], p], xs[valid[:, p], p]].sum()
+            (g,) = torch.autograd.grad(score, act, retain_graph=i + 1 < len(used))
+            grads = g[None]
+        for j, p in enumerate(chunk):
+            out[:, p] = directional_derivatives(grads[j].detach(), cavs).float() * valid[:, p, None]
+        i += len(chunk)
+    return out, slots_per_pass
+
+
+def _batched_slot_grads(output: Tensor, act: Tensor, t: Tensor, ys: Tensor, xs: Tensor, slots: list[int]) -> Tensor:
+    """``(S, *act.shape)`` gradients of the slots' pixel logits w.r.t. ``act``, in one vmapped backward."""
+    idx = torch.as_tensor(slots, device=output.device)
+    tt, yy, xx = t[:, idx], ys[:, idx], xs[:, idx]  # (B, S)
+    rows = torch.arange(output.shape[0], device=output.device)[:, None].expand_as(tt)
+    slot = torch.arange(len(slots), device=output.device)[None, :].expand_as(tt)
+    keep = tt >= 0
+    onehot = output.new_zeros((len(slots), *output.shape))
+    onehot[slot[keep], rows[keep], tt[keep], yy[keep], xx[keep]] = 1.0
+    (grads,) = torch.autograd.grad(output, act, onehot, retain_graph=True, is_grads_batched=True)
+    return grads
 
 
 def sample_pixels(

@@ -143,6 +143,87 @@ def test_per_pixel_derivatives_of_a_one_by_one_head_are_exact() -> None:
     assert torch.allclose(d[..., 0], expected)
 
 
+class _DataDependentIdentity(torch.autograd.Function):
+    """Identity whose backward branches on a gradient's value: fine per slot, not vmappable."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad if bool(grad.abs().sum() >= 0) else -grad
+
+
+class _NotVmappable(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _DataDependentIdentity.apply(x)
+
+
+def _seg_net(vmappable: bool = True) -> nn.Module:
+    torch.manual_seed(6)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU() if vmappable else _NotVmappable(),
+        nn.Upsample(scale_factor=2.0), nn.Conv2d(5, 3, 3, padding=1),
+    )
+    with torch.no_grad():  # non-trivial running statistics, used in eval mode
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _pixel_reference(net: nn.Module, layer: str, x: Tensor, cavs: Tensor, targets: Tensor, pixels: Tensor) -> Tensor:
+    # One image and one pixel at a time, through the layer's captured output: no batching of any kind.
+    from debugger.saliency._core import LayerCapture
+
+    out = torch.zeros(*targets.shape, cavs.shape[0])
+    for b in range(x.shape[0]):
+        for p in range(targets.shape[1]):
+            if targets[b, p] < 0:
+                continue
+            with LayerCapture(net, [layer]) as cap:
+                logits = net(x[b : b + 1])
+            (g,) = torch.autograd.grad(logits[0, targets[b, p], pixels[b, p, 0], pixels[b, p, 1]], cap.outputs[layer])
+            out[b, p] = directional_derivatives(g, cavs)[0]
+    return out
+
+
+@pytest.mark.parametrize("slots_per_pass", [1, 2, 3, 16])
+@pytest.mark.parametrize("flat", [False, True])
+def test_batched_pixel_slots_equal_one_backward_per_slot_and_per_image(slots_per_pass: int, flat: bool) -> None:
+    net = _seg_net()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 3, 8, 8, generator=g)
+    labels = torch.randint(0, 3, (5, 8, 8), generator=g)
+    labels[2] = 0  # image 2 has only class 0: its slots of classes 1 and 2 are unused
+    pix, cls = sample_pixels(labels, 2, [0, 1, 2], g)
+    cls[:, 3] = -1  # a slot unused in every image is skipped
+    assert bool((cls[2, 2:] == -1).all())
+    cavs = torch.randn(3, 5 * 4 * 4 if flat else 5, generator=g)
+    expected = _pixel_reference(net, "5", x, cavs, cls, pix)
+    d = layer_sensitivities(net, "5", x, cavs, cls, pixels=pix, batch_size=2, slots_per_pass=slots_per_pass)
+    assert d.shape == (5, 6, 3)
+    assert torch.allclose(d, expected, atol=1e-5)
+    assert bool((d[cls < 0] == 0).all()) and bool((expected[cls >= 0] != 0).all())
+    loop = layer_sensitivities(net, "5", x, cavs, cls, pixels=pix, batch_size=2)
+    assert torch.allclose(d, loop, atol=1e-5)
+
+
+def test_unvmappable_backward_warns_and_falls_back_to_one_pass_per_slot() -> None:
+    net = _seg_net(vmappable=False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    pix, cls = sample_pixels(torch.randint(0, 3, (4, 8, 8), generator=g), 2, [0, 1, 2], g)
+    cavs = torch.randn(2, 5, generator=g)
+    with pytest.warns(UserWarning, match="falling back to one backward pass per slot") as record:
+        d = layer_sensitivities(net, "4", x, cavs, cls, pixels=pix, batch_size=2, slots_per_pass=4)
+    assert len([w for w in record if "falling back" in str(w.message)]) == 1  # once per call, not per chunk
+    expected = _pixel_reference(net, "4", x, cavs, cls, pix)
+    assert torch.allclose(d, expected, atol=1e-5)
+    assert torch.allclose(d, layer_sensitivities(net, "4", x, cavs, cls, pixels=pix, batch_size=2), atol=1e-5)
+
+
 def test_sample_pixels_draws_only_pixels_of_the_class_and_marks_missing_slots() -> None:
     labels = torch.zeros(3, 6, 7, dtype=torch.long)
     labels[:, :2] = 1
@@ -444,6 +525,9 @@ def test_clear_errors_on_bad_inputs() -> None:
         layer_sensitivities(net, "3", _images(3, 0), torch.randn(1, 5), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"target classes in \[0, 3\)"):
         layer_sensitivities(net, "3", _images(2, 0), torch.randn(1, 5), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="Expected `slots_per_pass` to be a positive integer"):
+        layer_sensitivities(seg, "0", _images(1, 0), torch.randn(1, 4), torch.tensor([[0]]),
+                            pixels=torch.tensor([[[0, 0]]]), slots_per_pass=0)
     with pytest.raises(ValueError, match="for segmentation pass `pixels`"):
         layer_sensitivities(seg, "0", _images(2, 0), torch.randn(1, 4), 0)
     with pytest.raises(ValueError, match="inside the 8x8 output"):
