@@ -312,22 +312,41 @@ def _threads() -> int:
     return threads
 
 
-def run_demo(cfg: Any, parser: Any = None) -> int:
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (and dataloader workers) before anything random is built.
+
+    Model weights are drawn when the model is constructed, so this has to run before the model exists: seeding
+    only in the trainer leaves the initial weights, and so the whole run, different from one invocation to the next.
+    """
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
+def build_demo(cfg: Any) -> tuple[Any, Any]:
+    """The demo's data module and model, seeded with ``cfg.seed`` (the same seed gives the same weights)."""
     from recipes.data import PlantedConceptsDataModule
-    from recipes.loop import run_loop
     from recipes.models import ResNetClassifier
+
+    seed_all(cfg.seed)
+    dm = PlantedConceptsDataModule(train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
+                                   seed=cfg.seed)
+    return dm, ResNetClassifier()
+
+
+def run_demo(cfg: Any, parser: Any = None) -> int:
+    from recipes.loop import run_loop
 
     _threads()
     run = _run_dir(cfg.run_dir, "demo")
     if parser is not None:
         _save_config(run, parser, cfg)
-    dm = PlantedConceptsDataModule(train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
-                                   seed=cfg.seed)
+    dm, model = build_demo(cfg)
     share = {split: 100 * float(dm.make_dataset(split).table[0, 0]) for split in ("train", "test")}
     _say(f"conceptfix demo: planted-concept data ({cfg.train_size} training images; shadows in "
          f"{share['train']:.0f}% of training and {share['test']:.0f}% of test images); writing to {run.path}")
     start = time.time()
-    result = run_loop(dm, ResNetClassifier(), run, epochs=cfg.epochs, finetune_epochs=cfg.finetune_epochs,
+    result = run_loop(dm, model, run, epochs=cfg.epochs, finetune_epochs=cfg.finetune_epochs,
                       probe_size=cfg.probe_size, seed=cfg.seed, progress=_progress(cfg.progress), log=_say)
     _say("\nTest accuracy per planted concept before fine-tuning:")
     _say(format_slice_table(result.before, dm.concept_names))
@@ -348,6 +367,13 @@ def _model_for(data: Any, model: Any) -> Any:
     return model if model is not None else default_model(data)
 
 
+def build_recipe(cfg: Any, parser: Any) -> tuple[Any, Any, Any]:
+    """A recipe's instantiated config, data module and model, seeded with ``cfg.seed``."""
+    seed_all(cfg.seed)
+    init = _instantiate(parser, cfg)
+    return init, init.data, _model_for(init.data, init.model)
+
+
 def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = None,
                finetune_epochs: int | None = None) -> int:
     from recipes.loop import diagnose, load_model, run_loop
@@ -355,10 +381,8 @@ def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = N
     _threads()
     run = _run_dir(cfg.run_dir, command)
     _save_config(run, parser, cfg)
-    init = _instantiate(parser, cfg)
-    data = init.data
+    init, data, model = build_recipe(cfg, parser)
     ckpt = ckpt or init.ckpt
-    model = _model_for(data, init.model)
     if ckpt is not None:
         model = load_model(ckpt, model if init.model is not None else None)
     _say(f"conceptfix {command}: {type(data).__name__} → {type(model).__name__}; writing to {run.path}")

@@ -287,3 +287,36 @@ def test_threads_follow_the_environment_and_reject_bad_values(monkeypatch: pytes
             _threads()
     finally:
         torch.set_num_threads(before)
+
+
+# -- reproducibility -----------------------------------------------------------------------------------------
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_same_seed_builds_the_same_initial_weights_whatever_ran_before():
+    import torch
+
+    from recipes.cli import build_demo, build_parser, build_recipe
+
+    demo = build_parser().parse_args(["demo", "--train_size", "8", "--val_size", "8", "--test_size", "8"]).demo
+    first = _weights(build_demo(demo)[1])
+    torch.rand(100)  # the global RNG moved on, as it does between two invocations' imports
+    assert _same(first, _weights(build_demo(demo)[1]))
+    demo.seed = 1
+    assert not _same(first, _weights(build_demo(demo)[1]))
+
+    parser = fit_parser()
+    cfg = parser.parse_args([*TINY_DATA, "--model", "ResNetClassifier", "--model.width", "4"])
+    first = _weights(build_recipe(cfg, parser)[2])
+    torch.rand(100)
+    assert _same(first, _weights(build_recipe(cfg, parser)[2]))
+
