@@ -24,7 +24,15 @@ score vs ``--null-concepts`` random example sets of its size, ``debugger.tcav.tc
 ``--spurious-stripes C`` plants stripes on 90% of class ``C``'s training images (15% elsewhere), a cue the
 model can learn: TCAV should then call stripes significant for class ``C``.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_tcav`` (about 5 minutes per seed on 1 thread).
+``--pixel-cost`` instead times the per-pixel (segmentation) derivatives as ``docs/tcav.md`` describes them: per
+seed an untrained ``SegmentationNet``, ``--pixel-images`` road scenes, ``--pixels-per-class`` × 3 classes pixel
+slots, the layer's ``2 × --runs`` CAVs for the shadow concept, layers ``--pixel-layers``;
+``layer_sensitivities`` with one backward pass per slot against ``slots_per_pass`` = each of
+``--slots-per-pass`` (vmapped backward), interleaved in one process (order rotated every round), with the
+largest difference between their derivatives (``results/tcav_pixel_cost.json``).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_tcav`` (about 5 minutes per seed on 1 thread);
+``--pixel-cost`` about 4 minutes per seed.
 """
 
 from __future__ import annotations
@@ -162,6 +170,63 @@ def cost(model: Any, batch: dict[str, torch.Tensor], args: argparse.Namespace, s
             "ours_p_values": {str(cls): float(ours_res.p_values[0, 0, j]) for j, cls in enumerate(args.classes)}}
 
 
+def pixel_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-pixel derivatives: one backward per slot vs ``slots_per_pass`` slots per vmapped backward."""
+    from debugger.tcav import TCAV, concept_windows, layer_sensitivities, sample_pixels
+    from recipes.data import RoadScenesDataset
+    from recipes.models import SegmentationNet
+
+    variants = [1, *[s for s in args.slots_per_pass if s != 1]]
+    rows = []
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        net = SegmentationNet(num_classes=3).eval()
+        ds = RoadScenesDataset("val", size=args.pixel_images, seed=seed, cache_dir=None)
+        items = [ds[i] for i in range(len(ds))]
+        images = torch.stack([it["image"] for it in items]).float() / 255
+        labels = torch.stack([it["target"] for it in items]).long()
+        masks = torch.stack([it["concept_masks"] for it in items]).bool()
+        h = images.shape[-2]
+        concepts, random = concept_windows(images, masks, ["shadow"], sizes=(h // 4, h // 2))
+        pixels, targets = sample_pixels(labels, args.pixels_per_class, [0, 1, 2],
+                                        torch.Generator().manual_seed(seed))
+        tcav = TCAV(net, args.pixel_layers, runs=args.runs, random_state=seed)
+        cavs = {}
+        for layer in args.pixel_layers:
+            cdirs, _, rdirs, _, _ = tcav.cavs(layer, concepts, random)
+            cavs[layer] = torch.cat([cdirs.flatten(0, 1), rdirs])
+
+        def run(spp: int, net: Any = net, images: torch.Tensor = images, cavs: dict[str, torch.Tensor] = cavs,
+                targets: torch.Tensor = targets, pixels: torch.Tensor = pixels) -> list[torch.Tensor]:
+            return [layer_sensitivities(net, layer, images, cavs[layer], targets, pixels, batch_size=32,
+                                        slots_per_pass=spp) for layer in args.pixel_layers]
+
+        reference = run(1)
+        max_diff = {str(v): max(float((a - b).abs().max()) for a, b in zip(run(v), reference, strict=True))
+                    for v in variants[1:]}
+        times: dict[int, list[float]] = {v: [] for v in variants}
+        for r in range(args.repeat):
+            for v in variants[r % len(variants):] + variants[: r % len(variants)]:
+                t = time.perf_counter()
+                run(v)
+                times[v].append(time.perf_counter() - t)
+        median = {v: sorted(ts)[len(ts) // 2] for v, ts in times.items()}
+        row = {"seed": seed, "cavs_per_layer": {k: int(c.shape[0]) for k, c in cavs.items()},
+               "slots": int(targets.shape[1]), "used_slots": float((targets >= 0).float().mean()),
+               "per_slot_s": median[1], "times_s": {str(v): ts for v, ts in times.items()},
+               "batched_s": {str(v): median[v] for v in variants[1:]},
+               "batched_over_per_slot": {str(v): median[v] / median[1] for v in variants[1:]},
+               "max_abs_diff": max_diff, "max_abs_derivative": max(float(d.abs().max()) for d in reference)}
+        print(f"seed {seed}: per slot {median[1]:.2f}s; " + ", ".join(
+            f"{v} slots/pass {median[v]:.2f}s ({median[v] / median[1]:.2f}x, diff {max_diff[str(v)]:.1e})"
+            for v in variants[1:]), flush=True)
+        rows.append(row)
+    summary = {"per_slot_s": mean_std([r["per_slot_s"] for r in rows]),
+               "batched_over_per_slot": {str(v): mean_std([r["batched_over_per_slot"][str(v)] for r in rows])
+                                         for v in variants[1:]},
+               "max_abs_diff": max(max(r["max_abs_diff"].values()) for r in rows)}
+    return {"summary": summary, "rows": rows}
+
 def _concept_keys(args: argparse.Namespace, seeds: int) -> list[str]:
     return [c for _ in range(seeds) for _ in args.layers for c in (*CONCEPTS, CONTROL) for _ in args.classes]
 
@@ -182,9 +247,20 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--spurious-stripes", type=int, default=None, metavar="CLASS")
     p.add_argument("--name", default=None, help="result file name (default tcav, or tcav_spurious)")
+    p.add_argument("--pixel-cost", action="store_true", help="time per-pixel derivatives (see above) instead")
+    p.add_argument("--pixel-images", type=int, default=32)
+    p.add_argument("--pixels-per-class", type=int, default=8)
+    p.add_argument("--pixel-layers", nargs="+", default=["enc2", "bottleneck"])
+    p.add_argument("--slots-per-pass", type=int, nargs="+", default=[4, 8, 24])
     args = p.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    if args.pixel_cost:
+        result = pixel_cost(args)
+        path = record(args.name or "tcav_pixel_cost", {"config": vars(args), **result, "threads": 1})
+        print(json.dumps(result["summary"], indent=2))
+        print(f"wrote {path}")
+        return
     from recipes.baseline import quiet_lightning
 
     quiet_lightning()
