@@ -268,6 +268,42 @@ def suggest(message: str, parser: Any | None = None) -> str:
 # -- commands ------------------------------------------------------------------------------------------------
 
 
+def _positive(name: str, value: Any, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"Expected `{name}` to be a positive integer{' or null' if none_ok else ''}, but got "
+                         f"{value!r}.")
+
+
+def check_options(cfg: Any, command: str) -> None:
+    """Reject bad numeric options before any work is done (no training, no run directory).
+
+    Raises:
+        UsageError: naming the option, what it accepts and what it got.
+    """
+    if command == "demo":
+        for name in ("epochs", "finetune_epochs", "train_size", "val_size", "test_size", "probe_size"):
+            _positive(f"--{name}", cfg[name])
+        return
+    if command == "finetune" and "recipe" in cfg:  # the finetune command's own options (the recipe's come later)
+        _positive("--epochs", cfg.epochs, none_ok=True)
+        return
+    _positive("--probe_size", cfg.probe_size)
+    _positive("--n_concepts", cfg.n_concepts, none_ok=True)
+    if command not in ("fit", "finetune"):
+        return
+    _positive("--epochs", cfg.epochs)
+    ft = cfg.finetune
+    if ft.enabled:
+        _positive("--finetune.epochs", ft.epochs)
+        if ft.lr is not None and not ft.lr > 0:
+            raise UsageError(f"Expected `--finetune.lr` to be a positive number or null, but got {ft.lr!r}.")
+        if not 0 <= ft.base_p <= ft.max_p <= 1:
+            raise UsageError("Expected 0 <= `--finetune.base_p` <= `--finetune.max_p` <= 1, but got "
+                             f"base_p={ft.base_p!r}, max_p={ft.max_p!r}.")
+
+
 def _run_dir(value: str | None, command: str) -> Any:
     from recipes.loop import RunDirectory, default_run_dir
 
@@ -337,6 +373,7 @@ def build_demo(cfg: Any) -> tuple[Any, Any]:
 def run_demo(cfg: Any, parser: Any = None) -> int:
     from recipes.loop import run_loop
 
+    check_options(cfg, "demo")
     _threads()
     run = _run_dir(cfg.run_dir, "demo")
     if parser is not None:
@@ -378,6 +415,7 @@ def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = N
                finetune_epochs: int | None = None) -> int:
     from recipes.loop import diagnose, load_model, run_loop
 
+    check_options(cfg, command)
     _threads()
     run = _run_dir(cfg.run_dir, command)
     _save_config(run, parser, cfg)
@@ -418,6 +456,7 @@ def run_fit(cfg: Any, parser: Any = None) -> int:
 def run_finetune(cfg: Any, parser: Any = None) -> int:
     from recipes.loop import LoopError
 
+    check_options(cfg, "finetune")
     parser = fit_parser()
     recipe = resolve_recipe(cfg.recipe)
     if not Path(cfg.ckpt).is_file():
@@ -438,6 +477,7 @@ def run_finetune(cfg: Any, parser: Any = None) -> int:
 def run_diagnose(cfg: Any, parser: Any) -> int:
     from recipes.loop import diagnose, format_metrics, load_model
 
+    check_options(cfg, "diagnose")
     _threads()
     run = _run_dir(cfg.run_dir, "diagnose")
     _save_config(run, parser, cfg)
@@ -461,6 +501,7 @@ def run_diagnose(cfg: Any, parser: Any) -> int:
 def run_compare(cfg: Any, parser: Any) -> int:
     from recipes.loop import compare_models, load_model
 
+    check_options(cfg, "compare")
     _threads()
     run = _run_dir(cfg.run_dir, "compare")
     _save_config(run, parser, cfg)

@@ -320,3 +320,20 @@ def test_the_same_seed_builds_the_same_initial_weights_whatever_ran_before():
     torch.rand(100)
     assert _same(first, _weights(build_recipe(cfg, parser)[2]))
 
+
+@pytest.mark.parametrize("args, needle", [
+    (["demo", "--finetune_epochs", "0"], "Expected `--finetune_epochs` to be a positive integer, but got 0."),
+    (["demo", "--probe_size", "0"], "Expected `--probe_size` to be a positive integer, but got 0."),
+    (["demo", "--train-size", "-5"], "Expected `--train_size` to be a positive integer, but got -5."),
+    (["fit", "--config", "planted_shadows", "--epochs", "0"], "Expected `--epochs` to be a positive integer"),
+    (["fit", "--config", "planted_shadows", "--finetune.epochs", "0"], "`--finetune.epochs`"),
+    (["fit", "--config", "planted_shadows", "--finetune.base_p", "0.95"], "`--finetune.base_p` <= `--finetune.max_p`"),
+    (["fit", "--config", "planted_shadows", "--n_concepts", "0"], "`--n_concepts` to be a positive integer or null"),
+    (["finetune", "--ckpt", "x.ckpt", "--recipe", "planted_shadows", "--epochs", "0"], "`--epochs`"),
+    (["diagnose", "--ckpt", "x.ckpt", *TINY_DATA, "--probe_size", "0"], "`--probe_size`"),
+    (["compare", "--ckpt-a", "a.ckpt", "--ckpt-b", "b.ckpt", *TINY_DATA, "--probe_size", "-1"], "`--probe_size`"),
+])
+def test_bad_numbers_are_rejected_before_any_work(args, needle, capsys, tmp_path):
+    run = tmp_path / "run"
+    _fails([*args, "--run_dir", str(run)], capsys, needle)
+    assert not run.exists()  # nothing trained, no run directory
