@@ -165,15 +165,55 @@ def _import(class_path: str) -> type:
         raise LoopError(f"Expected a class path like {KNOWN_MODELS[0]!r}, but got {class_path!r} ({err}).") from err
 
 
-def load_model(ckpt: str | os.PathLike[str], model: nn.Module | None = None) -> pl.LightningModule:
+def _read_checkpoint(path: Path, allow_pickle: bool) -> Any:
+    """``torch.load`` without unpickling arbitrary objects, unless ``allow_pickle`` (a file you trust).
+
+    Raises:
+        pickle.UnpicklingError: (``allow_pickle=False``) when the file needs a Python object that torch does
+            not allow by default; the message names it.
+        Exception: whatever torch raises for a file that is not a checkpoint.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not allow_pickle or _refused_global(err) is None:
+            raise
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _refused_global(err: BaseException) -> str | None:
+    """The Python object a weights-only load refused (``module.name``), or None for any other failure."""
+    import re
+
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(err))
+    return found.group(1) if found else None
+
+
+def load_model(
+    ckpt: str | os.PathLike[str], model: nn.Module | None = None, allow_pickle: bool = False
+) -> pl.LightningModule:
     """Load a checkpoint into ``model``, or into the class it names (conceptfix and Lightning checkpoints).
 
     Without ``model``, the class is the one recorded by :func:`save_model`, else guessed from the
     hyper-parameters among :data:`KNOWN_MODELS`.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain Python values only, so a
+    malicious checkpoint cannot run code. Checkpoints written by :func:`save_model`, by ``conceptfix fit`` /
+    ``finetune`` and by a Lightning ``Trainer`` load this way.
+
+    Args:
+        ckpt: the checkpoint file.
+        model: the module to load the weights into; None builds the class the checkpoint names.
+        allow_pickle: when the safe load refuses the file because it holds other Python objects (e.g. custom
+            classes in its hyper-parameters), unpickle it fully. Unpickling can run arbitrary code: only for
+            files from a source you trust.
+
     Raises:
-        LoopError: if the file is missing or not a checkpoint, or its weights do not fit the architecture (the
-            message lists missing/unexpected/mismatched parameters and the architecture that was expected).
+        LoopError: if the file is missing or not a checkpoint, holds other Python objects than tensors and
+            plain values (without ``allow_pickle``), or its weights do not fit the architecture (the message lists
+            missing/unexpected/mismatched parameters and the architecture that was expected).
     """
     path = Path(ckpt)
     if not path.is_file():
@@ -182,8 +222,16 @@ def load_model(ckpt: str | os.PathLike[str], model: nn.Module | None = None) -> 
             f"Lightning Trainer), but got {str(path)!r}, which does not exist."
         )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = _read_checkpoint(path, allow_pickle)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        refused = _refused_global(err)
+        if refused is not None:
+            raise LoopError(
+                f"Expected `--ckpt` to hold only tensors and plain Python values, but {str(path)!r} also holds "
+                f"the Python object {refused}, and loading it means unpickling, which can run arbitrary code. "
+                f"If you trust the file's source, load it with `load_model(..., allow_pickle=True)`; otherwise "
+                f"save the weights again as a plain checkpoint (`recipes.loop.save_model`)."
+            ) from err
         raise LoopError(
             f"Expected `--ckpt` to be a PyTorch/Lightning checkpoint, but could not read {str(path)!r}: {err}"
         ) from err

@@ -125,6 +125,48 @@ def test_checkpoint_of_another_architecture_is_rejected_with_what_was_expected(t
         load_model(path, ResNetClassifier(width=8))
 
 
+class _RunsCodeWhenUnpickled:
+    """What a malicious checkpoint holds: unpickling it creates a directory (instead of something worse)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unless_pickle_is_allowed(tmp_path):
+    model = ResNetClassifier(width=4)
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "extra": _RunsCodeWhenUnpickled(marker)}, tmp_path / "evil.ckpt")
+    with pytest.raises(LoopError, match=r"holds the Python object posix\.mkdir.*allow_pickle=True"):
+        load_model(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+    loaded = load_model(tmp_path / "evil.ckpt", allow_pickle=True)  # the user trusts it: it loads (and runs)
+    assert marker.exists() and type(loaded) is ResNetClassifier
+    # a corrupt file is still "could not read", also with unpickling allowed
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LoopError, match="could not read"):
+        load_model(tmp_path / "bad.ckpt", allow_pickle=True)
+
+
+def test_a_lightning_trainers_checkpoint_loads_without_unpickling(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    model = ResNetClassifier(width=4)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    trainer.fit(model, datamodule=tiny_planted())
+    real_load = torch.load
+    seen = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k.get("weights_only")) or real_load(*a, **k))
+    loaded = load_model(tmp_path / "last.ckpt")
+    torch.testing.assert_close(loaded.fc.weight, model.fc.weight)
+    assert seen == [True]
+
+
 # -- input checks --------------------------------------------------------------------------------------------
 
 
