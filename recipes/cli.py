@@ -282,6 +282,7 @@ def check_options(cfg: Any, command: str) -> None:
     Raises:
         UsageError: naming the option, what it accepts and what it got.
     """
+    _check_run_dir(cfg.get("run_dir"))
     if command == "demo":
         for name in ("epochs", "finetune_epochs", "train_size", "val_size", "test_size", "probe_size"):
             _positive(f"--{name}", cfg[name])
@@ -304,11 +305,26 @@ def check_options(cfg: Any, command: str) -> None:
                              f"base_p={ft.base_p!r}, max_p={ft.max_p!r}.")
 
 
+def _check_run_dir(value: str | None) -> None:
+    if value is None:
+        return
+    path = Path(value)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == path else f" ({str(p)!r} is a file)"
+            raise UsageError(f"Expected `--run_dir` to be a directory (new or of an earlier run), but got {value!r}, "
+                             f"which is a file{where}.")
+
+
 def _run_dir(value: str | None, command: str) -> Any:
-    from recipes.loop import RunDirectory, default_run_dir
+    from recipes.loop import LoopError, RunDirectory, default_run_dir
 
     run = RunDirectory(value or default_run_dir(command))
-    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LoopError(f"Expected `--run_dir` to be a directory that can be created, but got {str(run.path)!r}: "
+                        f"{err.strerror or err}.") from err
     return run
 
 

@@ -337,3 +337,14 @@ def test_bad_numbers_are_rejected_before_any_work(args, needle, capsys, tmp_path
     run = tmp_path / "run"
     _fails([*args, "--run_dir", str(run)], capsys, needle)
     assert not run.exists()  # nothing trained, no run directory
+
+
+@pytest.mark.parametrize("command", [["demo"], ["fit", "--config", "planted_shadows"],
+                                     ["finetune", "--ckpt", "x.ckpt", "--recipe", "planted_shadows"],
+                                     ["diagnose", "--ckpt", "x.ckpt", *TINY_DATA]])
+def test_a_run_dir_that_is_a_file_is_a_clear_error(command, capsys, tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    _fails([*command, "--run_dir", str(existing)], capsys, "Expected `--run_dir` to be a directory", "which is a file")
+    _fails([*command, "--run_dir", str(existing / "run")], capsys, "notes.txt' is a file")
+    assert existing.read_text() == "mine"
