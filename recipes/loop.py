@@ -192,7 +192,8 @@ def _refused_global(err: BaseException) -> str | None:
 
 
 def load_model(
-    ckpt: str | os.PathLike[str], model: nn.Module | None = None, allow_pickle: bool = False
+    ckpt: str | os.PathLike[str], model: nn.Module | None = None, allow_pickle: bool = False,
+    what: str = "`--ckpt`",
 ) -> pl.LightningModule:
     """Load a checkpoint into ``model``, or into the class it names (conceptfix and Lightning checkpoints).
 
@@ -209,6 +210,7 @@ def load_model(
         allow_pickle: when the safe load refuses the file because it holds other Python objects (e.g. custom
             classes in its hyper-parameters), unpickle it fully. Unpickling can run arbitrary code: only for
             files from a source you trust.
+        what: how error messages name the checkpoint, e.g. the command-line option it came from (``"`--ckpt-b`"``).
 
     Raises:
         LoopError: if the file is missing or not a checkpoint, holds other Python objects than tensors and
@@ -217,9 +219,10 @@ def load_model(
     """
     path = Path(ckpt)
     if not path.is_file():
+        why = "which is a directory" if path.is_dir() else "which does not exist"
         raise LoopError(
-            f"Expected `--ckpt` to be an existing checkpoint file (.ckpt from `conceptfix fit`/`finetune` or a "
-            f"Lightning Trainer), but got {str(path)!r}, which does not exist."
+            f"Expected {what} to be an existing checkpoint file (.ckpt from `conceptfix fit`/`finetune` or a "
+            f"Lightning Trainer), but got {str(path)!r}, {why}."
         )
     try:
         payload = _read_checkpoint(path, allow_pickle)
@@ -227,18 +230,18 @@ def load_model(
         refused = _refused_global(err)
         if refused is not None:
             raise LoopError(
-                f"Expected `--ckpt` to hold only tensors and plain Python values, but {str(path)!r} also holds "
+                f"Expected {what} to hold only tensors and plain Python values, but {str(path)!r} also holds "
                 f"the Python object {refused}, and loading it means unpickling, which can run arbitrary code. "
                 f"If you trust the file's source, load it with `load_model(..., allow_pickle=True)`; otherwise "
                 f"save the weights again as a plain checkpoint (`recipes.loop.save_model`)."
             ) from err
         raise LoopError(
-            f"Expected `--ckpt` to be a PyTorch/Lightning checkpoint, but could not read {str(path)!r}: {err}"
+            f"Expected {what} to be a PyTorch/Lightning checkpoint, but could not read {str(path)!r}: {err}"
         ) from err
     if not isinstance(payload, Mapping) or "state_dict" not in payload:
         got = sorted(payload)[:8] if isinstance(payload, Mapping) else type(payload).__name__
         raise LoopError(
-            f"Expected `--ckpt` to hold a Lightning checkpoint (a dict with 'state_dict'), but got {got!r} in "
+            f"Expected {what} to hold a Lightning checkpoint (a dict with 'state_dict'), but got {got!r} in "
             f"{str(path)!r}."
         )
     hparams = dict(payload.get("hyper_parameters") or {})
@@ -432,7 +435,10 @@ def train(
         raise LoopError(f"Expected `epochs` to be a positive integer, but got {epochs!r}.")
     final = f"checkpoints/{stage}.ckpt"
     if run is not None and run.done(stage) is not None:
-        return load_model(run.file(final), model)
+        try:
+            return load_model(run.file(final), model, what=f"the finished stage's checkpoint `{final}` in {run.path}")
+        except LoopError as err:
+            raise LoopError(f"{err} Delete `{final}` to train stage {stage!r} again.") from err
     extra: list[Any] = list(callbacks)
     resume = None
     if run is not None:

@@ -102,8 +102,25 @@ def test_checkpoint_round_trip_infers_the_class(tmp_path):
 
 
 def test_missing_checkpoint_says_so(tmp_path):
-    with pytest.raises(LoopError, match="does not exist"):
+    with pytest.raises(LoopError, match="Expected `--ckpt` .* does not exist"):
         load_model(tmp_path / "nope.ckpt")
+    with pytest.raises(LoopError, match="Expected `--ckpt-b` to be an existing checkpoint .* which is a directory"):
+        load_model(tmp_path, what="`--ckpt-b`")
+    (tmp_path / "bad.ckpt").write_bytes(b"garbage")
+    with pytest.raises(LoopError, match="Expected `--ckpt-a` to be a PyTorch/Lightning checkpoint, but could not"):
+        load_model(tmp_path / "bad.ckpt", what="`--ckpt-a`")
+
+
+def test_a_corrupt_checkpoint_of_a_finished_stage_is_named_as_the_run_directorys(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.write_text("checkpoints/train.ckpt", "truncated")
+    run.mark_done("train", checkpoint="checkpoints/train.ckpt", epochs=1)
+    with pytest.raises(LoopError) as info:
+        train(ResNetClassifier(width=4), tiny_planted(), 1, run, "train")
+    message = str(info.value)
+    assert "`--ckpt`" not in message
+    assert "finished stage's checkpoint `checkpoints/train.ckpt`" in message and "could not read" in message
+    assert "Delete `checkpoints/train.ckpt` to train stage 'train' again." in message
 
 
 def test_a_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
