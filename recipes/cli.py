@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -107,8 +107,12 @@ def _model_arg(parser: Any) -> None:
                                   help="model (default: the baseline that fits the data)")
 
 
-def fit_parser() -> Any:
-    """The recipe schema: what ``fit --config`` and ``finetune --recipe`` read."""
+def fit_parser(command: Literal["fit", "finetune"] = "fit") -> Any:
+    """The recipe schema: what ``fit --config`` and ``finetune --recipe`` read.
+
+    ``finetune`` takes the same options, with the recipe given by ``--recipe`` (applied first, so every other
+    option overrides it) and ``--epochs`` meaning the fine-tuning epochs (see :func:`_finetune_argv`).
+    """
     import pytorch_lightning as pl
     from jsonargparse import ArgumentParser
     from torch import nn
@@ -118,13 +122,23 @@ def fit_parser() -> Any:
     import recipes.data  # noqa: F401
     import recipes.models  # noqa: F401
 
-    p = ArgumentParser(exit_on_error=False, description="Run a recipe: train, diagnose, fine-tune, report.")
-    p.add_argument("--config", action="config", help="recipe YAML (or a shipped recipe's name)")
+    if command not in ("fit", "finetune"):
+        raise ValueError(f"Expected `command` to be one of ['fit', 'finetune'], but got {command!r}.")
+    if command == "fit":
+        p = ArgumentParser(exit_on_error=False, description="Run a recipe: train, diagnose, fine-tune, report.")
+        p.add_argument("--config", action="config", help="recipe YAML (or a shipped recipe's name)")
+    else:
+        p = ArgumentParser(exit_on_error=False, description="Fine-tune a checkpoint with the policy its failures "
+                           "imply. Every option of `fit` is accepted and overrides the recipe's value.")
+        p.add_argument("--recipe", action="config",
+                       help=f"recipe YAML or name ({', '.join(shipped_recipes())}); required")
     _data_arg(p, required=True)
     _model_arg(p)
     p.add_argument("--ckpt", type=str | None, default=None,
-                   help="start from this checkpoint instead of training (fine-tuning a user's model)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (skipped with --ckpt)")
+                   help="checkpoint to fine-tune (.ckpt); required" if command == "finetune" else
+                   "start from this checkpoint instead of training (fine-tuning a user's model)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (skipped with --ckpt)" if command == "fit"
+                   else "unused (training is skipped); `finetune --epochs N` sets --finetune.epochs")
     p.add_argument("--callbacks", type=list[pl.Callback] | None, default=None,
                    help="callbacks while training (default: the monitors and FailureDrivenAugmentation)")
     _analysis_args(p)
@@ -178,13 +192,8 @@ def build_parser() -> Any:
     _common(diag)
     sub.add_subcommand("diagnose", diag, help="ConceptReport, TensorBoard logs and report.md of a checkpoint")
 
-    ft = ArgumentParser(exit_on_error=False, description="Fine-tune a checkpoint with the policy its failures imply.")
-    ft.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
-    ft.add_argument("--recipe", type=str, required=True, help=f"recipe YAML or name ({', '.join(shipped_recipes())})")
-    ft.add_argument("--epochs", type=int | None, default=None, help="fine-tuning epochs (default: the recipe's)")
-    _data_arg(ft, required=False)
-    _common(ft)
-    sub.add_subcommand("finetune", ft, help="fine-tune a checkpoint; fine-tuned checkpoint and before/after report")
+    sub.add_subcommand("finetune", fit_parser("finetune"),
+                       help="fine-tune a checkpoint; fine-tuned checkpoint and before/after report")
 
     cmp = ArgumentParser(exit_on_error=False, description="Compare two models on the same concepts.")
     cmp.add_argument("--ckpt_a", "--ckpt-a", type=str, required=True, help="checkpoint of model A")
@@ -286,9 +295,6 @@ def check_options(cfg: Any, command: str) -> None:
     if command == "demo":
         for name in ("epochs", "finetune_epochs", "train_size", "val_size", "test_size", "probe_size"):
             _positive(f"--{name}", cfg[name])
-        return
-    if command == "finetune" and "recipe" in cfg:  # the finetune command's own options (the recipe's come later)
-        _positive("--epochs", cfg.epochs, none_ok=True)
         return
     _positive("--probe_size", cfg.probe_size)
     _positive("--n_concepts", cfg.n_concepts, none_ok=True)
@@ -473,21 +479,12 @@ def run_finetune(cfg: Any, parser: Any = None) -> int:
     from recipes.loop import LoopError
 
     check_options(cfg, "finetune")
-    parser = fit_parser()
-    recipe = resolve_recipe(cfg.recipe)
+    if cfg.ckpt is None:
+        raise UsageError("Expected `--ckpt` to be the checkpoint to fine-tune, but got none (the recipe sets none).")
     if not Path(cfg.ckpt).is_file():
         raise LoopError(f"Expected `--ckpt` to be an existing checkpoint file, but got {cfg.ckpt!r}, which does "
                         "not exist.")
-    args = ["--config", recipe]
-    if cfg.run_dir:
-        args += ["--run_dir", cfg.run_dir]
-    args += ["--seed", str(cfg.seed)]
-    if cfg.get("data") is not None:  # the recipe's data replaced, e.g. the user's image folder
-        import json
-
-        args += ["--data", json.dumps(cfg.data.as_dict())]
-    recipe_cfg = _parse(parser, args)
-    return run_recipe(recipe_cfg, parser, "finetune", ckpt=cfg.ckpt, finetune_epochs=cfg.epochs)
+    return run_recipe(cfg, fit_parser("finetune"), "finetune", ckpt=cfg.ckpt)
 
 
 def run_diagnose(cfg: Any, parser: Any) -> int:
@@ -560,12 +557,44 @@ class UsageError(Exception):
 
 
 def _expand_recipe_names(argv: list[str]) -> list[str]:
-    """``fit --config planted_shadows`` → the shipped recipe's path."""
+    """``fit --config planted_shadows`` → the shipped recipe's path; ``finetune`` → :func:`_finetune_argv`."""
     out = list(argv)
+    if out[:1] == ["finetune"]:
+        return ["finetune", *_finetune_argv(out[1:])]
     for i, a in enumerate(out[:-1]):
         if a == "--config" and i > 0 and out[0] == "fit":
             out[i + 1] = resolve_recipe(out[i + 1])
     return out
+
+
+def _finetune_argv(args: list[str]) -> list[str]:
+    """``finetune``'s arguments in the order the recipe schema reads them: the recipe first (so that every other
+    option, wherever it stands, overrides it) and ``--epochs`` as ``--finetune.epochs``.
+
+    Raises:
+        UsageError: without ``--recipe``.
+    """
+    if any(a in ("-h", "--help") for a in args):
+        return args
+    recipe: str | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--recipe" and i + 1 < len(args):
+            recipe, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--recipe="):
+            recipe = a.split("=", 1)[1]
+        elif a == "--epochs" or a.startswith("--epochs="):
+            rest.append(a.replace("--epochs", "--finetune.epochs", 1))
+        else:
+            rest.append(a)
+        i += 1
+    if recipe is None:
+        raise UsageError(f"Expected `--recipe` to be a recipe YAML file or the name of a shipped recipe "
+                         f"({', '.join(shipped_recipes())}), but got none.")
+    return ["--recipe", resolve_recipe(recipe), *rest]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -329,7 +329,7 @@ def test_the_same_seed_builds_the_same_initial_weights_whatever_ran_before():
     (["fit", "--config", "planted_shadows", "--finetune.epochs", "0"], "`--finetune.epochs`"),
     (["fit", "--config", "planted_shadows", "--finetune.base_p", "0.95"], "`--finetune.base_p` <= `--finetune.max_p`"),
     (["fit", "--config", "planted_shadows", "--n_concepts", "0"], "`--n_concepts` to be a positive integer or null"),
-    (["finetune", "--ckpt", "x.ckpt", "--recipe", "planted_shadows", "--epochs", "0"], "`--epochs`"),
+    (["finetune", "--ckpt", "x.ckpt", "--recipe", "planted_shadows", "--epochs", "0"], "`--finetune.epochs` to be"),
     (["diagnose", "--ckpt", "x.ckpt", *TINY_DATA, "--probe_size", "0"], "`--probe_size`"),
     (["compare", "--ckpt-a", "a.ckpt", "--ckpt-b", "b.ckpt", *TINY_DATA, "--probe_size", "-1"], "`--probe_size`"),
 ])
@@ -348,3 +348,17 @@ def test_a_run_dir_that_is_a_file_is_a_clear_error(command, capsys, tmp_path):
     _fails([*command, "--run_dir", str(existing)], capsys, "Expected `--run_dir` to be a directory", "which is a file")
     _fails([*command, "--run_dir", str(existing / "run")], capsys, "notes.txt' is a file")
     assert existing.read_text() == "mine"
+
+
+def test_finetune_takes_every_fit_option_on_top_of_the_recipe(fitted, tmp_path, capsys):
+    out_dir = tmp_path / "ft"
+    args = ["finetune", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), "--data.test_size", "24",
+            "--recipe", str(fitted["recipe"]), "--probe_size", "12", "--finetune.max_p", "0.8", "--epochs", "1",
+            "--run_dir", str(out_dir)]
+    assert main(args) == 0
+    assert json.loads((out_dir / "metrics.json").read_text())["before"]["n"] == 24  # the recipe says 16
+    config = fit_parser().parse_string((out_dir / "config.yaml").read_text())
+    assert config.data.init_args.test_size == 24 and config.data.init_args.train_size == 32  # rest: the recipe's
+    assert config.probe_size == 12 and config.finetune.max_p == 0.8 and config.finetune.epochs == 1
+    assert config.ckpt == args[2]  # the given checkpoint, although the recipe (read after it) has none
+    _fails(["finetune", "--ckpt", args[2], "--probe_size", "12"], capsys, "Expected `--recipe`", "planted_shadows")
