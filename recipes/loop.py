@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,6 +382,43 @@ class AtomicLastCheckpoint(pl.Callback):
         os.replace(tmp, self.path)
 
 
+def _resume_point(last: Path, stage: str) -> str | None:
+    """``last`` if it holds a training state Lightning can resume from; None to start the stage from epoch 0.
+
+    A truncated or corrupt file (a copy cut short, a full disk) is moved aside to ``<name>.corrupt`` with a
+    warning, and the stage starts again.
+
+    Raises:
+        LoopError: if the file is readable but holds Python objects that a weights-only load refuses (Lightning
+            would refuse them too), saying to delete it.
+    """
+    if not last.exists():
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        problem = None if isinstance(state, Mapping) and {"state_dict", "epoch"} <= set(state) else \
+            "it is not a Lightning training state (no 'state_dict' and 'epoch')"
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        refused = _refused_global(err)
+        if refused is not None:
+            raise LoopError(
+                f"Expected the resume point {str(last)!r} of stage {stage!r} to hold only tensors and plain Python "
+                f"values, but it holds the Python object {refused}, which is not loaded (unpickling can run code). "
+                f"Delete it to start the stage again."
+            ) from err
+        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no data'}"
+    if problem is None:
+        return str(last)
+    aside = last.with_name(last.name + ".corrupt")
+    os.replace(last, aside)
+    warnings.warn(
+        f"The resume point of stage {stage!r} could not be read ({problem}); moved it to {str(aside)!r} and "
+        f"training the stage again from epoch 0.",
+        stacklevel=3,
+    )
+    return None
+
+
 def _trainer(epochs: int, run: RunDirectory | None, name: str, callbacks: Sequence[Any], seed: int,
              progress: bool) -> pl.Trainer:
     quiet_lightning()
@@ -444,7 +482,7 @@ def train(
     if run is not None:
         last = run.file(f"checkpoints/{stage}-last.ckpt")
         extra.append(AtomicLastCheckpoint(last))
-        resume = str(last) if last.exists() else None
+        resume = _resume_point(last, stage)
     trainer = _trainer(epochs, run, stage, extra, seed, progress)
     model.train()  # a loaded or diagnosed model is in eval mode; BatchNorm must train
     try:

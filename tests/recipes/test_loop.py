@@ -343,6 +343,20 @@ def test_training_writes_a_checkpoint_and_a_finished_stage_is_not_trained_again(
     assert calls and str(calls[0]["ckpt_path"]).endswith("train-last.ckpt")
 
 
+def test_a_truncated_resume_point_is_moved_aside_and_the_stage_trains_again(tmp_path):
+    run = RunDirectory(tmp_path)
+    last = tmp_path / "checkpoints" / "train-last.ckpt"
+    last.parent.mkdir()
+    torch.save({"state_dict": ResNetClassifier(width=4).state_dict(), "epoch": 0}, last)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=r"resume point of stage 'train' could not be read.*moved it to .*"
+                                         r"train-last\.ckpt\.corrupt.*again from epoch 0"):
+        train(ResNetClassifier(width=4), tiny_planted(), 1, run, "train")
+    assert run.done("train") is not None
+    assert (tmp_path / "checkpoints" / "train-last.ckpt.corrupt").is_file()
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # a new, complete resume point
+
+
 def test_a_plain_lightning_checkpoint_loads_with_its_architecture_guessed(tmp_path):
     seg = SegmentationNet(width=4).eval()
     torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams), "epoch": 3},
