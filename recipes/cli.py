@@ -381,32 +381,39 @@ def seed_all(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
+def demo_config(cfg: Any) -> tuple[Any, Any]:
+    """The demo as a recipe: the ``fit`` parser and the config ``fit --config`` reruns (what ``config.yaml`` holds)."""
+    parser = fit_parser()
+    args = ["--data", "PlantedConceptsDataModule", "--data.train_size", str(cfg.train_size),
+            "--data.val_size", str(cfg.val_size), "--data.test_size", str(cfg.test_size), "--data.seed", str(cfg.seed),
+            "--model", "ResNetClassifier", "--epochs", str(cfg.epochs), "--finetune.epochs", str(cfg.finetune_epochs),
+            "--probe_size", str(cfg.probe_size), "--seed", str(cfg.seed)]
+    if cfg.run_dir is not None:
+        args += ["--run_dir", str(cfg.run_dir)]
+    if cfg.progress is not None:
+        args += ["--progress", str(cfg.progress).lower()]
+    return parser, _parse(parser, args)
+
+
 def build_demo(cfg: Any) -> tuple[Any, Any]:
     """The demo's data module and model, seeded with ``cfg.seed`` (the same seed gives the same weights)."""
-    from recipes.data import PlantedConceptsDataModule
-    from recipes.models import ResNetClassifier
-
-    seed_all(cfg.seed)
-    dm = PlantedConceptsDataModule(train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
-                                   seed=cfg.seed)
-    return dm, ResNetClassifier()
+    parser, fit_cfg = demo_config(cfg)
+    _, data, model = build_recipe(fit_cfg, parser)
+    return data, model
 
 
 def run_demo(cfg: Any, parser: Any = None) -> int:
-    from recipes.loop import run_loop
-
     check_options(cfg, "demo")
+    fit, fit_cfg = demo_config(cfg)
     _threads()
     run = _run_dir(cfg.run_dir, "demo")
-    if parser is not None:
-        _save_config(run, parser, cfg)
-    dm, model = build_demo(cfg)
+    _save_config(run, fit, fit_cfg)  # a recipe: `conceptfix fit --config <run>/config.yaml` reruns the demo
+    init, dm, model = build_recipe(fit_cfg, fit)
     share = {split: 100 * float(dm.make_dataset(split).table[0, 0]) for split in ("train", "test")}
     _say(f"conceptfix demo: planted-concept data ({cfg.train_size} training images; shadows in "
          f"{share['train']:.0f}% of training and {share['test']:.0f}% of test images); writing to {run.path}")
     start = time.time()
-    result = run_loop(dm, model, run, epochs=cfg.epochs, finetune_epochs=cfg.finetune_epochs,
-                      probe_size=cfg.probe_size, seed=cfg.seed, progress=_progress(cfg.progress), log=_say)
+    result = _fit_loop(fit_cfg, init, dm, model, run)
     _say("\nTest accuracy per planted concept before fine-tuning:")
     _say(format_slice_table(result.before, dm.concept_names))
     _say("\nBefore / after fine-tuning with the policy:")
@@ -433,9 +440,24 @@ def build_recipe(cfg: Any, parser: Any) -> tuple[Any, Any, Any]:
     return init, init.data, _model_for(init.data, init.model)
 
 
+def _fit_loop(cfg: Any, init: Any, data: Any, model: Any, run: Any, ckpt: str | None = None,
+              finetune_epochs: int | None = None) -> Any:
+    from recipes.loop import run_loop
+
+    ft = cfg.finetune
+    transforms = init.finetune.transforms if hasattr(init, "finetune") else None
+    return run_loop(
+        data, model, run, epochs=cfg.epochs, finetune_epochs=finetune_epochs or ft.epochs, layer=cfg.layer,
+        callbacks=init.callbacks, finetune_lr=ft.lr, augmentations=ft.augmentations, transforms=transforms,
+        fallback=ft.fallback,
+        max_p=ft.max_p, base_p=ft.base_p, probe_size=cfg.probe_size, n_concepts=cfg.n_concepts, seed=cfg.seed,
+        progress=_progress(cfg.progress), log=_say, pretrained=ckpt is not None, calibrate=ft.calibrate,
+    )
+
+
 def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = None,
                finetune_epochs: int | None = None) -> int:
-    from recipes.loop import diagnose, load_model, run_loop
+    from recipes.loop import diagnose, load_model
 
     check_options(cfg, command)
     _threads()
@@ -457,14 +479,7 @@ def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = N
         _say(format_slice_table(d.metrics, d.concept_names) if d.metrics else "")
         _say(f"Report: {run.file('report.md')}")
         return 0
-    transforms = init.finetune.transforms if hasattr(init, "finetune") else None
-    result = run_loop(
-        data, model, run, epochs=cfg.epochs, finetune_epochs=finetune_epochs or ft.epochs, layer=cfg.layer,
-        callbacks=init.callbacks, finetune_lr=ft.lr, augmentations=ft.augmentations, transforms=transforms,
-        fallback=ft.fallback,
-        max_p=ft.max_p, base_p=ft.base_p, probe_size=cfg.probe_size, n_concepts=cfg.n_concepts, seed=cfg.seed,
-        progress=_progress(cfg.progress), log=_say, pretrained=ckpt is not None, calibrate=ft.calibrate,
-    )
+    result = _fit_loop(cfg, init, data, model, run, ckpt, finetune_epochs)
     _say("\nBefore / after fine-tuning with the policy:")
     _say(result.table())
     _say(f"\nFine-tuned checkpoint: {run.file('checkpoints/finetune.ckpt')}\nReport: {run.file('report.md')}")

@@ -362,3 +362,24 @@ def test_finetune_takes_every_fit_option_on_top_of_the_recipe(fitted, tmp_path, 
     assert config.probe_size == 12 and config.finetune.max_p == 0.8 and config.finetune.epochs == 1
     assert config.ckpt == args[2]  # the given checkpoint, although the recipe (read after it) has none
     _fails(["finetune", "--ckpt", args[2], "--probe_size", "12"], capsys, "Expected `--recipe`", "planted_shadows")
+
+
+def test_the_demos_config_reruns_with_fit_and_gives_the_same_model(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("CONCEPTFIX_THREADS", "1")  # bit-for-bit only at the same thread count
+    before = torch.get_num_threads()
+    try:
+        demo = tmp_path / "demo"
+        assert main(["demo", "--epochs", "1", "--finetune-epochs", "1", "--train-size", "48", "--val-size", "16",
+                     "--test-size", "16", "--probe-size", "16", "--seed", "3", "--run_dir", str(demo)]) == 0
+        rerun = tmp_path / "rerun"
+        assert main(["fit", "--config", str(demo / "config.yaml"), "--run_dir", str(rerun)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "Before / after" in capsys.readouterr().out
+    for stage in ("train", "finetune"):
+        a = torch.load(demo / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
+        b = torch.load(rerun / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
+        assert _same(a, b), stage
+    assert json.loads((demo / "metrics.json").read_text()) == json.loads((rerun / "metrics.json").read_text())
