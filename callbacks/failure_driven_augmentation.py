@@ -255,6 +255,30 @@ def derive_policies(
     return out
 
 
+def why_no_rule(failure: FailureEvidence, min_class_support: int = 3) -> str | None:
+    """Why :func:`derive_policies` gives ``failure`` no class rule, or None when it gives one.
+
+    A class gets a rule when it has at least ``min_class_support`` samples in the slice and is wrong more often
+    inside the slice than outside it.
+
+    Example:
+        >>> inside = torch.tensor([[1, 1], [0, 1]])  # two images of class 0 and one of class 1 in the slice
+        >>> why_no_rule(FailureEvidence("shadow", "shadow", 1.2, inside, inside + 5))
+        'no class has 3 or more images in the slice (at most 2)'
+    """
+    err_in, n_in = class_error_rates(failure.confusion_in)
+    err_out, _ = class_error_rates(failure.confusion_all - failure.confusion_in)
+    supported = [c for c in range(int(n_in.shape[0])) if int(n_in[c]) >= min_class_support]
+    if not supported:
+        return f"no class has {min_class_support} or more images in the slice (at most {int(n_in.max())})"
+    for c in supported:
+        e_in, e_out = float(err_in[c]), float(err_out[c])
+        if not (math.isnan(e_in) or math.isnan(e_out)) and e_in > e_out:
+            return None
+    return (f"none of the {len(supported)} classes with {min_class_support} or more images in the slice is wrong "
+            "more often inside it than outside it")
+
+
 def policy_changes(old: Mapping[str, AugmentationPolicy], new: Mapping[str, AugmentationPolicy]) -> list[str]:
     """What changed between two policy sets, one line per added, removed or re-weighted rule.
 

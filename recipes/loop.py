@@ -861,6 +861,7 @@ def loop_policies(
         FailureDrivenAugmentation,
         FailureEvidence,
         derive_policies,
+        why_no_rule,
     )
 
     augmentations = dict(DEFAULT_AUGMENTATIONS if augmentations is None else augmentations)
@@ -892,6 +893,10 @@ def loop_policies(
             shown = ", ".join(f"{k} {v[0]:.2f}–{v[1]:.2f}" if isinstance(v, tuple) else f"{k} {v}"
                               for k, v in params.items())
             line += f"; {e.darkening.describe(e.matches or e.name)} → {shown}"
+        why = why_no_rule(e, min_class_support) if transform is not None else None
+        if why is not None:
+            # say why, or the line reads as if the transform had been chosen
+            line += f" — {'no class rule from this concept' if transform in policies else 'no policy'}: {why}"
         lines.append(line)
     return policies, lines
 

@@ -20,6 +20,7 @@ from callbacks.failure_driven_augmentation import (
     concept_darkening,
     derive_policies,
     policy_changes,
+    why_no_rule,
 )
 
 
@@ -284,3 +285,16 @@ def test_auto_source_combines_the_concept_report_and_annotated_confusion_failure
     assert where.startswith("ReportHolder report") and "FakeConfusion of step 3" in where
     only = FailureDrivenAugmentation(source="confusion").evidence(trainer)
     assert only is not None and [f.name for f in only[0]] == ["bright"]
+
+
+def test_why_no_rule_is_none_exactly_when_the_failure_yields_a_policy():
+    g = torch.Generator().manual_seed(0)
+    outcomes = set()
+    for _ in range(200):
+        inside = torch.randint(0, 3, (3, 3), generator=g)
+        overall = inside + torch.randint(0, 4, (3, 3), generator=g)
+        f = FailureEvidence("shadow", "shadow", 1.5, inside, overall)
+        why = why_no_rule(f, min_class_support=3)
+        assert (why is None) == bool(derive_policies([f], min_class_support=3)), (inside, overall, why)
+        outcomes.add("rule" if why is None else why.split()[0])
+    assert outcomes == {"rule", "no", "none"}  # every branch was exercised

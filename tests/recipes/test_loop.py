@@ -234,6 +234,23 @@ def test_a_shadow_failure_becomes_a_synthetic_shadow_policy_on_the_failing_class
     assert policies == {}
 
 
+def test_a_failure_that_yields_no_policy_says_why_in_its_evidence_line():
+    d = _diagnosis_with_shadow_failure()
+    d.annotated["counts"][0] = torch.tensor([[1, 1, 0], [0, 2, 0], [0, 0, 1]])  # at most 2 images per class
+    d.annotated["overall"] = d.annotated["counts"].sum(0)
+    policies, evidence = loop_policies(d)
+    assert policies == {}
+    assert evidence[0].startswith("shadow: lift 4.00 → SyntheticShadow — no policy: no class has 3 or more "
+                                  "images in the slice (at most 2)")
+    # enough images, but no class fails more inside the slice than outside it
+    d.annotated["counts"][0] = torch.tensor([[5, 0, 0], [0, 5, 0], [0, 0, 5]])
+    d.annotated["overall"] = d.annotated["counts"].sum(0)
+    policies, evidence = loop_policies(d)
+    assert policies == {} and "no policy: none of the 3 classes with 3 or more images" in evidence[0]
+    # a concept that does yield the policy has no such remark
+    assert "no policy" not in loop_policies(_diagnosis_with_shadow_failure())[1][0]
+
+
 def test_a_measured_shadow_depth_sets_the_policys_shadow_intensity_and_is_stated():
     d = _diagnosis_with_shadow_failure()
     d.annotated["darkening"] = {"shadow": {"median": 0.9, "low": 0.86, "high": 0.94, "n": 30}}
