@@ -324,6 +324,9 @@ class FailureDrivenAugmentation(Monitor):
         min_precision: share of a discovered concept's top patches that must show a ground-truth concept for
             the concept to be treated as that one.
         keep_when_no_evidence: keep the current policy when no evidence exists yet (instead of clearing it).
+        log_only: only decide, log and store the policies: no JointBatchTraining is looked for and there is no
+            warning that nothing is driven (e.g. the closed loop's training stage, which derives its fine-tuning
+            policy afterwards). Not combined with ``targets`` or ``on_update``.
         **kwargs: scheduling options of :class:`callbacks._base.Monitor` (no probe set is used).
 
     Example:
@@ -348,6 +351,7 @@ class FailureDrivenAugmentation(Monitor):
         min_class_support: int = 3,
         min_precision: float = 0.5,
         keep_when_no_evidence: bool = True,
+        log_only: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -363,6 +367,11 @@ class FailureDrivenAugmentation(Monitor):
             if not hasattr(obj, "policy"):
                 kind = type(obj).__name__
                 raise ValueError(f"Expected target {name!r} to have a `policy` attribute, but got {kind}.")
+        if log_only and (targets or on_update is not None):
+            raise ValueError(
+                f"Expected no `targets` and no `on_update` with `log_only=True` (nothing is driven), but got "
+                f"targets={sorted(targets or {})!r}, on_update={on_update!r}."
+            )
         self.targets = dict(targets or {})
         self.on_update = on_update
         self.source = source
@@ -374,6 +383,7 @@ class FailureDrivenAugmentation(Monitor):
         self.min_class_support = min_class_support
         self.min_precision = min_precision
         self.keep_when_no_evidence = keep_when_no_evidence
+        self.log_only = log_only
         self.policies: dict[str, AugmentationPolicy] = {}
         self._auto_targets: dict[str, Any] = {}
 
@@ -385,8 +395,9 @@ class FailureDrivenAugmentation(Monitor):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._auto_targets = {} if self.targets else training_targets(getattr(trainer, "callbacks", []))
-        if not (self.targets or self._auto_targets or self.on_update):
+        self._auto_targets = {} if self.targets or self.log_only else \
+            training_targets(getattr(trainer, "callbacks", []))
+        if not (self.targets or self._auto_targets or self.on_update or self.log_only):
             warnings.warn(
                 "FailureDrivenAugmentation has nothing to drive: no `targets`, no `on_update` and no "
                 "JointBatchTraining on the trainer, so its policies are only logged and written to policy.json. "

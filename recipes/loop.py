@@ -444,13 +444,17 @@ def _trainer(epochs: int, run: RunDirectory | None, name: str, callbacks: Sequen
 
 
 def monitors(layer: str, every_n_epochs: int = 1, probe_size: int = 64, seed: int = 0) -> list[pl.Callback]:
-    """The monitors the loop trains with: concepts, confusion, saliency, and the policy they imply."""
+    """The monitors the loop trains with: concepts, confusion, saliency, and the policy they imply.
+
+    The policy is only logged while training (``FailureDrivenAugmentation(log_only=True)``): the loop derives
+    the fine-tuning policy from its own diagnosis afterwards (:func:`loop_policies`).
+    """
     from callbacks import FailureDrivenAugmentation, default_monitors
 
     found: list[pl.Callback] = list(
         default_monitors(layer, every_n_epochs=every_n_epochs, probe_size=probe_size, seed=seed)
     )
-    found.append(FailureDrivenAugmentation(every_n_epochs=every_n_epochs))
+    found.append(FailureDrivenAugmentation(every_n_epochs=every_n_epochs, log_only=True))
     return found
 
 

@@ -270,6 +270,26 @@ def test_a_policy_with_nothing_to_drive_is_said_at_setup(tmp_path: Path) -> None
         trainer.fit(make_module("pytorch_lightning"))
 
 
+def test_a_log_only_policy_does_not_warn_and_drives_nothing(tmp_path: Path) -> None:
+    import warnings
+
+    from augment import JointBatch, SyntheticShadow
+    from callbacks.joint_batch import JointBatchTraining
+
+    shadow = JointBatchTraining(JointBatch(SyntheticShadow()))
+    before = shadow.policy
+    fda = FailureDrivenAugmentation(augmentations={"bright": "SyntheticShadow"}, min_class_support=2, log_only=True)
+    trainer = make_trainer("pytorch_lightning", tmp_path, [_confusion_source("pytorch_lightning"), shadow, fda],
+                           max_epochs=1, logger=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*nothing to drive")
+        trainer.fit(make_module("pytorch_lightning"))
+    assert fda.policies  # decided and stored ...
+    assert shadow.policy is before  # ... but not applied
+    with pytest.raises(ValueError, match="Expected no `targets` and no `on_update` with `log_only=True`"):
+        FailureDrivenAugmentation(log_only=True, on_update=print)
+
+
 def test_auto_source_combines_the_concept_report_and_annotated_confusion_failures() -> None:
     L = lightning("pytorch_lightning")
     report = _bright_report()

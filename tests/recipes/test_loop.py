@@ -360,6 +360,17 @@ def test_training_writes_a_checkpoint_and_a_finished_stage_is_not_trained_again(
     assert calls and str(calls[0]["ckpt_path"]).endswith("train-last.ckpt")
 
 
+def test_training_with_the_loops_monitors_does_not_warn_that_the_policy_drives_nothing(tmp_path):
+    import warnings
+
+    from recipes.loop import monitors
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(ResNetClassifier(width=4), tiny_planted(), 1, None, "train", monitors("layer1", probe_size=8))
+    assert not [w for w in caught if "nothing to drive" in str(w.message)]
+
+
 def test_a_truncated_resume_point_is_moved_aside_and_the_stage_trains_again(tmp_path):
     run = RunDirectory(tmp_path)
     last = tmp_path / "checkpoints" / "train-last.ckpt"
