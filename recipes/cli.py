@@ -228,15 +228,29 @@ def _class_params(class_path: str) -> list[str]:
     return sorted(set(params))
 
 
-def _known_classes() -> list[str]:
-    import augment
-    import callbacks
-    import recipes.data
-    import recipes.models
+def _known_classes(key: str | None = None) -> list[str]:
+    """The built-in classes an option takes by name: models for ``model``, data modules for ``data``, callbacks
+    for ``callbacks``, transforms for ``finetune.transforms``; all of them for any other key."""
+    import importlib
 
-    names = list(getattr(recipes.data, "__all__", [])) + list(getattr(augment, "__all__", []))
-    names += list(getattr(callbacks, "__all__", [])) + ["ResNetClassifier", "SegmentationNet"]
-    return sorted(n for n in set(names) if n[:1].isupper())
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from recipes.data.base import ContractDataModule
+
+    kinds: dict[str, tuple[str, type]] = {
+        "model": ("recipes.models", pl.LightningModule),
+        "data": ("recipes.data", ContractDataModule),
+        "callbacks": ("callbacks", pl.Callback),
+        "finetune.transforms": ("augment", nn.Module),
+    }
+    names: set[str] = set()
+    for module, base in [kinds[key]] if key in kinds else list(kinds.values()):
+        for name, obj in vars(importlib.import_module(module)).items():
+            if (inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not name.startswith("_")
+                    and not inspect.isabstract(obj)):
+                names.add(name)
+    return sorted(names)
 
 
 def _parser_keys(parser: Any) -> list[str]:
@@ -254,10 +268,14 @@ def suggest(message: str, parser: Any | None = None) -> str:
         valid = _class_params(m.group(1))
         hints.append(f"{m.group(1).rsplit('.', 1)[-1]} has no option {m.group(2)!r}"
                      + (f"; did you mean {near[0]!r}?" if near else f"; it accepts {valid}"))
-    for m in re.finditer(r"Expected a dot import path string: ([\w.]+)", message):
-        near = difflib.get_close_matches(m.group(1).rsplit(".", 1)[-1], _known_classes(), n=3, cutoff=0.5)
-        hints.append(f"no class {m.group(1)!r}" + (f"; did you mean {near[0]!r}?" if near else
-                                                    f"; built-in classes: {_known_classes()}"))
+    key = re.search(r'Parser key "([\w.]+)"', message)
+    kind = {"model": "models", "data": "data modules", "callbacks": "callbacks", "finetune.transforms": "transforms"}
+    for name in dict.fromkeys(re.findall(r"Expected a dot import path string: ([\w.]+)", message)):
+        known = _known_classes(key.group(1) if key else None)
+        near = difflib.get_close_matches(name.rsplit(".", 1)[-1], known, n=3, cutoff=0.5)
+        what = kind.get(key.group(1), "classes") if key else "classes"
+        hints.append(f"no class {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                     + f"; built-in {what}: {', '.join(known)}")
     unknown = re.findall(r"(?:unrecognized arguments|Unrecognized arguments):\s*(.*)", message)
     unknown_keys = [a.lstrip("-").split("=")[0] for group in unknown for a in group.split() if a.startswith("--")]
     unknown_keys += re.findall(r"does not accept (?:option|key) '([\w.\-]+)'", message)

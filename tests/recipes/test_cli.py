@@ -383,3 +383,12 @@ def test_the_demos_config_reruns_with_fit_and_gives_the_same_model(tmp_path, cap
         b = torch.load(rerun / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
         assert _same(a, b), stage
     assert json.loads((demo / "metrics.json").read_text()) == json.loads((rerun / "metrics.json").read_text())
+
+
+def test_an_unknown_class_lists_the_valid_ones_of_its_kind(capsys):
+    err = _fails(["diagnose", "--ckpt", "x", *TINY_DATA, "--model", "Foo"], capsys,
+                 "no class 'Foo'; built-in models: ResNetClassifier, SegmentationNet")
+    assert "PlantedConceptsDataModule" not in err.split("hint:")[1]  # models only, not every class
+    _fails(["diagnose", "--ckpt", "x", *TINY_DATA, "--model", "ResNetClasifier"], capsys,
+           "(did you mean 'ResNetClassifier'?); built-in models:")
+    _fails(["fit", "--config", "planted_shadows", "--data", "Foo"], capsys, "built-in data modules: DigitsDataModule")
