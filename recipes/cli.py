@@ -303,13 +303,33 @@ def _positive(name: str, value: Any, none_ok: bool = False) -> None:
                          f"{value!r}.")
 
 
+def _check_ckpt(name: str, value: str | None) -> None:
+    from recipes.loop import LoopError
+
+    if value is None or Path(value).is_file():
+        return
+    why = "which is a directory" if Path(value).is_dir() else "which does not exist"
+    raise LoopError(f"Expected `{name}` to be an existing checkpoint file (.ckpt from `conceptfix fit`/`finetune` or "
+                    f"a Lightning Trainer), but got {value!r}, {why}.")
+
+
 def check_options(cfg: Any, command: str) -> None:
-    """Reject bad numeric options before any work is done (no training, no run directory).
+    """Reject bad options before any work is done (no training, no run directory): numbers out of range, a
+    ``--run_dir`` that is a file, checkpoints that do not exist.
 
     Raises:
         UsageError: naming the option, what it accepts and what it got.
+        LoopError: for a checkpoint that is not there.
     """
     _check_run_dir(cfg.get("run_dir"))
+    _check_numbers(cfg, command)
+    if command == "finetune" and cfg.ckpt is None:
+        raise UsageError("Expected `--ckpt` to be the checkpoint to fine-tune, but got none (the recipe sets none).")
+    for name in ("ckpt", "ckpt_a", "ckpt_b"):
+        _check_ckpt(f"--{name}", cfg.get(name))
+
+
+def _check_numbers(cfg: Any, command: str) -> None:
     if command == "demo":
         for name in ("epochs", "finetune_epochs", "train_size", "val_size", "test_size", "probe_size"):
             _positive(f"--{name}", cfg[name])
@@ -358,7 +378,7 @@ def _progress(value: bool | None) -> bool:
 
 def _save_config(run: Any, parser: Any, cfg: Any) -> None:
     try:
-        text = parser.dump(cfg, skip_check=True)
+        text = parser.dump(cfg, skip_validation=True)
     except Exception:  # noqa: BLE001 - a config holding live objects still gets a readable record
         text = repr(cfg)
     run.write_text("config.yaml", text)
@@ -509,14 +529,7 @@ def run_fit(cfg: Any, parser: Any = None) -> int:
 
 
 def run_finetune(cfg: Any, parser: Any = None) -> int:
-    from recipes.loop import LoopError
-
     check_options(cfg, "finetune")
-    if cfg.ckpt is None:
-        raise UsageError("Expected `--ckpt` to be the checkpoint to fine-tune, but got none (the recipe sets none).")
-    if not Path(cfg.ckpt).is_file():
-        raise LoopError(f"Expected `--ckpt` to be an existing checkpoint file, but got {cfg.ckpt!r}, which does "
-                        "not exist.")
     return run_recipe(cfg, fit_parser("finetune"), "finetune", ckpt=cfg.ckpt)
 
 

@@ -392,3 +392,12 @@ def test_an_unknown_class_lists_the_valid_ones_of_its_kind(capsys):
     _fails(["diagnose", "--ckpt", "x", *TINY_DATA, "--model", "ResNetClasifier"], capsys,
            "(did you mean 'ResNetClassifier'?); built-in models:")
     _fails(["fit", "--config", "planted_shadows", "--data", "Foo"], capsys, "built-in data modules: DigitsDataModule")
+
+
+def test_a_missing_checkpoint_is_reported_before_any_work(capsys, tmp_path):
+    run = tmp_path / "run"
+    for args in (["diagnose", "--ckpt", "m.ckpt", *TINY_DATA],
+                 ["finetune", "--ckpt", "m.ckpt", "--recipe", "planted_shadows"],
+                 ["compare", "--ckpt-a", str(tmp_path), "--ckpt-b", "b.ckpt", *TINY_DATA]):
+        _fails([*args, "--run_dir", str(run)], capsys, "to be an existing checkpoint file")
+        assert not run.exists()
