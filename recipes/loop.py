@@ -648,7 +648,8 @@ def diagnose(
     try:
         report = ConceptAnalysis(model, layer, **kwargs).run(
             loader, class_names=class_names, concept_names=concept_names or None,
-            meta={"split": split, "probe_size": probe_size},
+            meta={"split": split, "probe_size": len(loader.dataset),  # type: ignore[arg-type]
+                  "probe_size_requested": probe_size},
         )
     except ValueError as err:
         if "distinct embeddings" not in str(err):
@@ -1250,7 +1251,9 @@ def run_loop(
         clock = time.time()
         model = train(model, datamodule, epochs, run, "train", cbs, seed, progress)
         log(f"      done in {time.time() - clock:.0f} s")
-    log(f"[2/4] diagnosing at layer {layer!r} on {probe_size} validation images")
+    n_probe = min(probe_size, len(datamodule.dataset("val")))  # type: ignore[arg-type]
+    log(f"[2/4] diagnosing at layer {layer!r} on {n_probe} validation images"
+        + (f" (all of the split; {probe_size} requested)" if n_probe < probe_size else ""))
     clock = time.time()
     before, reused = diagnose_once(model, datamodule, layer, run, "report", probe_size, n_concepts, seed=seed)
     log(f"      {len(before.report.failures)} discovered failure concepts; "

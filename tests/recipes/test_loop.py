@@ -415,6 +415,41 @@ def test_ctrl_c_during_training_leaves_a_resume_point(tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "train-last.ckpt", weights_only=False)["epoch"] == 1
 
 
+class _StopAt(Exception):
+    pass
+
+
+def _loop_log_until(prefix, **kwargs):
+    """run_loop's console lines up to (and including) the first that starts with ``prefix``; the rest is not run."""
+    from recipes.loop import run_loop
+
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if line.startswith(prefix):
+            raise _StopAt
+
+    with pytest.raises(_StopAt):
+        run_loop(log=log, **kwargs)
+    return lines
+
+
+def test_the_probe_count_is_the_number_of_images_actually_used(tmp_path):
+    dm = PlantedConceptsDataModule(train_size=16, val_size=4, test_size=4, batch_size=4)
+    lines = _loop_log_until("[2/4]", datamodule=dm, model=ResNetClassifier(width=4), run=None, layer="layer1",
+                            probe_size=16, pretrained=True)
+    assert lines[-1].endswith("on 4 validation images (all of the split; 16 requested)")
+    lines = _loop_log_until("[2/4]", datamodule=dm, model=ResNetClassifier(width=4), run=None, layer="layer1",
+                            probe_size=3, pretrained=True)
+    assert lines[-1].endswith("on 3 validation images")
+    from recipes.loop import diagnose
+
+    report = diagnose(ResNetClassifier(width=4), tiny_planted(), "layer1", probe_size=64, n_concepts=2,
+                      metrics_split=None).report
+    assert report.meta["probe_size"] == 16 and report.meta["probe_size_requested"] == 64
+
+
 def test_a_resumed_run_reuses_the_stored_diagnosis_of_the_same_weights(tmp_path, monkeypatch):
     import recipes.loop
 
