@@ -401,3 +401,26 @@ def test_a_missing_checkpoint_is_reported_before_any_work(capsys, tmp_path):
                  ["compare", "--ckpt-a", str(tmp_path), "--ckpt-b", "b.ckpt", *TINY_DATA]):
         _fails([*args, "--run_dir", str(run)], capsys, "to be an existing checkpoint file")
         assert not run.exists()
+
+
+def test_the_error_messages_in_the_docs_are_the_real_ones(capsys, tmp_path, monkeypatch):
+    import re
+    import shlex
+    from pathlib import Path
+
+    from recipes.loop import save_model
+    from recipes.models import ResNetClassifier
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    block = re.search(r"## Errors\n.*?```text\n(.*?)```", doc, re.S).group(1)
+    examples = re.findall(r"^\$ conceptfix (.*)\n((?:(?!\$ ).*\n)+)", block, re.M)
+    assert len(examples) >= 8
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONCEPTFIX_THREADS", str(__import__("torch").get_num_threads()))
+    save_model(ResNetClassifier(), "model.ckpt")
+    Path("notes.txt").write_text("a file")
+    for command, expected in examples:
+        assert main(shlex.split(command)) == 2, command
+        err = capsys.readouterr().err
+        err = "".join(line for line in err.splitlines(keepends=True) if "torch thread(s)" not in line)
+        assert err.strip() == expected.strip(), command
