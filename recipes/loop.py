@@ -297,12 +297,30 @@ def model_kind(model: nn.Module) -> str:
     return "segmentation" if hasattr(model, "head") and hasattr(model, "enc1") else "classification"
 
 
+def check_contract_data(datamodule: Any) -> None:
+    """Raises :class:`LoopError` saying how to wrap it if ``datamodule`` has no per-split ``dataset(split)``.
+
+    The loop reads each split's dataset directly (probe sets, per-concept metrics), which a plain
+    ``LightningDataModule`` does not offer.
+    """
+    if not callable(getattr(datamodule, "dataset", None)):
+        raise LoopError(
+            f"Expected a `recipes.data.ContractDataModule` (the loop reads each split's dataset through "
+            f"`datamodule.dataset(split)`), but got {type(datamodule).__name__}, which has no `dataset` method. "
+            f"Wrap your data: subclass ContractDataModule and implement `make_dataset(split)` returning the "
+            f"'train', 'val' and 'test' datasets (contract dicts or (x, y) pairs); see 'In your own training "
+            f"loop' in the README."
+        )
+
+
 def check_data(model: nn.Module, datamodule: ContractDataModule, split: str = "val") -> None:
     """Check that ``datamodule``'s samples fit ``model`` (channels, size, task, classes) with one forward.
 
     Raises:
-        LoopError: saying what the data gives and what the model accepts.
+        LoopError: saying what the data gives and what the model accepts, or how to wrap a DataModule that is
+            not a :class:`~recipes.data.base.ContractDataModule`.
     """
+    check_contract_data(datamodule)
     sample = datamodule.dataset(split)[0]
     batch = unpack_batch({k: v.unsqueeze(0) for k, v in sample.items()} if isinstance(sample, Mapping)
                          else (sample[0].unsqueeze(0), torch.as_tensor(sample[1]).unsqueeze(0)))
@@ -1101,6 +1119,7 @@ def finetune(
     (:func:`configure_transforms`).
     """
     if transforms is None:
+        check_contract_data(datamodule)
         sample = datamodule.dataset("train")[0]
         image = sample[IMAGE] if isinstance(sample, Mapping) else sample[0]
         transforms = default_transforms(int(min(image.shape[-2:])), seed)

@@ -207,6 +207,24 @@ def test_data_of_the_wrong_shape_says_what_is_accepted():
     check_data(model, ArrayData((3, 32, 32)))  # fits: no error
 
 
+def test_a_plain_lightning_datamodule_is_rejected_with_how_to_wrap_it(tmp_path):
+    import pytorch_lightning as pl
+
+    from recipes.loop import finetune, run_loop
+
+    class Plain(pl.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader([(torch.rand(3, 32, 32), 0)] * 4, batch_size=2)
+
+    match = r"Expected a `recipes.data.ContractDataModule`.*got Plain.*subclass ContractDataModule.*make_dataset"
+    with pytest.raises(LoopError, match=match):
+        check_data(ResNetClassifier(width=4), Plain())
+    with pytest.raises(LoopError, match=match):
+        run_loop(Plain(), ResNetClassifier(width=4), RunDirectory(tmp_path), log=lambda _: None)
+    with pytest.raises(LoopError, match=match):
+        finetune(ResNetClassifier(width=4), Plain(), {})
+
+
 # -- policies and joint batches ------------------------------------------------------------------------------
 
 
