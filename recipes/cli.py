@@ -330,6 +330,9 @@ def check_options(cfg: Any, command: str) -> None:
 
 
 def _check_numbers(cfg: Any, command: str) -> None:
+    seed = cfg.get("seed")
+    if seed is not None and not 0 <= seed <= 2**32 - 1:  # what numpy's seeding accepts
+        raise UsageError(f"Expected `--seed` to be an integer in [0, 4294967295], but got {seed!r}.")
     if command == "demo":
         for name in ("epochs", "finetune_epochs", "train_size", "val_size", "test_size", "probe_size"):
             _positive(f"--{name}", cfg[name])

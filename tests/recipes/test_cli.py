@@ -325,6 +325,7 @@ def test_the_same_seed_builds_the_same_initial_weights_whatever_ran_before():
     (["demo", "--finetune_epochs", "0"], "Expected `--finetune_epochs` to be a positive integer, but got 0."),
     (["demo", "--probe_size", "0"], "Expected `--probe_size` to be a positive integer, but got 0."),
     (["demo", "--train-size", "-5"], "Expected `--train_size` to be a positive integer, but got -5."),
+    (["demo", "--seed", "-1"], "Expected `--seed` to be an integer in [0, 4294967295], but got -1."),
     (["fit", "--config", "planted_shadows", "--epochs", "0"], "Expected `--epochs` to be a positive integer"),
     (["fit", "--config", "planted_shadows", "--finetune.epochs", "0"], "`--finetune.epochs`"),
     (["fit", "--config", "planted_shadows", "--finetune.base_p", "0.95"], "`--finetune.base_p` <= `--finetune.max_p`"),
