@@ -8,11 +8,13 @@ the nearest valid ones suggested. Subcommands:
 - ``fit --config recipe.yaml``: any recipe (``recipes/configs/*.yaml``; ``--config planted_shadows`` for a
   shipped one);
 - ``diagnose --ckpt … --data …``: a :class:`~debugger.report.ConceptReport`, TensorBoard logs and ``report.md``;
-- ``finetune --ckpt … --recipe …``: fine-tune a checkpoint with the policy its failure concepts imply;
+- ``finetune --ckpt … --recipe …``: fine-tune a checkpoint with the policy its failure concepts imply (every
+  ``fit`` option overrides the recipe; ``--epochs`` is ``--finetune.epochs``);
 - ``compare --ckpt-a … --ckpt-b … --data …``: concept-conditioned confusion differences and the ensemble check.
 
 Every run writes one directory (``--run_dir``, default ``runs/<command>-<time>``): ``config.yaml``, ``state.json``,
 ``checkpoints/``, ``tb/``, ``report.json``, ``report.md``. Running the same command on the same directory resumes.
+Options are checked before the directory is made; the seed is set before the model and data are built.
 """
 
 from __future__ import annotations
