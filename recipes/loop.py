@@ -1268,8 +1268,10 @@ def run_loop(
         log(f"[1/4] training for {epochs} epochs with {len(cbs)} callbacks "
             f"({', '.join(type(c).__name__ for c in cbs) or 'none'})")
         clock = time.time()
+        reused = run is not None and run.done("train") is not None
         model = train(model, datamodule, epochs, run, "train", cbs, seed, progress)
-        log(f"      done in {time.time() - clock:.0f} s")
+        log("      reused checkpoints/train.ckpt from the run directory" if reused
+            else f"      done in {time.time() - clock:.0f} s")
     n_probe = min(probe_size, len(datamodule.dataset("val")))  # type: ignore[arg-type]
     log(f"[2/4] diagnosing at layer {layer!r} on {n_probe} validation images"
         + (f" (all of the split; {probe_size} requested)" if n_probe < probe_size else ""))
@@ -1300,9 +1302,11 @@ def run_loop(
     clock = time.time()
     log(f"      fine-tuning for {finetune_epochs} epochs on "
         + ("joint batches (X, augment(X))" if policies else "plain batches (no augmentation implied)"))
+    reused = run is not None and run.done("finetune") is not None
     model = finetune(model, datamodule, policies, finetune_epochs, finetune_lr, transforms, run, "finetune",
                      seed=seed, progress=progress)
-    log(f"      done in {time.time() - clock:.0f} s")
+    log("      reused checkpoints/finetune.ckpt from the run directory" if reused
+        else f"      done in {time.time() - clock:.0f} s")
     log("[4/4] diagnosing the fine-tuned model")
     after, _ = diagnose_once(model, datamodule, layer, run, "report_after", probe_size, n_concepts, seed=seed)
     result = LoopResult(before.metrics, after.metrics, policies, evidence, before.concept_names, run, model)

@@ -468,6 +468,18 @@ def test_the_probe_count_is_the_number_of_images_actually_used(tmp_path):
     assert report.meta["probe_size"] == 16 and report.meta["probe_size_requested"] == 64
 
 
+def test_a_resumed_loop_says_its_finished_training_stages_were_reused(tmp_path):
+    run = RunDirectory(tmp_path)
+    for stage in ("train", "finetune"):
+        save_model(ResNetClassifier(width=4), run.file(f"checkpoints/{stage}.ckpt"))
+        run.mark_done(stage, checkpoint=f"checkpoints/{stage}.ckpt", epochs=1)
+    lines = _loop_log_until("[4/4]", datamodule=tiny_planted(), model=ResNetClassifier(width=4), run=run,
+                            layer="layer1", epochs=1, finetune_epochs=1, probe_size=16, n_concepts=2)
+    assert "      reused checkpoints/train.ckpt from the run directory" in lines
+    assert "      reused checkpoints/finetune.ckpt from the run directory" in lines
+    assert not [line for line in lines if line.strip().startswith("done in")]  # the stages' own "done in N s"
+
+
 def test_a_resumed_run_reuses_the_stored_diagnosis_of_the_same_weights(tmp_path, monkeypatch):
     import recipes.loop
 
