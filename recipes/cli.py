@@ -570,7 +570,7 @@ def run_compare(cfg: Any, parser: Any) -> int:
     run = _run_dir(cfg.run_dir, "compare")
     _save_config(run, parser, cfg)
     init = _instantiate(parser, cfg)
-    a, b = load_model(cfg.ckpt_a), load_model(cfg.ckpt_b)
+    a, b = load_model(cfg.ckpt_a, what="`--ckpt-a`"), load_model(cfg.ckpt_b, what="`--ckpt-b`")
     _say(f"conceptfix compare: A={cfg.ckpt_a} vs B={cfg.ckpt_b}; writing to {run.path}")
     result = compare_models(a, b, init.data, cfg.layer, run, cfg.probe_size, cfg.n_concepts, seed=cfg.seed)
     run.mark_done("compare", report="report.json")

@@ -138,6 +138,17 @@ def test_compare_reports_differences_and_the_ensemble_check(fitted, tmp_path, ca
 # -- bad input -----------------------------------------------------------------------------------------------
 
 
+def test_compare_names_the_option_of_a_corrupt_checkpoint(fitted, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    good = str(fitted["run"] / "checkpoints" / "train.ckpt")
+    for flag, args in (("--ckpt-b", ["--ckpt-a", good, "--ckpt-b", str(bad)]),
+                       ("--ckpt-a", ["--ckpt-a", str(bad), "--ckpt-b", good])):
+        assert main(["compare", *args, *TINY_DATA, *TINY_ANALYSIS, "--run_dir", str(tmp_path / flag)]) == 2
+        err = capsys.readouterr().err
+        assert f"`{flag}`" in err and "bad.ckpt" in err
+
+
 def _fails(args, capsys, *needles):
     assert main(args) == 2
     err = capsys.readouterr().err
