@@ -95,6 +95,12 @@ def _analysis_args(parser: Any) -> None:
                         help="concepts to discover (None: chosen by silhouette)")
 
 
+def _pickle_arg(parser: Any) -> None:
+    parser.add_argument("--allow_pickle", "--allow-pickle", type=bool, default=False,
+                        help="let checkpoints that hold Python objects unpickle them (only for files you trust: "
+                             "unpickling can run code); by default only tensors and plain values are read")
+
+
 def _data_arg(parser: Any, required: bool) -> None:
     from recipes.data.base import ContractDataModule
 
@@ -139,6 +145,7 @@ def fit_parser(command: Literal["fit", "finetune"] = "fit") -> Any:
     p.add_argument("--ckpt", type=str | None, default=None,
                    help="checkpoint to fine-tune (.ckpt); required" if command == "finetune" else
                    "start from this checkpoint instead of training (fine-tuning a user's model)")
+    _pickle_arg(p)
     p.add_argument("--epochs", type=int, default=3, help="training epochs (skipped with --ckpt)" if command == "fit"
                    else "unused (training is skipped); `finetune --epochs N` sets --finetune.epochs")
     p.add_argument("--callbacks", type=list[pl.Callback] | None, default=None,
@@ -187,6 +194,7 @@ def build_parser() -> Any:
 
     diag = ArgumentParser(exit_on_error=False, description="Concept report of a checkpoint on data, no training.")
     diag.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
+    _pickle_arg(diag)
     _data_arg(diag, required=True)
     _model_arg(diag)
     diag.add_argument("--split", type=str, default="val", help="split the probe images come from")
@@ -200,6 +208,7 @@ def build_parser() -> Any:
     cmp = ArgumentParser(exit_on_error=False, description="Compare two models on the same concepts.")
     cmp.add_argument("--ckpt_a", "--ckpt-a", type=str, required=True, help="checkpoint of model A")
     cmp.add_argument("--ckpt_b", "--ckpt-b", type=str, required=True, help="checkpoint of model B")
+    _pickle_arg(cmp)
     _data_arg(cmp, required=True)
     _analysis_args(cmp)
     _common(cmp)
@@ -509,7 +518,7 @@ def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = N
     init, data, model = build_recipe(cfg, parser)
     ckpt = ckpt or init.ckpt
     if ckpt is not None:
-        model = load_model(ckpt, model if init.model is not None else None)
+        model = load_model(ckpt, model if init.model is not None else None, allow_pickle=cfg.allow_pickle)
     _say(f"conceptfix {command}: {type(data).__name__} → {type(model).__name__}; writing to {run.path}")
     ft = cfg.finetune
     if not ft.enabled:
@@ -546,7 +555,7 @@ def run_diagnose(cfg: Any, parser: Any) -> int:
     run = _run_dir(cfg.run_dir, "diagnose")
     _save_config(run, parser, cfg)
     init = _instantiate(parser, cfg)
-    model = load_model(cfg.ckpt, init.model)
+    model = load_model(cfg.ckpt, init.model, allow_pickle=cfg.allow_pickle)
     _say(f"conceptfix diagnose: {cfg.ckpt} on {type(init.data).__name__}; writing to {run.path}")
     d = diagnose(model, init.data, cfg.layer, run, "report", cfg.probe_size, cfg.n_concepts, seed=cfg.seed,
                  split=cfg.split)
@@ -570,7 +579,8 @@ def run_compare(cfg: Any, parser: Any) -> int:
     run = _run_dir(cfg.run_dir, "compare")
     _save_config(run, parser, cfg)
     init = _instantiate(parser, cfg)
-    a, b = load_model(cfg.ckpt_a, what="`--ckpt-a`"), load_model(cfg.ckpt_b, what="`--ckpt-b`")
+    a = load_model(cfg.ckpt_a, what="`--ckpt-a`", allow_pickle=cfg.allow_pickle)
+    b = load_model(cfg.ckpt_b, what="`--ckpt-b`", allow_pickle=cfg.allow_pickle)
     _say(f"conceptfix compare: A={cfg.ckpt_a} vs B={cfg.ckpt_b}; writing to {run.path}")
     result = compare_models(a, b, init.data, cfg.layer, run, cfg.probe_size, cfg.n_concepts, seed=cfg.seed)
     run.mark_done("compare", report="report.json")

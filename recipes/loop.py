@@ -233,8 +233,9 @@ def load_model(
             raise LoopError(
                 f"Expected {what} to hold only tensors and plain Python values, but {str(path)!r} also holds "
                 f"the Python object {refused}, and loading it means unpickling, which can run arbitrary code. "
-                f"If you trust the file's source, load it with `load_model(..., allow_pickle=True)`; otherwise "
-                f"save the weights again as a plain checkpoint (`recipes.loop.save_model`)."
+                f"If you trust the file's source, load it with `load_model(..., allow_pickle=True)` "
+                f"(`--allow_pickle true` on the command line); otherwise save the weights again as a plain "
+                f"checkpoint (`recipes.loop.save_model`)."
             ) from err
         raise LoopError(
             f"Expected {what} to be a PyTorch/Lightning checkpoint, but could not read {str(path)!r}: {err}"

@@ -138,6 +138,34 @@ def test_compare_reports_differences_and_the_ensemble_check(fitted, tmp_path, ca
 # -- bad input -----------------------------------------------------------------------------------------------
 
 
+class _MakesDirectoryWhenUnpickled:
+    """A checkpoint entry whose unpickling runs code (creates a directory)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_holding_python_objects_needs_allow_pickle(fitted, tmp_path, capsys):
+    import torch
+
+    payload = torch.load(fitted["run"] / "checkpoints" / "train.ckpt", weights_only=True)
+    marker = tmp_path / "code-ran"
+    payload["extra"] = _MakesDirectoryWhenUnpickled(marker)
+    torch.save(payload, tmp_path / "pickled.ckpt")
+    args = ["diagnose", "--ckpt", str(tmp_path / "pickled.ckpt"), *TINY_DATA, *TINY_ANALYSIS]
+    assert main([*args, "--run_dir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "`--ckpt`" in err and "--allow_pickle true" in err
+    assert not marker.exists()
+    assert main([*args, "--allow_pickle", "true", "--run_dir", str(tmp_path / "trusted")]) == 0
+    assert marker.exists() and (tmp_path / "trusted" / "report.json").exists()
+
+
 def test_compare_names_the_option_of_a_corrupt_checkpoint(fitted, tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
