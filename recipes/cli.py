@@ -374,16 +374,34 @@ def _check_run_dir(value: str | None) -> None:
                              f"which is a file{where}.")
 
 
+# Run directories this invocation created: removed again when the command fails on bad input before writing
+# anything but its config (an error about the layer, the data or the checkpoint must not leave clutter behind).
+_CREATED_RUN_DIRS: list[Path] = []
+
+
 def _run_dir(value: str | None, command: str) -> Any:
     from recipes.loop import LoopError, RunDirectory, default_run_dir
 
     run = RunDirectory(value or default_run_dir(command))
     try:
+        if not run.path.exists():
+            _CREATED_RUN_DIRS.append(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LoopError(f"Expected `--run_dir` to be a directory that can be created, but got {str(run.path)!r}: "
                         f"{err.strerror or err}.") from err
     return run
+
+
+def _remove_unused_run_dirs() -> None:
+    """Delete the run directories this invocation created if they hold nothing but ``config.yaml``."""
+    import shutil
+
+    for path in _CREATED_RUN_DIRS:
+        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else []
+        if all(f == path / "config.yaml" for f in files):
+            shutil.rmtree(path, ignore_errors=True)
+    _CREATED_RUN_DIRS.clear()
 
 
 def _progress(value: bool | None) -> bool:
@@ -675,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recipes.loop import LoopError
 
     command = argv[0]
+    _CREATED_RUN_DIRS.clear()
     try:
         if command not in commands:
             near = difflib.get_close_matches(command, list(commands), n=1)
@@ -686,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"conceptfix {command}: error: {err}", file=sys.stderr)
         return 2
     except (LoopError, FileNotFoundError, ValueError) as err:
+        _remove_unused_run_dirs()
         print(f"conceptfix {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -194,12 +194,18 @@ def test_checkpoint_of_another_architecture(fitted, capsys, tmp_path):
     args = ["diagnose", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), *TINY_DATA, "--model",
             "ResNetClassifier", "--model.width", "8", "--run_dir", str(tmp_path / "r")]
     _fails(args, capsys, "another architecture", "Expected a checkpoint of ResNetClassifier")
+    assert not (tmp_path / "r").exists()
 
 
 def test_unknown_layer(fitted, capsys, tmp_path):
     args = ["diagnose", "--ckpt", str(fitted["run"] / "checkpoints/train.ckpt"), *TINY_DATA, "--layer", "layer9",
             "--run_dir", str(tmp_path / "r")]
     _fails(args, capsys, "'layer9'", "Nearest valid names")
+    assert not (tmp_path / "r").exists()  # the run directory it made is removed again: nothing was run
+    # an existing run directory (a resume) is never removed, whatever the error
+    (tmp_path / "r").mkdir()
+    _fails(args, capsys, "'layer9'")
+    assert (tmp_path / "r" / "config.yaml").exists()
 
 
 def test_data_of_the_wrong_shape(fitted, capsys, tmp_path):
