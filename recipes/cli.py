@@ -181,7 +181,7 @@ def build_parser() -> Any:
 
     demo = ArgumentParser(exit_on_error=False, description="The whole loop on built-in planted-concept data.")
     demo.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
-    demo.add_argument("--finetune_epochs", "--finetune-epochs", type=int, default=2, help="fine-tuning epochs")
+    demo.add_argument("--finetune_epochs", "--finetune-epochs", type=int, default=5, help="fine-tuning epochs")
     demo.add_argument("--train_size", "--train-size", type=int, default=6000, help="training images")
     demo.add_argument("--test_size", "--test-size", type=int, default=2000, help="test images")
     demo.add_argument("--val_size", "--val-size", type=int, default=500, help="validation (probe) images")
