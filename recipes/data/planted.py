@@ -4,7 +4,8 @@ Each image holds one object (a silhouette from :data:`recipes.data.render.SHAPES
 rotation and colour on a colourised texture photo. Four concepts are planted on top, each with an exact mask:
 
 - ``shadow``: a soft-edged darkening that crosses the object (tree canopy blobs or a straight boundary);
-- ``occluder``: an opaque foreign blob of grey stone texture over part of the object;
+- ``occluder``: an opaque foreign blob over part of the object, made of a bright, fine-grained speckle that no
+  background or object has (:func:`render.foreign_material`);
 - ``stripes``: a stripe texture laid over a rectangle of the image;
 - ``tint``: a colour cast over the whole image.
 
@@ -118,11 +119,8 @@ def plant_concepts(
 
     if (p := on("occluder")) is not None:
         blob = render.occluder_mask(g, object_mask, centre_radius) & p[:, None, None]
-        # A foreign object with a look of its own (grey stone texture), unlike the flat, saturated objects.
-        stone = render.textured_background(g, n, h, w).mean(1, keepdim=True)
-        stone = (0.25 + 1.4 * (stone - stone.mean(dim=(2, 3), keepdim=True)) + 0.3).clamp(0, 1).expand(n, c, h, w)
         a = blob.unsqueeze(1).float()
-        images = images * (1 - a) + stone * a
+        images = images * (1 - a) + render.foreign_material(g, n, h, w).expand(n, c, h, w) * a
         masks[:, concepts.index("occluder")] = blob
     if (p := on("stripes")) is not None:
         alpha = render.stripes_alpha(g, n, h, w) * p[:, None, None]

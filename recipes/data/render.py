@@ -239,6 +239,20 @@ def stripes_alpha(g: torch.Generator, n: int, h: int, w: int) -> Tensor:
     return (on & in_y[:, :, None] & in_x[:, None, :]).float()
 
 
+def foreign_material(g: torch.Generator, n: int, height: int, width: int) -> Tensor:
+    """Grey speckle for occluders: per-pixel noise around 0.75, a material foreign to everything else drawn here.
+
+    Backgrounds are muted colours (mostly darker than 0.55) with smooth photo or procedural texture, objects are
+    flat saturated colours; a bright pixel-scale speckle resembles neither, so an occluder reads as a foreign
+    object (issue 2's "foreign opaque blob"), not as a patch of background. It is also far from the neutral grey
+    (0.5) that resampled patch embeddings pad with.
+
+    Shape:
+        - output: ``(n, 1, height, width)`` in [0.3, 1]
+    """
+    return (0.75 + 0.9 * (torch.rand(n, 1, height, width, generator=g) - 0.5)).clamp(0, 1)
+
+
 def occluder_mask(g: torch.Generator, object_mask: Tensor, centre_radius: Tensor) -> Tensor:
     """An opaque blob (a noisy ellipse) centred on a point of the object, covering part of it.
 

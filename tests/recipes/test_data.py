@@ -65,6 +65,31 @@ def test_planted_masks_are_non_empty_exactly_when_the_concept_is_present():
         assert touches.float().mean() > 0.95, name
 
 
+def test_planted_occluder_is_foreign_to_the_backgrounds():
+    # Issue 2 asks for a *foreign* blob: its material must not pass for background texture (an occluder cut from
+    # the backgrounds' own texture photos made discovery confuse it with near-grey background patches).
+    only = {"shadow": 0.0, "occluder": 1.0, "stripes": 0.0, "tint": 0.0}
+    d = PlantedConceptsDataset("test", size=300, prevalence=only, cache_dir=None).materialize()
+    img = d["image"]  # float in [0, 1]
+    occ = d["concept_masks"][:, 1]
+    bg = ~d["object_mask"] & ~occ
+    # fine-scale variation: mean absolute difference of horizontal neighbours that both lie in the region
+    step = (img[..., 1:] - img[..., :-1]).abs().mean(1)
+
+    def per_image(region: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        w = region.float()
+        return (values * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)
+
+    pairs_occ, pairs_bg = occ[..., 1:] & occ[..., :-1], bg[..., 1:] & bg[..., :-1]
+    has = pairs_occ.flatten(1).sum(1) >= 8
+    assert has.float().mean() > 0.9
+    grain_occ, grain_bg = per_image(pairs_occ, step)[has], per_image(pairs_bg, step)
+    assert float(grain_occ.quantile(0.05)) > float(grain_bg.quantile(0.95)), "occluder grain overlaps the backgrounds'"
+    bright_occ = per_image(occ, img.mean(1))[has]
+    bright_bg = per_image(bg, img.mean(1))
+    assert float(bright_occ.quantile(0.05)) > float(bright_bg.quantile(0.95)), "occluder as dark as backgrounds"
+
+
 def test_planted_prevalence_per_split_within_tolerance():
     test = PlantedConceptsDataset("test", size=3000, cache_dir=None).materialize()["concepts"].mean(0)
     train = PlantedConceptsDataset("train", size=3000, cache_dir=None).materialize()["concepts"].mean(0)

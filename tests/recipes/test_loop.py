@@ -284,7 +284,8 @@ def test_a_measured_shadow_depth_sets_the_policys_shadow_intensity_and_is_stated
 
 def test_annotated_darkening_measures_the_planted_shadows_depth():
     dm = PlantedConceptsDataModule(train_size=16, val_size=64, test_size=16, batch_size=16, cache_dir=None,
-                                   prevalence={"val": {"shadow": 1.0}})
+                                   prevalence={"val": {"shadow": 1.0, "occluder": 0.0}})
+    # (no occluders: their bright speckle under part of a shadow widens the measured range, to ~45-73%)
     measured = annotated_darkening(probe_loader(dm.dataset("val"), 64, 0), dm.concept_names)
     shadow = measured["shadow"]
     # the planted shadows remove 55-75% of the brightness where they fully cover
