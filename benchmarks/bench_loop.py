@@ -22,6 +22,12 @@ darkening measured under the shadow masks of the diagnosis's probe images, :func
 always uses the default transforms: it does not know the failure. Settings are chosen with ``--eval-split val``
 (every metric on the validation split instead of test; its results file ends in ``_val``).
 
+Two ablations of the loop arm only (the controls are unchanged): ``--loop-shadow-kind`` (and
+``--loop-shadow-blobs``) draws the loop's shadows with another ``SyntheticShadow`` shape than ``line`` — is
+matching the failing shadows' shape worth it? — and ``--aug-loss-weight`` weights the augmented half of the
+loop's joint batches in the training loss (the clean half keeps weight 1; the loss is normalised by the total
+weight). On seed 0's validation split neither helped (``benchmarks/README.md``), so neither is the default.
+
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_loop --dataset planted --seeds 3
 """
 
@@ -143,10 +149,48 @@ def evaluate(model: torch.nn.Module, data: Any, extra: tuple[torch.Tensor, torch
 ARMS = ("loop", "no_aug", "untargeted")
 
 
+def with_shadow_shape(policies: dict[str, Any], kind: str | None, blobs: int | None) -> dict[str, Any]:
+    """The loop's policies with its ``SyntheticShadow`` drawn as ``kind`` (with ``blobs`` ellipses for canopy)."""
+    from dataclasses import replace
+
+    extra: dict[str, Any] = {}
+    if kind is not None:
+        extra["kind"] = kind
+    if blobs is not None:
+        extra["blobs"] = blobs
+    if not extra or "SyntheticShadow" not in policies:
+        return policies
+    shadow = policies["SyntheticShadow"]
+    return {**policies, "SyntheticShadow": replace(shadow, params={**dict(shadow.params), **extra})}
+
+
+def weight_augmented_half(model: Any, weight: float) -> Any:
+    """``model`` whose training loss counts the second (augmented) half of each joint batch ``weight`` times.
+
+    Only while training: validation batches are not joint and keep the plain mean.
+    """
+    import torch.nn.functional as F
+
+    plain = model.loss
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not model.training or weight == 1.0:
+            return plain(logits, targets)  # type: ignore[no-any-return]
+        per = F.cross_entropy(logits, targets, reduction="none").flatten(1).mean(1) if targets.dim() > 1 else \
+            F.cross_entropy(logits, targets, reduction="none")
+        w = torch.ones_like(per)
+        w[len(per) // 2:] = weight
+        return (per * w).sum() / w.sum()
+
+    model.loss = loss
+    return model
+
+
 def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, probe_size: int = 128,
              lr: float = 3e-3, base_p: float = 0.3, max_p: float = 0.9, calibrate: bool = True,
              split: str = "test", arms: tuple[str, ...] = ARMS, baseline_cache: str | None = None,
-             val_eval_size: int | None = None, test_size: int = 2000) -> dict[str, Any]:
+             val_eval_size: int | None = None, test_size: int = 2000, loop_shadow_kind: str | None = None,
+             loop_shadow_blobs: int | None = None, aug_loss_weight: float = 1.0) -> dict[str, Any]:
     torch.manual_seed(seed)
     dm = make_data(dataset, seed, quick, test_size)
     seg = dataset == "roads"
@@ -172,6 +216,7 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
         d = diagnose(model, dm, None, run, "report", probe_size=probe_size, seed=seed, metrics_split=None)
         policies, evidence = loop_policies(d, base=base_p, max_p=max_p, report_path=run.file("report.json"),
                                            calibrate=calibrate)
+        policies = with_shadow_shape(policies, loop_shadow_kind, loop_shadow_blobs)
         times["diagnose_s"] = time.time() - clock
     result["darkening"] = (d.annotated or {}).get("darkening", {})
     result["evidence"] = evidence
@@ -189,7 +234,10 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
     for arm in arms:
         clock = time.time()
         # finetune applies the loop policy's calibrated params; the controls' policies carry none.
-        tuned = finetune(copy.deepcopy(model), dm, arm_policies[arm], ft_epochs, lr,
+        start = copy.deepcopy(model)
+        if arm == "loop" and aug_loss_weight != 1.0:
+            start = weight_augmented_half(start, aug_loss_weight)
+        tuned = finetune(start, dm, arm_policies[arm], ft_epochs, lr,
                          default_transforms(int(min(sample.shape[-2:])), seed), None, arm, seed=seed)
         times[f"{arm}_s"] = time.time() - clock
         result[arm] = evaluate(tuned, data, extra)
@@ -251,24 +299,38 @@ def main() -> None:
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed")
     parser.add_argument("--baseline-cache", default=None,
                         help="folder to keep/reuse the trained baselines in (same seed and epochs → same model)")
+    parser.add_argument("--loop-shadow-kind", choices=("line", "polygon", "canopy"), default=None,
+                        help="ablation: the shape of the loop's SyntheticShadow (default: the transform's, line)")
+    parser.add_argument("--loop-shadow-blobs", type=int, default=None,
+                        help="ablation: ellipses per canopy shadow in the loop (SyntheticShadow's blobs, default 4)")
+    parser.add_argument("--aug-loss-weight", type=float, default=1.0,
+                        help="ablation: loss weight of the augmented half of the loop's joint batches")
     parser.add_argument("--tag", default="", help="suffix for the results file name")
     args = parser.parse_args()
     arms = tuple(a for a in args.arms.split(",") if a)
     if not arms or any(a not in ARMS for a in arms):
         raise SystemExit(f"Expected `--arms` to be a comma-separated subset of {ARMS}, but got {args.arms!r}.")
+    if args.loop_shadow_blobs is not None and args.loop_shadow_blobs < 1:
+        raise SystemExit("Expected `--loop-shadow-blobs` to be a positive integer, but got "
+                         f"{args.loop_shadow_blobs!r}.")
+    if not args.aug_loss_weight > 0:
+        raise SystemExit(f"Expected `--aug-loss-weight` to be positive, but got {args.aug_loss_weight!r}.")
     torch.set_num_threads(1)
     per_seed = []
     for seed in range(args.seed_offset, args.seed_offset + args.seeds):
         print(f"{args.dataset}: seed {seed}", flush=True)
         per_seed.append(run_seed(args.dataset, seed, args.epochs, args.finetune_epochs, args.quick, args.probe_size,
                                  args.lr, args.base_p, args.max_p, args.calibrate, args.eval_split, arms,
-                                 args.baseline_cache, args.val_eval_size, args.test_size))
+                                 args.baseline_cache, args.val_eval_size, args.test_size, args.loop_shadow_kind,
+                                 args.loop_shadow_blobs, args.aug_loss_weight))
     results = {
         "config": {"dataset": args.dataset, "seeds": args.seeds, "seed_offset": args.seed_offset,
                    "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.lr,
                    "base_p": args.base_p, "max_p": args.max_p, "quick": args.quick, "calibrate": args.calibrate,
                    "eval_split": args.eval_split, "val_eval_size": args.val_eval_size, "arms": list(arms),
-                   "probe_size": args.probe_size, "test_size": args.test_size, "torch_threads": 1},
+                   "probe_size": args.probe_size, "test_size": args.test_size, "torch_threads": 1,
+                   "loop_shadow_kind": args.loop_shadow_kind, "loop_shadow_blobs": args.loop_shadow_blobs,
+                   "aug_loss_weight": args.aug_loss_weight},
         "data": _data_settings(args.dataset),
         "summary": summarise(per_seed),
         "per_seed": per_seed,
@@ -286,6 +348,10 @@ def main() -> None:
         suffix += f"_{args.eval_split}" + (f"{args.val_eval_size}" if args.val_eval_size else "")
     if args.test_size != 2000:
         suffix += f"_test{args.test_size}"
+    if args.loop_shadow_kind is not None or args.loop_shadow_blobs is not None:
+        suffix += f"_shadow{args.loop_shadow_kind or ''}{args.loop_shadow_blobs or ''}"
+    if args.aug_loss_weight != 1.0:
+        suffix += f"_augw{args.aug_loss_weight:g}"
     suffix += f"_{args.tag}" if args.tag else ""
     path = record(f"loop_{args.dataset}{suffix}", results)
     print(f"wrote {path}")
