@@ -60,9 +60,12 @@ def prevalence() -> dict[str, dict[str, float]]:
 
 
 def train_model(seed: int, epochs: int, args: argparse.Namespace) -> tuple[Any, Any]:
-    """The baseline (cached by seed and epochs); ``epochs=0`` is the untrained model with its seeded initial weights."""
+    """The baseline (cached by seed, epochs and the data generator's code); ``epochs=0`` is the untrained model with
+    its seeded initial weights."""
     from recipes.baseline import fit_baseline
     from recipes.data import PlantedConceptsDataModule
+    from recipes.data.base import generator_digest
+    from recipes.data.planted import PlantedConceptsDataset
     from recipes.models import ResNetClassifier
 
     dm = PlantedConceptsDataModule(train_size=args.train_size, val_size=args.probe_images,
@@ -71,7 +74,8 @@ def train_model(seed: int, epochs: int, args: argparse.Namespace) -> tuple[Any, 
     if epochs == 0:
         torch.manual_seed(seed)
         return ResNetClassifier().eval(), dm
-    path = args.cache_dir / f"al_resnet_s{seed}_n{args.train_size}_e{epochs}.pt" if args.cache_dir else None
+    data = generator_digest(PlantedConceptsDataset)
+    path = args.cache_dir / f"al_resnet_s{seed}_n{args.train_size}_e{epochs}_{data}.pt" if args.cache_dir else None
     if path is not None and path.exists():
         model = ResNetClassifier()
         model.load_state_dict(torch.load(path))

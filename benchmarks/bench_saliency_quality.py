@@ -48,6 +48,8 @@ from debugger.saliency import (
 )
 from recipes.baseline import fit_baseline
 from recipes.data import PlantedConceptsDataModule
+from recipes.data.base import generator_digest
+from recipes.data.planted import PlantedConceptsDataset
 from recipes.models import ResNetClassifier
 
 LAYERS = ("stem", "layer1", "layer2", "layer3")
@@ -96,7 +98,8 @@ EXPENSIVE = ("extremal_perturbation", "meaningful_perturbation")
 
 
 def load_baseline(cache: Path, epochs: int, train_size: int) -> tuple[ResNetClassifier, dict]:
-    config = {"model": "ResNetClassifier()", "epochs": epochs, "train_size": train_size, "seed": 0}
+    config = {"model": "ResNetClassifier()", "epochs": epochs, "train_size": train_size, "seed": 0,
+              "data": generator_digest(PlantedConceptsDataset)}
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     path = cache / f"saliency_baseline_{key}.pt"
     model = ResNetClassifier()

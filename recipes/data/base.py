@@ -46,6 +46,12 @@ def _code_digest(cls: type) -> str:
     return _DIGESTS[key]
 
 
+def generator_digest(cls: type) -> str:
+    """The digest of a built-in dataset class's generating code: key anything derived from its data by it (a cached
+    model trained on it, say), so a change to the generator never serves results made from the older data."""
+    return _code_digest(cls)
+
+
 class ChunkedDataset(Dataset):
     """A generated dataset materialised lazily in seeded chunks, so ``dataset[i]`` is a pure function of
     ``(seed, split, i)`` and random access costs one chunk's generation at most once.
