@@ -8,7 +8,7 @@ concept-targeted :class:`AugmentationPolicy` sit on top. Nothing here imports ``
 """
 
 from augment.batch import AugmentedBatch, BatchAugment, CropFlipParams, JointBatch, RandomCropFlip
-from augment.modules import Cutout, HideAndSeek, SaliencyOcclusion, SyntheticShadow
+from augment.modules import Cutout, HideAndSeek, OneOfParams, OneOfUniform, SaliencyOcclusion, SyntheticShadow
 from augment.params import OcclusionParams, ShadowParams
 from augment.policy import AugmentationPolicy, PolicyRule
 
@@ -21,6 +21,8 @@ __all__ = [
     "HideAndSeek",
     "JointBatch",
     "OcclusionParams",
+    "OneOfParams",
+    "OneOfUniform",
     "PolicyRule",
     "RandomCropFlip",
     "SaliencyOcclusion",

@@ -13,7 +13,9 @@ never touched.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -71,6 +73,10 @@ class _Augmentation(nn.Module):
         raise NotImplementedError
 
     def apply_params(self, images: Tensor, params: Any) -> Tensor:
+        raise NotImplementedError
+
+    def region(self, params: Any, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+        """The pixels ``params`` change, ``(B, 1, H, W)`` in ``[0, 1]``."""
         raise NotImplementedError
 
     def forward(
@@ -376,3 +382,136 @@ class SaliencyOcclusion(_Occluder):
 
 for _cls in (Cutout, HideAndSeek, SaliencyOcclusion):
     _cls.__doc__ = (_cls.__doc__ or "").replace("{fill}", _FILL_DOC)
+
+
+def sample_accepts(module: nn.Module, name: str) -> bool:
+    """Whether ``module``'s ``sample`` or ``forward`` names keyword ``name`` (e.g. ``object_masks``).
+
+    A catch-all ``**kwargs`` does not count: ``_Augmentation.forward`` passes those on to ``sample``, which
+    rejects names it does not know.
+    """
+    key = (type(module), name)
+    if key not in _ACCEPTS:
+        methods = [getattr(type(module), m, None) for m in ("sample", "forward")]
+        _ACCEPTS[key] = any(fn is not None and name in inspect.signature(fn).parameters for fn in methods)
+    return _ACCEPTS[key]
+
+
+_ACCEPTS: dict[tuple[type, str], bool] = {}
+
+
+@dataclass(frozen=True)
+class OneOfParams:
+    """One batch of :class:`OneOfUniform` draws: which transform each sample got, and each transform's record.
+
+    Shape:
+        - choice: ``(B,)`` int64, the index of the transform a sample got, ``-1`` for none
+        - children: one parameter record per transform (None when no sample chose it)
+    """
+
+    choice: Tensor
+    children: tuple[Any, ...]
+
+    def __len__(self) -> int:
+        return int(self.choice.shape[0])
+
+
+class OneOfUniform(_Augmentation):
+    """Augment a sample with probability ``p``, then with exactly one of ``transforms`` chosen uniformly.
+
+    The RandAugment / albumentations ``OneOf`` reading of "all transforms, uniform": every augmented sample gets
+    one transform, never two. Batched: each transform runs once on the whole batch with probability 1 on the rows
+    that chose it and 0 elsewhere (its own generator draws its parameters). Keywords a transform's ``sample``
+    accepts (``object_masks`` for :class:`SyntheticShadow`) reach it; the others do not.
+
+    Args:
+        transforms: the transforms to choose from, each an ``_Augmentation`` with ``sample`` / ``apply_params`` /
+            ``region`` (their own ``p`` is ignored).
+        p: probability that a sample is augmented.
+        seed: seed of the module's own generator (which sample is augmented, and by which transform).
+
+    Shape:
+        - images: ``(B, C, H, W)``
+        - output: like ``images``; :meth:`region` gives the ``(B, 1, H, W)`` changed pixels
+
+    Raises:
+        ValueError: on an empty ``transforms``, an entry that is not such a transform, or a probability outside
+            ``[0, 1]``.
+
+    Example:
+        >>> pick = OneOfUniform([SyntheticShadow(seed=0), Cutout(size=4, seed=1)], p=1.0, seed=0)
+        >>> params = pick.sample(torch.ones(4, 1, 8, 8))
+        >>> set(params.choice.tolist()) <= {0, 1}, len(params)
+        (True, 4)
+    """
+
+    def __init__(self, transforms: Sequence[nn.Module] | nn.ModuleList, p: float = 1.0,
+                 seed: int | None = None) -> None:
+        super().__init__(p, seed)
+        if isinstance(transforms, nn.ModuleList):
+            transforms = list(transforms)
+        if not isinstance(transforms, Sequence) or not transforms:
+            raise ValueError(f"Expected `transforms` to be a non-empty sequence of transforms, but got {transforms!r}.")
+        for t in transforms:
+            if not isinstance(t, _Augmentation):
+                raise ValueError("Expected every entry of `transforms` to be an augmentation with sample/apply_params "
+                                 f"(e.g. SyntheticShadow, Cutout), but got {t!r}.")
+        self.transforms = nn.ModuleList(transforms)
+
+    def _members(self) -> list[_Augmentation]:
+        return [t for t in self.transforms if isinstance(t, _Augmentation)]
+
+    def sample(  # type: ignore[override]
+        self,
+        images: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        probabilities: Tensor | float | None = None,
+        object_masks: Tensor | None = None,
+        **kwargs: Any,
+    ) -> OneOfParams:
+        """Draw which samples are augmented, by which transform, and that transform's parameters.
+
+        Shape:
+            - probabilities: scalar or ``(B,)``, overrides ``p``
+            - object_masks: ``(B, H, W)``, passed to the transforms that place by the object
+        """
+        b = check_images(images).shape[0]
+        g = self._rng(generator)
+        applied = AP.sample_applied(b, self._probabilities(probabilities), g)
+        pick = torch.randint(len(self.transforms), (b,), generator=g)
+        choice = torch.where(applied, pick, torch.full_like(pick, -1))
+        extra = {**kwargs, **({} if object_masks is None else {"object_masks": object_masks})}
+        children: list[Any] = []
+        for i, t in enumerate(self._members()):
+            rows = choice == i
+            if not bool(rows.any()):
+                children.append(None)
+                continue
+            own = {k: v for k, v in extra.items() if sample_accepts(t, k)}
+            children.append(t.sample(images, generator=generator, probabilities=rows.float(), **own))
+        return OneOfParams(choice, tuple(children))
+
+    def apply_params(self, images: Tensor, params: OneOfParams) -> Tensor:
+        """Apply ``params`` deterministically (each row is changed by at most one transform)."""
+        images = check_images(images)
+        if len(params) != images.shape[0] or len(params.children) != len(self.transforms):
+            raise ValueError(f"Expected `params` for {images.shape[0]} samples and {len(self.transforms)} transforms, "
+                             f"but got {len(params)} samples and {len(params.children)} transforms.")
+        out = images
+        for t, child in zip(self._members(), params.children, strict=True):
+            if child is not None:
+                out = t.apply_params(out, child)
+        return out
+
+    def region(self, params: OneOfParams, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+        """The pixels the chosen transform changed (its own :meth:`region`), zero for samples left unchanged.
+
+        Shape:
+            - output: ``(B, 1, H, W)`` float32
+        """
+        out = torch.zeros(len(params), 1, height, width, device=device)
+        for t, child in zip(self._members(), params.children, strict=True):
+            if child is not None:
+                out = torch.maximum(out, t.region(child, height, width, device).float())
+        return out

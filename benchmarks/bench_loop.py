@@ -9,6 +9,12 @@ batch size where augmenting):
 - ``untargeted``: joint batches, every transform (SyntheticShadow, Cutout, HideAndSeek) on every sample with
   one uniform probability, chosen so the expected share of augmented samples equals the loop's.
 
+Only when asked (``--arms``), a second reading of the untargeted control:
+
+- ``untargeted_oneof``: joint batches, each sample augmented with the loop's share as probability and then by
+  exactly ONE of the same transforms chosen uniformly (RandAugment / albumentations ``OneOf`` style,
+  :class:`augment.OneOfUniform`), so about a third of the augmented samples get a shadow, never stacked.
+
 Measured on the test split: accuracy on the planted-shadow slice, on clean images (no planted concept) and
 overall; and on clean test images shadowed by albumentations' ``RandomShadow`` (a renderer neither the data nor
 the loop uses). Road scenes (segmentation): per-class IoU on shadowed and unshadowed test images, before/after.
@@ -45,6 +51,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from augment import AugmentationPolicy  # noqa: E402
 from benchmarks.harness import mean_std, record  # noqa: E402
 from recipes.baseline import slice_metrics  # noqa: E402
 from recipes.loop import (  # noqa: E402
@@ -147,6 +154,18 @@ def evaluate(model: torch.nn.Module, data: Any, extra: tuple[torch.Tensor, torch
 
 
 ARMS = ("loop", "no_aug", "untargeted")
+# Arms run only when named in --arms; the default set stays ARMS.
+OPTIONAL_ARMS = ("untargeted_oneof",)
+ALL_ARMS = (*ARMS, *OPTIONAL_ARMS)
+ONE_OF = "OneOfUniform"
+
+
+def oneof_transforms(image_size: int, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """``default_transforms`` plus, under :data:`ONE_OF`, one :class:`~augment.OneOfUniform` over all of them."""
+    from augment import OneOfUniform
+
+    transforms = default_transforms(image_size, seed)
+    return {**transforms, ONE_OF: OneOfUniform(list(transforms.values()), p=1.0, seed=seed + 3)}
 
 
 def with_shadow_shape(policies: dict[str, Any], kind: str | None, blobs: int | None) -> dict[str, Any]:
@@ -230,6 +249,7 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
         "loop": policies,
         "no_aug": {},
         "untargeted": uniform_policies(names, p_each),
+        "untargeted_oneof": {ONE_OF: AugmentationPolicy(base=p_any, augmentation=ONE_OF)},
     }
     for arm in arms:
         clock = time.time()
@@ -237,8 +257,9 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
         start = copy.deepcopy(model)
         if arm == "loop" and aug_loss_weight != 1.0:
             start = weight_augmented_half(start, aug_loss_weight)
+        make_transforms = oneof_transforms if arm == "untargeted_oneof" else default_transforms
         tuned = finetune(start, dm, arm_policies[arm], ft_epochs, lr,
-                         default_transforms(int(min(sample.shape[-2:])), seed), None, arm, seed=seed)
+                         make_transforms(int(min(sample.shape[-2:])), seed), None, arm, seed=seed)
         times[f"{arm}_s"] = time.time() - clock
         result[arm] = evaluate(tuned, data, extra)
         print(f"  seed {seed} {arm}: {_short(result[arm])}", flush=True)
@@ -252,14 +273,14 @@ def _short(m: dict[str, Any]) -> str:
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    arms = [a for a in ARMS if a in per_seed[0]]
+    arms = [a for a in ALL_ARMS if a in per_seed[0]]
     keys = [k for k, v in per_seed[0]["baseline"].items() if isinstance(v, float)]
     out: dict[str, Any] = {}
     for arm in ("baseline", *arms):
         out[arm] = {k: mean_std([r[arm][k] for r in per_seed]) for k in keys}
     for arm in arms:
         out[f"{arm}_minus_baseline"] = {k: mean_std([r[arm][k] - r["baseline"][k] for r in per_seed]) for k in keys}
-    for control in ("no_aug", "untargeted"):
+    for control in ("no_aug", "untargeted", "untargeted_oneof"):
         if "loop" in arms and control in arms:
             out[f"loop_minus_{control}"] = {k: mean_std([r["loop"][k] - r[control][k] for r in per_seed])
                                             for k in keys}
@@ -295,7 +316,8 @@ def main() -> None:
                         help="split every metric is measured on (val: for choosing settings)")
     parser.add_argument("--val-eval-size", type=int, default=None,
                         help="with --eval-split val on planted data: measure on this many validation images")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS),
+                        help=f"subset of {ALL_ARMS}, comma- or space-separated (default: {ARMS})")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed")
     parser.add_argument("--baseline-cache", default=None,
                         help="folder to keep/reuse the trained baselines in (same seed and epochs → same model)")
@@ -307,9 +329,9 @@ def main() -> None:
                         help="ablation: loss weight of the augmented half of the loop's joint batches")
     parser.add_argument("--tag", default="", help="suffix for the results file name")
     args = parser.parse_args()
-    arms = tuple(a for a in args.arms.split(",") if a)
-    if not arms or any(a not in ARMS for a in arms):
-        raise SystemExit(f"Expected `--arms` to be a comma-separated subset of {ARMS}, but got {args.arms!r}.")
+    arms = tuple(a for item in args.arms for a in item.split(",") if a)
+    if not arms or any(a not in ALL_ARMS for a in arms):
+        raise SystemExit(f"Expected `--arms` to be a subset of {ALL_ARMS}, but got {args.arms!r}.")
     if args.loop_shadow_blobs is not None and args.loop_shadow_blobs < 1:
         raise SystemExit("Expected `--loop-shadow-blobs` to be a positive integer, but got "
                          f"{args.loop_shadow_blobs!r}.")

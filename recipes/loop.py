@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from augment import AugmentationPolicy, Cutout, HideAndSeek, SyntheticShadow
+from augment.modules import sample_accepts
 from debugger.contract import IMAGE, unpack_batch
 from debugger.files import atomic_write
 from debugger.report import ConceptReport
@@ -1009,7 +1010,8 @@ def apply_policies(
     """Augment a batch with each policy's transform on the samples it picks; joint: ``(X, augment(X))``.
 
     The transforms run in ``policies`` order on the same copy, each with its own per-sample probabilities. A dict
-    batch's ``object_mask`` places shadows on the object. Other per-sample tensors are duplicated with the rows.
+    batch's ``object_mask`` reaches every transform that takes ``object_masks`` (shadows are placed on the object;
+    :class:`~augment.OneOfUniform` passes it on to its shadow). Other per-sample tensors are duplicated with the rows.
 
     Shape:
         - batch images: ``(B, C, H, W)``; output ``(2B, C, H, W)`` when ``joint``, else ``(B, C, H, W)``
@@ -1029,7 +1031,7 @@ def apply_policies(
             continue
         t = transforms[name]
         kwargs: dict[str, Any] = {"probabilities": p}
-        if isinstance(t, SyntheticShadow) and isinstance(object_mask, Tensor):
+        if isinstance(object_mask, Tensor) and sample_accepts(t, "object_masks"):
             kwargs["object_masks"] = object_mask
         out = t(out, **kwargs)  # type: ignore[assignment]
     if not joint:

@@ -19,7 +19,7 @@ TRANSFORMS = {
     "SaliencyOcclusion": (augment.SaliencyOcclusion, albu.SaliencyOcclusion),
 }
 # Public nn.Modules that are not single transforms.
-OTHER_MODULES = {"JointBatch", "BatchAugment", "RandomCropFlip"}
+OTHER_MODULES = {"JointBatch", "BatchAugment", "RandomCropFlip", "OneOfUniform"}
 
 
 def test_every_public_module_is_listed():

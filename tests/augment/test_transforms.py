@@ -329,3 +329,74 @@ def test_albumentations_replay_reapplies_the_same_parameters(name, module, twin,
     assert np.array_equal(first["image"], again)
     params = first["replay"]["transforms"][0]["params"]
     np.testing.assert_allclose(other, twin.apply(b, **params), atol=1e-6)
+
+
+def _one_of(p=0.6, seed=0):
+    # The children's own p is 0: only OneOfUniform decides who is augmented.
+    return augment.OneOfUniform([augment.SyntheticShadow(p=0.0, seed=1), augment.Cutout(p=0.0, size=3, seed=2),
+                                 augment.HideAndSeek(p=0.0, grid=4, p_keep_patch=0.0, seed=3)], p=p, seed=seed)
+
+
+def test_one_of_uniform_gives_each_augmented_sample_exactly_one_transform_uniformly():
+    n, p = 6000, 0.6
+    pick = _one_of(p)
+    x = torch.ones(n, 1, 8, 8)
+    params = pick.sample(x)
+    shares = [float((params.choice == i).float().mean()) for i in (-1, 0, 1, 2)]
+    # Binomial standard error ~0.006 at n = 6000.
+    assert shares[0] == pytest.approx(1 - p, abs=0.03)
+    assert shares[1:] == pytest.approx([p / 3] * 3, abs=0.03)
+    # Each transform's own record marks exactly the rows that chose it, so no sample gets two.
+    for i, child in enumerate(params.children):
+        assert torch.equal(child.applied, params.choice == i)
+    y = pick.apply_params(x, params)
+    changed = (y != x).flatten(1).any(1)
+    assert not changed[params.choice < 0].any()
+    assert changed[params.choice >= 1].all()  # occluders always hit; a few line shadows fall beside the pixels
+    assert float(changed[params.choice == 0].float().mean()) > 0.95
+    regions = torch.stack([t.region(c, 8, 8)[:, 0] for t, c in zip(pick.transforms, params.children, strict=True)])
+    assert int(((regions > 0).flatten(2).any(2).sum(0) > 1).sum()) == 0
+    assert torch.equal(pick.region(params, 8, 8) > 0, regions.amax(0, keepdim=False)[:, None] > 0)
+
+
+def test_one_of_uniform_per_sample_probabilities_replay_and_seed():
+    x = _images(b=6)
+    probabilities = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    y, params = _one_of(seed=5)(x, probabilities=probabilities, return_params=True)
+    assert torch.equal(params.choice >= 0, probabilities > 0)
+    torch.testing.assert_close(y[1::2], x[1::2])
+    torch.testing.assert_close(_one_of(seed=5).apply_params(x, params), y)
+    torch.testing.assert_close(_one_of(seed=5)(x, probabilities=probabilities), y)
+    assert _one_of(p=0.0)(x).equal(x)
+
+
+def test_one_of_uniform_passes_object_masks_only_to_the_transforms_that_take_them():
+    masks = torch.zeros(64, 32, 32, dtype=torch.bool)
+    masks[:, 10:20, 4:14] = True
+    pick = augment.OneOfUniform([augment.SyntheticShadow(softness=(0.0, 0.0), seed=0), augment.Cutout(seed=1)],
+                                p=1.0, seed=0)
+    params = pick.sample(torch.zeros(64, 1, 32, 32), object_masks=masks)  # Cutout.sample would reject the keyword
+    shadow = params.children[0]
+    rows = params.choice == 0
+    assert 10 < int(rows.sum()) < 54
+    px, py = shadow.geometry[rows, 0], shadow.geometry[rows, 1]
+    assert ((px >= 4) & (px <= 14) & (py >= 10) & (py <= 20)).all()  # placed across the object's box
+
+
+def test_one_of_uniform_errors():
+    with pytest.raises(ValueError, match="Expected `transforms` to be a non-empty sequence"):
+        augment.OneOfUniform([])
+    with pytest.raises(ValueError, match="Expected `transforms` to be a non-empty sequence"):
+        augment.OneOfUniform(augment.Cutout())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Expected every entry of `transforms` to be an augmentation"):
+        augment.OneOfUniform([augment.Cutout(), torch.nn.Identity()])
+    with pytest.raises(ValueError, match="Expected `p` to be a probability"):
+        augment.OneOfUniform([augment.Cutout()], p=1.5)
+    pick = augment.OneOfUniform([augment.Cutout()])
+    with pytest.raises(ValueError, match="Expected `probabilities` to be a scalar or a"):
+        pick(torch.zeros(2, 1, 8, 8), probabilities=torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="Expected `images` to be a floating-point tensor"):
+        pick(torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match=r"Expected `params` for 3 samples and 1 transforms, but got 2 samples"):
+        pick.apply_params(torch.zeros(3, 1, 8, 8), pick.sample(torch.zeros(2, 1, 8, 8)))
+    assert augment.OneOfUniform(torch.nn.ModuleList([augment.Cutout()])).transforms[0].size == 8

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from augment import AugmentationPolicy, SyntheticShadow
+from augment import AugmentationPolicy, Cutout, OneOfUniform, SyntheticShadow
 from recipes.data import PlantedConceptsDataModule
 from recipes.data.base import ContractDataModule
 from recipes.loop import (
@@ -334,6 +334,29 @@ def test_apply_policies_grows_a_joint_batch_and_augments_only_what_the_policy_pi
     assert isinstance(seq, tuple) and seq[0].shape == (4, 3, 16, 16)
     with pytest.raises(LoopError, match="Expected the policy's transform to be one of"):
         apply_policies(batch, {}, {"Cutout": policy})
+
+
+class _SeesObjectMasks(SyntheticShadow):
+    def sample(self, images, *, object_masks=None, **kwargs):  # type: ignore[override]
+        self.seen = object_masks
+        return super().sample(images, object_masks=object_masks, **kwargs)
+
+
+def test_object_masks_reach_a_shadow_inside_a_one_of_wrapper_and_no_other_transform():
+    x = torch.rand(64, 3, 16, 16)
+    mask = torch.zeros(64, 16, 16, dtype=torch.bool)
+    mask[:, 4:8, 4:8] = True
+    batch = {"image": x, "target": torch.zeros(64, dtype=torch.long), "concepts": torch.zeros(64, 2),
+             "object_mask": mask}
+    shadow = _SeesObjectMasks(seed=0)
+    pick = OneOfUniform([shadow, Cutout(size=4, seed=1)], seed=2)  # Cutout would raise on `object_masks`
+    out = apply_policies(batch, {"OneOfUniform": pick}, {"OneOfUniform": AugmentationPolicy(base=0.8)}, joint=False)
+    assert shadow.seen is mask
+    changed = (out["image"] != x).flatten(1).any(1)
+    assert 0.6 < float(changed.float().mean()) <= 0.95
+    direct = _SeesObjectMasks(seed=0)
+    apply_policies(batch, {"SyntheticShadow": direct}, {"SyntheticShadow": AugmentationPolicy(base=1.0)})
+    assert direct.seen is mask
 
 
 def test_uniform_control_matches_the_loops_augmented_share():
