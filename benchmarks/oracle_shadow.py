@@ -15,11 +15,14 @@ error 4%; with ``cover`` 0.5 the radius only scales the ±0.4-radius jitter of a
 Fashion-MNIST batches carry no object mask; the data's own rule is used: pixels brighter than 0.1, centroid and
 radius √(area/π) (:class:`recipes.data.fashion.FashionMNISTDataset`).
 
-``--oracle-scope box`` (an ablation of one aspect) keeps the oracle's shadows inside the object's bounding box,
+Ablations of one aspect each: ``--oracle-scope box`` keeps the oracle's shadows inside the object's bounding box,
 leaving the background unshadowed; ``--oracle-cover lo,hi`` draws the cover per sample from a range instead of the
-data's fixed value. Before training, the run measures the oracle's shadows against the data's on the evaluation
-split (``concept_darkening`` under the ``alpha ≥ 0.5`` mask, as the data's masks are made; covered share of object
-and background) and records it in the results (``oracle_check``).
+data's fixed value (``SyntheticShadow``'s line through a uniform point of the box covers 11–97% of the object);
+``--oracle-shape line`` / ``canopy`` draws only one of the data's two shadow shapes.
+
+Before training, the run measures the oracle's shadows against the data's on the validation split
+(``concept_darkening`` under the ``alpha ≥ 0.5`` mask, as the data's masks are made; covered share of object and
+background) and records it in the results (``oracle_check``).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.oracle_shadow --dataset planted --seeds 1 --eval-split val \
         --val-eval-size 3000 --finetune-epochs 5 --arms loop,untargeted --no-calibrate
@@ -49,6 +52,7 @@ from benchmarks import bench_loop  # noqa: E402
 from recipes.data import render  # noqa: E402
 
 Scope = Literal["image", "box"]
+Shape = Literal["data", "line", "canopy"]
 RadiusRule = Literal["extent", "area"]
 EXTENT_TO_RADIUS = 1.16  # draw_objects' radius / farthest object pixel from the centroid (median, 5000 objects)
 
@@ -89,6 +93,36 @@ def box_mask(object_masks: Tensor) -> Tensor:
     return box | empty[:, None, None]
 
 
+def shadow_alpha_of_shape(g: torch.Generator, object_mask: Tensor, centre_radius: Tensor, cover: float,
+                          shape: Shape) -> Tensor:
+    """:func:`recipes.data.render.shadow_alpha` with the shape forced: ``data`` calls it (35% straight boundaries,
+    65% canopy blobs); ``line`` / ``canopy`` draw only that branch of it, with the same code and draws.
+
+    Shape:
+        - object_mask: ``(N, H, W)``; centre_radius: ``(N, 3)``; output: ``(N, H, W)``
+    """
+    if shape == "data":
+        return render.shadow_alpha(g, object_mask, centre_radius, cover)
+    # The two branches of render.shadow_alpha (same draws, in the same order), one of them kept for every sample.
+    n, h, w = object_mask.shape
+    noise = render.smooth_noise(g, n, h, w, cells=int(torch.randint(3, 6, (1,), generator=g)))
+    inside = noise.masked_fill(~object_mask, float("nan")).view(n, -1)
+    thresh = torch.nanquantile(inside, cover, dim=1).nan_to_num(cover)
+    canopy = (noise < thresh[:, None, None]).float()
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    cx, cy, rad = centre_radius.unbind(1)
+    px = cx + (-0.4 + 0.8 * torch.rand(n, generator=g)) * rad
+    py = cy + (-0.4 + 0.8 * torch.rand(n, generator=g)) * rad
+    ang = 2 * torch.pi * torch.rand(n, generator=g)
+    side = ((xx[None] - px[:, None, None]) * torch.cos(ang)[:, None, None]
+            + (yy[None] - py[:, None, None]) * torch.sin(ang)[:, None, None])
+    line = (side > (1 - 2 * cover) * rad[:, None, None]).float()
+    torch.rand(n, generator=g)  # the data's line-or-canopy draw, kept so the stream stays aligned
+    hard = line if shape == "line" else canopy
+    soft = render.gaussian_blur(hard, sigma=max(0.6, min(h, w) / 40))
+    return torch.maximum(soft, hard)
+
+
 class OracleShadow(SyntheticShadow):
     """The data's own shadows as a fine-tuning transform (registered under the name ``"SyntheticShadow"``).
 
@@ -102,6 +136,8 @@ class OracleShadow(SyntheticShadow):
         cover: range of the share of the object covered (the data's ``shadow_cover``; lo == hi: fixed).
         scope: ``image`` — as the data, the shadow continues over the background; ``box`` — only inside the
             object's bounding box.
+        shape: ``data`` — the data's mix of canopy blobs and straight boundaries; ``line`` / ``canopy`` — only one
+            of them (see :func:`shadow_alpha_of_shape`).
         radius: how the object's radius is read from its mask (see :func:`object_geometry`).
         threshold: without ``object_masks``, pixels whose first channel exceeds it are the object.
         seed: seed of the module's own generator.
@@ -111,18 +147,21 @@ class OracleShadow(SyntheticShadow):
     """
 
     def __init__(self, p: float = 0.5, intensity: tuple[float, float] = (0.55, 0.75),
-                 cover: tuple[float, float] = (0.5, 0.5), scope: Scope = "image", radius: RadiusRule = "extent",
-                 threshold: float = 0.1, seed: int | None = None) -> None:
+                 cover: tuple[float, float] = (0.5, 0.5), scope: Scope = "image", shape: Shape = "data",
+                 radius: RadiusRule = "extent", threshold: float = 0.1, seed: int | None = None) -> None:
         super().__init__(p=p, intensity=intensity, seed=seed)
         lo, hi = (float(v) for v in cover)
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"Expected `cover` to be a range (lo, hi) with 0 < lo <= hi < 1, but got {cover!r}.")
         if scope not in ("image", "box"):
             raise ValueError(f"Expected `scope` to be one of ('image', 'box'), but got {scope!r}.")
+        if shape not in ("data", "line", "canopy"):
+            raise ValueError(f"Expected `shape` to be one of ('data', 'line', 'canopy'), but got {shape!r}.")
         if radius not in ("extent", "area"):
             raise ValueError(f"Expected `radius` to be one of ('extent', 'area'), but got {radius!r}.")
         self.cover = (lo, hi)
         self.scope = scope
+        self.shape = shape
         self.radius = radius
         self.threshold = float(threshold)
 
@@ -137,11 +176,11 @@ class OracleShadow(SyntheticShadow):
         geometry = object_geometry(obj, self.radius)
         lo, hi = self.cover
         if lo == hi:
-            a = render.shadow_alpha(generator, obj, geometry, lo)
+            a = shadow_alpha_of_shape(generator, obj, geometry, lo, self.shape)
         else:
             # shadow_alpha takes one cover per call: draw one per sample and render each sample at its own.
             covers = lo + (hi - lo) * torch.rand(len(obj), generator=generator)
-            a = torch.cat([render.shadow_alpha(generator, obj[i:i + 1], geometry[i:i + 1], float(c))
+            a = torch.cat([shadow_alpha_of_shape(generator, obj[i:i + 1], geometry[i:i + 1], float(c), self.shape)
                            for i, c in enumerate(covers)])
         if self.scope == "box":
             a = a * box_mask(obj).float()
@@ -236,6 +275,8 @@ def main() -> None:
     parser.add_argument("--oracle-scope", choices=("image", "box"), default="image")
     parser.add_argument("--oracle-cover", default=None,
                         help="lo,hi: draw the cover per sample from this range (default: the data's fixed cover)")
+    parser.add_argument("--oracle-shape", choices=("data", "line", "canopy"), default="data",
+                        help="only the data's straight-boundary or canopy shadows (default: its mix)")
     parser.add_argument("--check-only", action="store_true", help="print the oracle check and stop")
     own, rest = parser.parse_known_args()
     probe = argparse.ArgumentParser(add_help=False)
@@ -267,7 +308,7 @@ def main() -> None:
             raise SystemExit(f"Expected `--oracle-cover` to be lo,hi, but got {own.oracle_cover!r}.") from None
         cover_range = (lo, hi)
     settings: dict[str, Any] = {"intensity": tuple(strength), "cover": cover_range, "scope": own.oracle_scope,
-                                "radius": rule}
+                                "shape": own.oracle_shape, "radius": rule}
     OracleShadow(**settings)  # bad settings fail before any data or training
     seed, seeds = known.seed_offset, known.seeds
     torch.set_num_threads(1)
@@ -279,6 +320,7 @@ def main() -> None:
     # bench_loop's name does not say which seeds; runs over different seeds must not overwrite each other.
     variant = f"_seed{seed}" if seeds == 1 else f"_seeds{seed}-{seed + seeds - 1}"
     variant += f"_{own.oracle_scope}" if own.oracle_scope != "image" else ""
+    variant += f"_{own.oracle_shape}" if own.oracle_shape != "data" else ""
     variant += f"_cover{cover_range[0]:g}-{cover_range[1]:g}" if own.oracle_cover is not None else ""
     plain_record = bench_loop.record
 
