@@ -54,6 +54,7 @@ import torch  # noqa: E402
 from augment import AugmentationPolicy  # noqa: E402
 from benchmarks.harness import mean_std, record  # noqa: E402
 from recipes.baseline import slice_metrics  # noqa: E402
+from recipes.data.base import generator_digest  # noqa: E402
 from recipes.loop import (  # noqa: E402
     RunDirectory,
     default_transforms,
@@ -217,7 +218,10 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
     model = (SegmentationNet(num_classes=dm.num_classes) if seg
              else ResNetClassifier(num_classes=dm.num_classes, in_channels=dm.in_channels))
     clock = time.time()
-    cached = (os.path.join(baseline_cache, f"{dataset}{'_quick' if quick else ''}_seed{seed}_e{epochs}.ckpt")
+    # keyed by the data generator's code too: a changed generator must not be served a model of the older data
+    digest = generator_digest(type(dm.dataset("train")))
+    cached = (os.path.join(baseline_cache,
+                           f"{dataset}{'_quick' if quick else ''}_seed{seed}_e{epochs}_{digest}.ckpt")
               if baseline_cache else None)
     if cached is not None and os.path.exists(cached):
         model = load_model(cached, model)
@@ -320,7 +324,8 @@ def main() -> None:
                         help=f"subset of {ALL_ARMS}, comma- or space-separated (default: {ARMS})")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed")
     parser.add_argument("--baseline-cache", default=None,
-                        help="folder to keep/reuse the trained baselines in (same seed and epochs → same model)")
+                        help="folder to keep/reuse the trained baselines in (same seed, epochs and data "
+                             "generator code → same model)")
     parser.add_argument("--loop-shadow-kind", choices=("line", "polygon", "canopy"), default=None,
                         help="ablation: the shape of the loop's SyntheticShadow (default: the transform's, line)")
     parser.add_argument("--loop-shadow-blobs", type=int, default=None,
