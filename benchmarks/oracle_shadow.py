@@ -279,6 +279,10 @@ def main() -> None:
                         help="only the data's straight-boundary or canopy shadows (default: its mix)")
     parser.add_argument("--check-only", action="store_true", help="print the oracle check and stop")
     own, rest = parser.parse_known_args()
+    if "-h" in rest or "--help" in rest:
+        # the oracle's own options first; bench_loop's parser then prints the rest and exits
+        parser.print_help()
+        print("\nand every option of benchmarks.bench_loop:\n")
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--dataset", default="planted")
     probe.add_argument("--seed-offset", type=int, default=0)
