@@ -123,19 +123,22 @@ def cascading_randomization(
     if not names:
         raise ValueError(f"Expected at least one layer to randomise, but got {layers!r}.")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    clone = copy.deepcopy(model)
-    modules = dict(clone.named_modules())
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        raise ValueError(f"Expected `layers` to name modules of the model, but got unknown names {unknown!r}.")
-    if isinstance(target, str):
-        with attribution_mode(clone), torch.no_grad():
-            target = clone(prepare_input(inputs, clone)).argmax(1)
-    reference = make_attribute(clone)(inputs, target)
-    out: dict[str, Tensor] = {}
-    for name in names:
-        _redraw_(modules[name], gen)
-        out[name] = spearman(reference, make_attribute(clone)(inputs, target))
+    # Copied and re-drawn outside inference mode (a Lightning validation hook runs in it): weights made there
+    # would be inference tensors, which the attribution's backward pass cannot save.
+    with torch.inference_mode(False):
+        clone = copy.deepcopy(model)
+        modules = dict(clone.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ValueError(f"Expected `layers` to name modules of the model, but got unknown names {unknown!r}.")
+        if isinstance(target, str):
+            with attribution_mode(clone), torch.no_grad():
+                target = clone(prepare_input(inputs, clone)).argmax(1)
+        reference = make_attribute(clone)(inputs, target)
+        out: dict[str, Tensor] = {}
+        for name in names:
+            _redraw_(modules[name], gen)
+            out[name] = spearman(reference, make_attribute(clone)(inputs, target))
     return out
 
 

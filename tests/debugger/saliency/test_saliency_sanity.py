@@ -132,3 +132,16 @@ def test_cascading_randomization_accepts_blocks(net, images):
 
 
 TARGETS_4 = torch.tensor([0, 3, 1, 4])
+
+
+def test_cascading_randomization_under_inference_mode_matches_outside(net, images):
+    # A Lightning validation hook runs under torch.inference_mode(); the copies and re-drawn weights must still
+    # enter the attribution's backward pass.
+    make = lambda m: GradCAM(m, "layer1").attribute  # noqa: E731
+    outside = cascading_randomization(make, net, images, "predicted", generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        inside = cascading_randomization(make, net, images.clone(), "predicted",
+                                         generator=torch.Generator().manual_seed(1))
+    assert list(inside) == list(outside)
+    for name in outside:
+        torch.testing.assert_close(inside[name], outside[name], atol=1e-5, rtol=1e-4)
