@@ -327,8 +327,9 @@ def test_image_folder_module_rejects_one_class_an_empty_class_and_too_few_images
     root = _image_folder(tmp_path / "ok", {"cat": 3, "dog": 3})
     dm = ImageFolderDataModule(root)
     assert [len(dm.dataset(s)) for s in ("train", "val", "test")] == [4, 1, 1]
-    with pytest.raises(ValueError, match="`image_size` to be a positive integer"):
-        ImageFolderDataModule(root, image_size=0)
+    for size in (0, 4, 15):
+        with pytest.raises(ValueError, match=rf"`image_size` to be an integer >= 16 .* but got {size}\."):
+            ImageFolderDataModule(root, image_size=size)
     with pytest.raises(ValueError, match="`channels` to be 1 or 3"):
         ImageFolderDataModule(root, channels=2)  # type: ignore[arg-type]
 
@@ -339,3 +340,46 @@ def test_image_folder_names_an_unreadable_file(tmp_path):
     ds = ImageFolderDataset(root, image_size=8)
     with pytest.raises(ValueError, match=r"Expected '.*dog/3\.png' to be a readable image"):
         [ds[i] for i in range(len(ds))]
+
+
+def test_image_folder_module_names_broken_images_before_any_training(tmp_path):
+    root = _image_folder(tmp_path, {"cat": 5, "dog": 5})
+    (tmp_path / "dog" / "3.png").write_bytes(b"not a png")
+    good = (tmp_path / "cat" / "1.png").read_bytes()
+    (tmp_path / "cat" / "2.png").write_bytes(good[: len(good) // 2])  # truncated: its header still reads
+    with pytest.raises(ValueError, match=r"every image under .* to be readable, but 2 could not be read: "
+                                         r"'.*cat/2\.png': .*; '.*dog/3\.png': .*Remove or replace them"):
+        ImageFolderDataModule(root)
+
+
+def test_image_folder_reads_train_val_test_folders_as_given(tmp_path):
+    for split, counts in {"train": {"cat": 6, "dog": 4}, "valid": {"cat": 2, "dog": 1}, "test": {"dog": 3}}.items():
+        _image_folder(tmp_path / split, counts)
+    dm = ImageFolderDataModule(str(tmp_path))
+    sizes = {s: len(dm.dataset(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 10, "val": 3, "test": 3} and dm.num_classes == 2
+    # the test folder lacks `cat`: classes keep the training indices
+    assert [int(dm.dataset("test")[i]["target"]) for i in range(3)] == [1, 1, 1]
+    assert [str(p.parent.parent.name) for p in dm.dataset("val").files] == ["valid"] * 3
+
+
+def test_image_folder_carves_a_missing_val_or_test_folder_from_train(tmp_path):
+    _image_folder(tmp_path / "train", {"cat": 10, "dog": 10})
+    _image_folder(tmp_path / "test", {"cat": 2, "dog": 2})
+    dm = ImageFolderDataModule(str(tmp_path), seed=3)
+    train, val = dm.dataset("train").files, dm.dataset("val").files
+    assert (len(train), len(val), len(dm.dataset("test"))) == (18, 2, 4)
+    assert not set(train) & set(val) and all(p.parent.parent.name == "train" for p in val)
+    again = ImageFolderDataModule(str(tmp_path), seed=3)
+    assert again.dataset("val").files == val
+
+
+def test_image_folder_rejects_a_test_class_the_train_folder_lacks(tmp_path):
+    _image_folder(tmp_path / "train", {"cat": 10, "dog": 10})
+    _image_folder(tmp_path / "test", {"cat": 2, "bird": 2})
+    with pytest.raises(ValueError, match=r"among the training classes \['cat', 'dog'\], but got \['bird'\]"):
+        ImageFolderDataModule(str(tmp_path))
+    hollow = tmp_path / "hollow"
+    _image_folder(hollow / "train", {"cat": 10, "dog": 0})
+    with pytest.raises(ValueError, match=r"the train folder of .* each with images.*'dog': 0"):
+        ImageFolderDataModule(str(hollow))
