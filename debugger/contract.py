@@ -4,7 +4,8 @@ A **sample** is a dict:
 
 - ``image``: float tensor ``(C, H, W)``.
 - ``target``: class index (int64 scalar) for classification, or an ``(H, W)`` int64 class map for
-  segmentation.
+  segmentation. Batches of one-hot (or probability) targets, ``(B, K)`` or ``(B, K, H, W)``, are read as the
+  class with the largest value.
 - ``concepts`` (optional): float tensor ``(K,)``, 1 where the named concept is present.
 - ``concept_masks`` (optional): bool tensor ``(K, H, W)``, the exact pixels of each concept; a mask is
   non-empty iff the concept is present.
@@ -13,6 +14,8 @@ Datasets that plant concepts expose the concept names, in order, as ``dataset.co
 A **batch** is what ``torch.utils.data.default_collate`` makes of samples (the same keys with a leading
 batch dimension), or a user's plain ``(x, y)`` / ``[x, y, ...]`` sequence. :func:`unpack_batch` is the
 only place that tells the two apart; :func:`repack_batch` puts new tensors back in the caller's layout.
+Integer images (``uint8``) are read as float with their values kept, so a model that scales its own input
+sees the numbers it was trained on.
 """
 
 from __future__ import annotations
@@ -85,8 +88,33 @@ def unpack_batch(batch: Any) -> Batch:
             "Expected a batch to be a dict with 'image' and 'target' or a sequence (x, y, ...), "
             f"but got {type(batch).__name__}."
         )
+    out = _as_floats_and_indices(out)
     _check(out)
     return out
+
+
+def _as_floats_and_indices(b: Batch) -> Batch:
+    """Integer images as float; one-hot / probability targets and integral float labels as class indices."""
+    images, targets = b.images, b.targets
+    if isinstance(images, Tensor) and images.dim() == 4 and not images.is_floating_point() and not images.is_complex():
+        images = images.float()
+    if isinstance(targets, Tensor) and isinstance(images, Tensor) and images.dim() == 4:
+        per_class = targets.dim() == 2 or (targets.dim() == 4 and targets.shape[2:] == images.shape[2:])
+        if per_class and _is_distribution(targets):
+            targets = targets.argmax(1)
+        elif targets.dim() in (1, 3) and targets.is_floating_point() and bool((targets == targets.round()).all()):
+            targets = targets.long()
+    if images is b.images and targets is b.targets:
+        return b
+    return Batch(images, targets, b.concepts, b.concept_masks)
+
+
+def _is_distribution(targets: Tensor) -> bool:
+    """Non-negative values summing to 1 along dim 1 (one-hot or class probabilities)."""
+    if targets.numel() == 0 or targets.shape[1] < 2:
+        return False
+    t = targets.detach().double()
+    return bool((t >= 0).all()) and bool(((t.sum(1) - 1).abs() <= 1e-3).all())
 
 
 def repack_batch(like: Any, images: Tensor, targets: Tensor, **extra: Tensor | None) -> Any:
@@ -108,9 +136,15 @@ def _check(b: Batch) -> None:
     if not isinstance(b.images, Tensor) or b.images.dim() != 4:
         shape = tuple(b.images.shape) if isinstance(b.images, Tensor) else type(b.images).__name__
         raise ValueError(f"Expected `images` to be a float tensor of shape (B, C, H, W), but got {shape!r}.")
+    if not b.images.is_floating_point():
+        raise ValueError(f"Expected `images` to be a real-valued tensor, but got dtype {b.images.dtype}.")
     if not isinstance(b.targets, Tensor) or b.targets.dim() not in (1, 3):
         shape = tuple(b.targets.shape) if isinstance(b.targets, Tensor) else type(b.targets).__name__
-        raise ValueError(f"Expected `targets` to have shape (B,) or (B, H, W), but got {shape!r}.")
+        raise ValueError(f"Expected `targets` to be class indices of shape (B,) or (B, H, W), or one-hot / class "
+                         f"probabilities of shape (B, K) or (B, K, H, W), but got {shape!r}.")
+    if b.targets.is_floating_point():
+        raise ValueError("Expected `targets` to hold whole class indices, but got fractional values of dtype "
+                         f"{b.targets.dtype}.")
     n = b.images.shape[0]
     if b.targets.shape[0] != n:
         raise ValueError(f"Expected `targets` to have batch size {n} like the images, but got {b.targets.shape[0]}.")
