@@ -3,9 +3,9 @@
 The default monitors (``callbacks.default_monitors("layer2", "layer3")``: ConceptMonitor, ConfusionMonitor,
 SaliencyMonitor, once per epoch) add a fixed amount of work per epoch: one analysis of their probe sets at the
 epoch end, plus a few microseconds of hooks per training batch. On a machine shared by several developers the
-run-to-run spread of a whole 55,000-image epoch (±10–20% in wall time, ±8% even in CPU time) hides a cost of a
-few percent, so this benchmark measures the added work where it can be resolved and divides by the epoch it is
-added to:
+run-to-run spread of a whole 55,000-image epoch (in wall time, and even in CPU time) exceeds the target and hides a
+cost of a few percent, so this benchmark measures the added work where it can be resolved and divides by the epoch
+it is added to:
 
 1. **Paired short epochs (ABAB) in one process.** The same model (reloaded from the same initial weights before
    every run), the same seeded batch order and the same fixed slice of the baseline epoch (the first

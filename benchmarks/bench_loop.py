@@ -81,7 +81,7 @@ def make_data(dataset: str, seed: int, quick: bool, test_size: int = 2000) -> An
         n = 1500 if quick else 6000
         return FashionMNISTDataModule(planted=True, train_size=n, val_size=1000, test_size=test_size, seed=seed)
     if dataset == "roads":
-        # 32 x 64 scenes: a segmentation net costs ~16x a 32-px classifier per image on this CPU.
+        # 32 x 64 scenes: a segmentation net costs many times a 32-px classifier per image on a CPU.
         n = 200 if quick else 500
         return RoadScenesDataModule(height=32, train_size=n, val_size=100, test_size=200, batch_size=32, seed=seed)
     raise SystemExit(f"unknown dataset {dataset!r}")

@@ -5,7 +5,7 @@ One benchmark for both recorded questions of issue 3:
 - **Finds the planted failure.** For each seed, a baseline ResNet is trained on the planted-concepts data where
   one concept (``shadow``, or ``occluder`` in the second scenario) is rare in training and common at validation,
   so the model fails on it. Its width is 48 by default; widths 16 and 32 are recorded as well
-  (``--width 16 --name planted_failure_width16``): the occluder result moves by several seeds between widths.
+  (``--width 16 --name planted_failure_width16``), since the result depends on the model's width.
   ``ConceptAnalysis`` then runs on a validation probe set (SLIC superpixels, k-means) at every ``--layers`` entry,
   for every ``--n-concepts`` value (16, and 64 for ACE-style over-clustering), once per embedding mode (``roi``
   and ``resample``). A run passes when the #1 ranked concept is a failure concept whose top-50 patches overlap

@@ -10,15 +10,15 @@ metrics) is ``bench_loop``'s. A perfect renderer gives the ceiling of both arms;
 
 The object: planted batches carry ``object_mask``, which ``apply_policies`` passes as ``object_masks``. The data's
 centre and radius come from ``render.draw_objects``, which the batch does not carry: the centre is the mask's
-centroid and the radius 1.16 × the farthest object pixel from it (the median ratio over 5000 drawn objects; median
-error 4%; with ``cover`` 0.5 the radius only scales the ±0.4-radius jitter of a boundary shadow's pivot).
+centroid and the radius 1.16 × the farthest object pixel from it (the median ratio over 5000 drawn objects; with
+``cover`` 0.5 the radius only scales the ±0.4-radius jitter of a boundary shadow's pivot).
 Fashion-MNIST batches carry no object mask; the data's own rule is used: pixels brighter than 0.1, centroid and
 radius √(area/π) (:class:`recipes.data.fashion.FashionMNISTDataset`).
 
 Ablations of one aspect each: ``--oracle-scope box`` keeps the oracle's shadows inside the object's bounding box,
 leaving the background unshadowed; ``--oracle-cover lo,hi`` draws the cover per sample from a range instead of the
-data's fixed value (``SyntheticShadow``'s line through a uniform point of the box covers 11–97% of the object);
-``--oracle-shape line`` / ``canopy`` draws only one of the data's two shadow shapes.
+data's fixed value (``SyntheticShadow``'s line through a uniform point of the box covers a widely varying share of
+the object); ``--oracle-shape line`` / ``canopy`` draws only one of the data's two shadow shapes.
 
 Before training, the run measures the oracle's shadows against the data's on the validation split
 (``concept_darkening`` under the ``alpha ≥ 0.5`` mask, as the data's masks are made; covered share of object and

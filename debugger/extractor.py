@@ -137,7 +137,7 @@ def augment_patches(
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """The head's ops are tiny: intra-op threads only add synchronisation, which on a busy CPU costs 10-30x."""
+    """The head's ops are tiny: intra-op threads only add synchronisation, which on a busy CPU outweighs the ops."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

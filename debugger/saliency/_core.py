@@ -30,13 +30,13 @@ def attribution_mode(model: nn.Module) -> Iterator[None]:
     Each module's own ``training`` flag is restored (a model may be partly frozen in eval mode on purpose).
     """
     # Like capture.preserve_training_mode, but without model.modules(): its memo set hashes every module and
-    # a torchmetrics Metric's __hash__ hashes its state, which cost ~10% of a Grad-CAM call on the baseline.
+    # a torchmetrics Metric's __hash__ hashes its state, a visible share of a Grad-CAM call (bench_saliency_speed).
     # Only modules that are training are switched (none when the model is already in eval mode).
     switched = [m for m in _walk(model) if m.training]
     try:
         for m in switched:
             m.training = False
-        # Only leave the modes that are on: the context managers cost ~1% of a Grad-CAM call on the baseline.
+        # Only leave the modes that are on: each context manager adds per-call overhead.
         if torch.is_inference_mode_enabled():
             with torch.inference_mode(False), torch.enable_grad():
                 yield

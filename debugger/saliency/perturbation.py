@@ -601,7 +601,7 @@ def extremal_perturbation(
     ``batch_size`` caps how many masks (image × area, ×2 for dual) go through the model at once, rounded down
     to whole areas (at least ``B`` masks); all run together when it is None. ``channels_last`` feeds the
     model channels-last images (written so directly, no extra copy): on CPU, oneDNN convolutions run faster on
-    them, most at large batches (on the baseline ResNet ~20% at 64 masks); the model must not ``.view()`` its
+    them, most at large batches (``bench_saliency_speed``); the model must not ``.view()`` its
     activations in a way that needs the default layout. The result does not depend on the layout.
 
     Batched over images, the result equals one-image-at-a-time runs up to the model's own floating-point
