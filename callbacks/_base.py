@@ -46,6 +46,7 @@ from torch.utils.data import default_collate
 
 from debugger.contract import Batch, unpack_batch
 from debugger.files import atomic_write
+from debugger.probes import select_probe_indices
 
 log = logging.getLogger("conceptfix.callbacks")
 
@@ -91,25 +92,6 @@ def is_due(
         return every_n_train_steps is not None and every_n_train_steps > 0 and step > 0 \
             and step % every_n_train_steps == 0
     return False
-
-
-def select_probe_indices(num_samples: int, size: int, seed: int) -> list[int]:
-    """Pick ``min(size, num_samples)`` distinct sample indices with a seeded generator, in a seeded random order.
-
-    The order matters: a time-budget subsample takes a prefix, which is then itself a uniform random subset.
-
-    Example:
-        >>> select_probe_indices(10, 4, seed=0) == select_probe_indices(10, 4, seed=0)
-        True
-        >>> sorted(select_probe_indices(3, 8, seed=1))
-        [0, 1, 2]
-    """
-    if num_samples < 0:
-        raise ValueError(f"Expected `num_samples` to be non-negative, but got {num_samples!r}.")
-    if size < 1:
-        raise ValueError(f"Expected `size` to be a positive integer, but got {size!r}.")
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(num_samples, generator=g)[: min(size, num_samples)].tolist()
 
 
 def shrink_fraction(fraction: float, seconds: float, max_seconds: float, floor: float = 0.05) -> float:

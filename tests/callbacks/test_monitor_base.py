@@ -15,7 +15,6 @@ from callbacks._base import (
     analysis_mode,
     image_grid,
     is_due,
-    select_probe_indices,
     shrink_fraction,
 )
 
@@ -54,16 +53,6 @@ def test_is_due_follows_lightning_epoch_and_step_counting() -> None:
     assert [s for s in range(0, 9) if is_due(step=s, every_n_train_steps=4)] == [4, 8]
     assert not is_due(epoch=3, every_n_epochs=None)
     assert not is_due(step=4, every_n_train_steps=0)
-
-
-def test_select_probe_indices_is_seeded_distinct_and_bounded() -> None:
-    a = select_probe_indices(100, 10, seed=3)
-    assert a == select_probe_indices(100, 10, seed=3)
-    assert a != select_probe_indices(100, 10, seed=4)
-    assert len(set(a)) == 10 and all(0 <= i < 100 for i in a)
-    assert sorted(select_probe_indices(5, 10, seed=0)) == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError, match="Expected `size` to be a positive integer"):
-        select_probe_indices(5, 0, seed=0)
 
 
 def test_shrink_fraction_scales_by_overrun_with_floor() -> None:
