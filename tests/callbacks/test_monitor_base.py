@@ -12,11 +12,11 @@ from _cbtiny import FLAVOURS, event_accumulator, lightning, make_module, make_tr
 from callbacks._base import (
     Monitor,
     RunContext,
-    analysis_mode,
     image_grid,
     is_due,
     shrink_fraction,
 )
+from debugger.capture import preserve_training_mode
 
 
 class Recorder(Monitor):
@@ -86,7 +86,7 @@ def test_constructor_rejects_bad_configuration(kwargs: dict[str, Any], match: st
         Recorder(**kwargs)
 
 
-def test_analysis_mode_restores_training_flags_grads_and_rng() -> None:
+def test_the_analysis_guard_restores_training_flags_grads_and_rng() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(), torch.nn.BatchNorm1d(2))
     net.train()
     net[1].eval()
@@ -94,7 +94,7 @@ def test_analysis_mode_restores_training_flags_grads_and_rng() -> None:
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    with torch.inference_mode(), analysis_mode(net):
+    with torch.inference_mode(), preserve_training_mode(net, enable_grad=True, fork_rng=True):
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         assert not net.training and not net[2].training
         torch.rand(100)
