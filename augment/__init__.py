@@ -10,14 +10,27 @@ concept-targeted :class:`AugmentationPolicy` sit on top. Nothing here imports ``
 from augment.batch import AugmentedBatch, BatchAugment, CropFlipParams, JointBatch, RandomCropFlip
 from augment.modules import Cutout, HideAndSeek, OneOfParams, OneOfUniform, SaliencyOcclusion, SyntheticShadow
 from augment.params import OcclusionParams, ShadowParams
-from augment.policy import AugmentationPolicy, PolicyRule
+from augment.policy import (
+    DEFAULT_AUGMENTATIONS,
+    STRENGTH_PARAMS,
+    AugmentationPolicy,
+    Failure,
+    PolicyRule,
+    class_error_rates,
+    derive_policies,
+    policy_changes,
+    why_no_rule,
+)
 
 __all__ = [
+    "DEFAULT_AUGMENTATIONS",
+    "STRENGTH_PARAMS",
     "AugmentationPolicy",
     "AugmentedBatch",
     "BatchAugment",
     "CropFlipParams",
     "Cutout",
+    "Failure",
     "HideAndSeek",
     "JointBatch",
     "OcclusionParams",
@@ -28,4 +41,8 @@ __all__ = [
     "SaliencyOcclusion",
     "ShadowParams",
     "SyntheticShadow",
+    "class_error_rates",
+    "derive_policies",
+    "policy_changes",
+    "why_no_rule",
 ]

@@ -225,12 +225,12 @@ def check_oracle(data: Any, settings: dict[str, Any], seed: int, limit: int = 10
 
     The data's: images carrying a ``shadow`` concept, their masks. The oracle's: images without any concept,
     shadowed by :class:`OracleShadow` (p = 1), mask ``alpha ≥ 0.5`` as the data's. For both: the darkening
-    :func:`~callbacks.failure_driven_augmentation.concept_darkening` measures (over the object's pixels) and the
+    :func:`~debugger.failures.concept_darkening` measures (over the object's pixels) and the
     covered share of object and background pixels. Without an ``object_mask`` in the samples (Fashion-MNIST) the
     object is read from the shadowed image for both (pixels above the threshold): a deep shadow hides part of
     the garment from that mask, alike for the data's and the oracle's.
     """
-    from callbacks.failure_driven_augmentation import concept_darkening
+    from debugger.failures import concept_darkening
 
     k = list(data.concept_names).index("shadow")
     shadowed: dict[str, list[Tensor]] = {"images": [], "masks": [], "obj": []}

@@ -10,9 +10,10 @@ Each monitor's own file holds only its analysis and what it logs; :class:`Monito
   coexist in one checkpoint.
 - **Time budget**: ``max_seconds`` per run; monitors stop between chunks at the deadline, and the next run
   analyses a subsample sized to fit, with a warning. Training never waits on an analysis that overran.
-- **Never disturb training**: the analysis runs with grad enabled outside inference mode, every module in eval
-  mode (restored after), and the torch / numpy / python RNG states forked, so a seeded run's loss trajectory is
-  the same with and without monitors.
+- **Never disturb training**: the analysis runs under :func:`debugger.capture.preserve_training_mode` — grad
+  enabled outside inference mode, every module in eval mode (restored after), ``param.grad`` put back, and the
+  torch / numpy / python RNG states forked — so a seeded run's loss trajectory is the same with and without
+  monitors.
 - **DDP**: monitors either work on rank zero only (no collective inside) or shard the probe set over ranks and
   sync a torchmetrics ``Metric``; the subsample size is broadcast first so every rank takes part in the same
   collectives.
@@ -28,24 +29,23 @@ import io
 import json
 import logging
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import pytorch_lightning as _pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger as _PLTensorBoardLogger
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import default_collate
 
+from debugger.capture import preserve_training_mode
 from debugger.contract import Batch, unpack_batch
-from debugger.files import atomic_write
+from debugger.files import atomic_write, json_default
+from debugger.probes import select_probe_indices
 
 log = logging.getLogger("conceptfix.callbacks")
 
@@ -91,25 +91,6 @@ def is_due(
         return every_n_train_steps is not None and every_n_train_steps > 0 and step > 0 \
             and step % every_n_train_steps == 0
     return False
-
-
-def select_probe_indices(num_samples: int, size: int, seed: int) -> list[int]:
-    """Pick ``min(size, num_samples)`` distinct sample indices with a seeded generator, in a seeded random order.
-
-    The order matters: a time-budget subsample takes a prefix, which is then itself a uniform random subset.
-
-    Example:
-        >>> select_probe_indices(10, 4, seed=0) == select_probe_indices(10, 4, seed=0)
-        True
-        >>> sorted(select_probe_indices(3, 8, seed=1))
-        [0, 1, 2]
-    """
-    if num_samples < 0:
-        raise ValueError(f"Expected `num_samples` to be non-negative, but got {num_samples!r}.")
-    if size < 1:
-        raise ValueError(f"Expected `size` to be a positive integer, but got {size!r}.")
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(num_samples, generator=g)[: min(size, num_samples)].tolist()
 
 
 def shrink_fraction(fraction: float, seconds: float, max_seconds: float, floor: float = 0.05) -> float:
@@ -275,33 +256,6 @@ def materialise_probe(dataset: Any, indices: Sequence[int], image_key_extras: Se
     b = unpack_batch(batch)
     names = tuple(getattr(_unwrap_dataset(dataset), "concept_names", ()) or ())
     return ProbeSet(list(map(int, indices)), b, names, extras)
-
-
-@contextmanager
-def analysis_mode(module: nn.Module) -> Iterator[None]:
-    """Run an analysis beside training without touching it.
-
-    Grad on and inference mode off (Lightning validates under ``inference_mode``), every submodule in eval mode
-    and restored after, and the torch (CPU and current CUDA device), numpy and python RNG states restored, so
-    a seeded training run is unaffected. Gradients must be taken with ``torch.autograd.grad``; ``param.grad``
-    is saved and put back anyway as a last line of defence.
-    """
-    modes = [(m, m.training) for m in module.modules()]
-    grads = [(p, p.grad) for p in module.parameters()]
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
-            module.eval()
-            yield
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
-        for p, g in grads:
-            p.grad = g
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -547,7 +501,7 @@ class Monitor(_CallbackBase):
             world_size=world,
             full_size=n,
         )
-        with analysis_mode(pl_module):
+        with preserve_training_mode(pl_module, enable_grad=True, fork_rng=True):
             summary = self.analyse(ctx) or {}
         seconds = time.perf_counter() - start
         record = {"epoch": ctx.epoch, "step": ctx.global_step, "seconds": round(seconds, 4), "probe": n, **summary}
@@ -619,22 +573,12 @@ class Monitor(_CallbackBase):
         if isinstance(content, bytes | str):
             data: str | bytes = content
         else:  # serialise first: a value that cannot be written never touches the disk
-            data = json.dumps(content, indent=1, default=_json_default)
+            data = json.dumps(content, indent=1, default=json_default)
         return atomic_write(ctx.run_dir / relpath, data)
 
 
 def _empty_probe(device: torch.device | str) -> ProbeSet:
     return ProbeSet([], Batch(torch.zeros(0, 1, 1, 1, device=device), torch.zeros(0, dtype=torch.long, device=device)))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Tensor):
-        return o.tolist()
-    if isinstance(o, np.generic | np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"Expected a JSON-serialisable value, but got {type(o).__name__}.")
 
 
 def png_bytes(image: Tensor) -> bytes:

@@ -27,7 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, analysis_mode, to_display
+from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
+from debugger.capture import preserve_training_mode
 
 Layout = Literal["pca", "tsne"]
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
@@ -346,7 +347,7 @@ class ConceptMonitor(Monitor):
         Patches are made and embedded at ``layer`` by ``model`` (e.g. the module as trained now, for epoch-vs-epoch
         comparisons) and scored by the k-means/NMF model the run kept in its report, so a concept found at epoch
         N can be followed on new samples later, also after a resume (the report is re-read from the concept
-        store). Runs under :func:`~callbacks._base.analysis_mode`: training is not disturbed.
+        store). Runs under :func:`~debugger.capture.preserve_training_mode`: training is not disturbed.
 
         Returns:
             Each image's best patch score per concept, and whether it reaches the concept's slice threshold (the
@@ -364,7 +365,7 @@ class ConceptMonitor(Monitor):
         if report is None:
             raise ValueError("Expected a ConceptMonitor that has run (or a `report`), but got none to score with.")
         device = next(iter(model.parameters())).device
-        with analysis_mode(model):
+        with preserve_training_mode(model, enable_grad=True, fork_rng=True):
             patches, scores = self.make_analysis(model).score(report, images.to(device))
         best = best_patch_scores(scores, patches.image_index, int(images.shape[0]))
         return best, best >= report.slice_thresholds.view(-1, 1)

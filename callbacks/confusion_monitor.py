@@ -35,6 +35,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from callbacks._base import Monitor, ProbeSet, RunContext
+from debugger.failures import annotated_membership, slice_quality
 
 Source = Literal["annotated", "discovered", "both"]
 _SOURCES = ("annotated", "discovered", "both")
@@ -71,47 +72,6 @@ class ProbePredictions(Metric):
         pos = torch.cat(self.positions) if isinstance(self.positions, list) else self.positions
         preds = torch.cat(self.preds) if isinstance(self.preds, list) else self.preds
         return preds[torch.argsort(pos)]
-
-
-def annotated_membership(concepts: Tensor | None, concept_masks: Tensor | None, segmentation: bool) -> Tensor | None:
-    """Slices from annotations: ``(K + 1, N)`` (per concept, then ``clean``) or pixel slices for segmentation.
-
-    For segmentation with masks, a concept's slice is its mask pixels and ``clean`` is the pixels of images
-    without any concept; otherwise whole images.
-
-    Shape:
-        - concepts: ``(N, K)``; concept_masks: ``(N, K, H, W)`` bool
-        - output: ``(K + 1, N)`` or ``(K + 1, N, H, W)`` bool, None without annotations
-
-    Example:
-        >>> annotated_membership(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), None, False).tolist()
-        [[True, False], [False, False], [False, True]]
-    """
-    if concepts is None and concept_masks is None:
-        return None
-    if concepts is not None:
-        present = concepts.bool().T  # (K, N)
-    else:
-        present = concept_masks.flatten(2).any(2).T  # type: ignore[union-attr]
-    clean = ~present.any(0, keepdim=True)
-    if segmentation and concept_masks is not None:
-        masks = concept_masks.bool().transpose(0, 1)  # (K, N, H, W)
-        clean_px = clean.view(1, -1, 1, 1).expand(1, *masks.shape[1:])
-        return torch.cat([masks, clean_px])
-    return torch.cat([present, clean])
-
-
-def slice_quality(confmats: Tensor, segmentation: bool) -> Tensor:
-    """Accuracy (classification) or mean IoU over classes that occur (segmentation) of each slice.
-
-    Shape:
-        - confmats: ``(C, K, K)``; output: ``(C,)`` float, NaN for an empty slice
-    """
-    from debugger.confusion import confusion_accuracy, confusion_iou
-
-    if not segmentation:
-        return confusion_accuracy(confmats)
-    return torch.nanmean(confusion_iou(confmats), dim=-1)
 
 
 class ConfusionMonitor(Monitor):

@@ -53,9 +53,18 @@ _LAZY: dict[str, str] = {
     "concept_membership": "confusion",
     "confusion_difference": "confusion",
     "ensemble_check": "confusion",
-    # failure ranking
+    # failure ranking and failure evidence
     "ConceptFailure": "ranking",
     "rank_failures": "ranking",
+    "FailureEvidence": "failures",
+    "Darkening": "failures",
+    "concept_darkening": "failures",
+    "annotated_membership": "failures",
+    "slice_quality": "failures",
+    "evidence_from_report": "failures",
+    "evidence_from_ranking": "failures",
+    # probe selection
+    "select_probe_indices": "probes",
     # the pipeline and its report
     "ConceptAnalysis": "pipeline",
     "ConceptReport": "report",
@@ -117,6 +126,14 @@ __all__ = [
     "ensemble_check",
     "ConceptFailure",
     "rank_failures",
+    "FailureEvidence",
+    "Darkening",
+    "concept_darkening",
+    "annotated_membership",
+    "slice_quality",
+    "evidence_from_report",
+    "evidence_from_ranking",
+    "select_probe_indices",
     "ConceptAnalysis",
     "ConceptReport",
     "confusion_heatmap",
@@ -147,9 +164,19 @@ if TYPE_CHECKING:
     from debugger.discovery import ConceptDiscovery, concept_precision, discover_concepts, select_k
     from debugger.embed import PatchEmbedder, embed_images, embed_patches
     from debugger.extractor import ConceptExtractor
+    from debugger.failures import (
+        Darkening,
+        FailureEvidence,
+        annotated_membership,
+        concept_darkening,
+        evidence_from_ranking,
+        evidence_from_report,
+        slice_quality,
+    )
     from debugger.fingerprint import model_fingerprint
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
+    from debugger.probes import select_probe_indices
     from debugger.ranking import ConceptFailure, rank_failures
     from debugger.render import concept_gallery, confusion_heatmap, report_images, tsne_grid
     from debugger.report import ConceptReport

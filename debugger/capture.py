@@ -6,19 +6,23 @@ manager that puts hooks on and always takes them off; :func:`capture` runs one f
 :func:`stream_capture` / :func:`run_capture` walk a loader in chunks of bounded size, returning
 activations together with the predictions and correctness of the very same forward pass.
 
-Nothing here disturbs a model that is training: the train/eval flag of every submodule is restored,
+Nothing here disturbs a model that is training (:func:`preserve_training_mode` is the one guard for that, also
+used by the callbacks): the train/eval flag of every submodule is restored,
 forwards run under ``torch.no_grad()`` (so no ``param.grad`` is ever touched) and the callers may
 themselves be inside ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -135,20 +139,55 @@ def first_tensor(output: Any, where: str) -> Tensor:
 
 
 @contextmanager
-def preserve_training_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (optionally) and restore every submodule's own flag afterwards.
+def preserve_training_mode(
+    model: nn.Module,
+    eval_mode: bool = True,
+    enable_grad: bool = False,
+    fork_rng: bool = False,
+) -> Iterator[nn.Module]:
+    """Leave training untouched: the one guard every analysis beside a training run goes through.
 
-    ``model.train(was)`` is not enough: a caller may have frozen some submodules in eval mode
-    (e.g. BatchNorm in a fine-tuned backbone), so each flag is saved and restored individually.
+    Puts ``model`` in eval mode (optionally) and restores every submodule's own flag afterwards —
+    ``model.train(was)`` is not enough: a caller may have frozen some submodules in eval mode (e.g. BatchNorm in
+    a fine-tuned backbone) — and puts every ``param.grad`` back as it was (analyses take gradients with
+    ``torch.autograd.grad``; this is the last line of defence).
+
+    ``enable_grad`` also leaves ``torch.inference_mode`` and turns grad on, for analyses that need gradients
+    while Lightning validates under ``inference_mode``. ``fork_rng`` restores the torch (CPU and current CUDA
+    device), numpy and python RNG states afterwards, so a seeded training run draws the same numbers with and
+    without the analysis; leave it off around a generator that yields to its caller (the caller's draws would be
+    undone).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> _ = net[1].eval()  # frozen by the user
+        >>> with torch.inference_mode(), preserve_training_mode(net, enable_grad=True, fork_rng=True):
+        ...     net.training, torch.is_grad_enabled()
+        (False, True)
+        >>> net.training, net[1].training
+        (True, False)
     """
     saved = [(m, m.training) for m in model.modules()]
-    try:
-        if eval_mode:
-            model.eval()
-        yield model
-    finally:
-        for m, flag in saved:
-            m.training = flag
+    grads = [(p, p.grad) for p in model.parameters()]
+    with contextlib.ExitStack() as stack:
+        if fork_rng:
+            np_state, py_state = np.random.get_state(), random.getstate()
+            stack.callback(random.setstate, py_state)
+            stack.callback(np.random.set_state, np_state)
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+        if enable_grad:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        try:
+            if eval_mode:
+                model.eval()
+            yield model
+        finally:
+            for m, flag in saved:
+                m.training = flag
+            for p, g in grads:
+                p.grad = g
 
 
 class ActivationCapture:

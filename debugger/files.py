@@ -1,7 +1,7 @@
 """Writing files so that a reader never sees half of one: the one write-then-rename used across conceptfix.
 
 Reports, the callbacks' artifacts (concept store, rankings, policies, PNGs) and the recipes' run directory all
-write through :func:`atomic_write`.
+write through :func:`atomic_write`; JSON they write uses :func:`json_default` for tensors, arrays and paths.
 """
 
 from __future__ import annotations
@@ -9,8 +9,32 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+import numpy as np
+from torch import Tensor
+
+__all__ = ["atomic_write", "json_default"]
+
+
+def json_default(o: Any) -> Any:
+    """The ``default=`` of ``json.dumps`` for what conceptfix writes: tensors and numpy values as (nested) lists or
+    numbers, paths as strings.
+
+    Raises:
+        TypeError: for any other type (``json.dumps`` passes it on).
+
+    Example:
+        >>> import json, torch
+        >>> json.dumps({"counts": torch.tensor([[1, 2]]), "lift": np.float32(1.5), "dir": Path("runs")},
+        ...            default=json_default)
+        '{"counts": [[1, 2]], "lift": 1.5, "dir": "runs"}'
+    """
+    if isinstance(o, Tensor | np.ndarray | np.generic):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"Expected a JSON-serialisable value, but got {type(o).__name__}.")
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:

@@ -540,7 +540,7 @@ class Diagnosis:
 
 def probe_loader(dataset: Any, size: int, seed: int, batch_size: int = 64) -> DataLoader:
     """A fixed, seeded subset of ``dataset`` (``size`` samples) as a DataLoader, in index order."""
-    from callbacks._base import select_probe_indices
+    from debugger.probes import select_probe_indices
 
     indices = select_probe_indices(len(dataset), size, seed)
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
@@ -579,8 +579,8 @@ def annotated_ranking(model: nn.Module, loader: Iterable[Any], concept_names: Se
     Returns:
         ``{"names", "counts" (S, K, K), "overall" (K, K), "ranking" [row dicts]}``, or None without annotations.
     """
-    from callbacks.confusion_monitor import annotated_membership
     from debugger.confusion import concept_confusion
+    from debugger.failures import annotated_membership
     from debugger.ranking import rank_failures
 
     p = _predict_probe(model, loader)
@@ -610,7 +610,7 @@ def annotated_darkening(loader: Iterable[Any], concept_names: Sequence[str], min
         concept name → ``{"median", "low", "high", "n"}`` (fractions of brightness removed; low/high are the
         10th/90th percentiles).
     """
-    from callbacks.failure_driven_augmentation import Darkening, concept_darkening
+    from debugger.failures import Darkening, concept_darkening
 
     values: dict[str, list[Tensor]] = {name: [] for name in concept_names}
     for batch in loader:
@@ -881,13 +881,9 @@ def loop_policies(
     """
     from dataclasses import replace
 
-    from callbacks.failure_driven_augmentation import (
-        Darkening,
-        FailureDrivenAugmentation,
-        FailureEvidence,
-        derive_policies,
-        why_no_rule,
-    )
+    from augment.policy import derive_policies, why_no_rule
+    from callbacks import FailureDrivenAugmentation
+    from debugger.failures import Darkening, FailureEvidence
 
     augmentations = dict(DEFAULT_AUGMENTATIONS if augmentations is None else augmentations)
     evidence: list[FailureEvidence] = []
@@ -1173,7 +1169,7 @@ def compare_models(
         raise LoopError(f"Expected model B to be comparable with model A on the same data, but: {err}") from err
     annotated = None
     if d.annotated is not None:
-        from callbacks.confusion_monitor import annotated_membership
+        from debugger.failures import annotated_membership
 
         pa, pb = _predict_probe(model_a, loader), _predict_probe(model_b, loader)
         seg = pa["target"].dim() == 3

@@ -9,25 +9,7 @@ import pytest
 import torch
 from _cbtiny import event_accumulator, make_module, make_trainer
 
-from callbacks.confusion_monitor import ConfusionMonitor, ProbePredictions, annotated_membership, slice_quality
-
-
-def test_annotated_membership_adds_a_clean_slice_and_uses_masks_for_segmentation() -> None:
-    concepts = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
-    m = annotated_membership(concepts, None, segmentation=False)
-    assert m is not None and m.tolist() == [[True, False, True], [False, False, True], [False, True, False]]
-    masks = torch.zeros(3, 2, 2, 2, dtype=torch.bool)
-    masks[0, 0, 0, 0] = True
-    seg = annotated_membership(None, masks, segmentation=True)
-    assert seg is not None and seg.shape == (3, 3, 2, 2)
-    assert seg[0].sum() == 1 and seg[2, 1].all() and not seg[2, 0].any()  # clean = all pixels of clean images
-    assert annotated_membership(None, None, segmentation=False) is None
-
-
-def test_slice_quality_is_accuracy_or_mean_iou() -> None:
-    cm = torch.tensor([[[2, 1], [0, 1]]])
-    assert slice_quality(cm, segmentation=False).tolist() == [0.75]
-    assert slice_quality(cm, segmentation=True).item() == pytest.approx((2 / 3 + 1 / 2) / 2)
+from callbacks.confusion_monitor import ConfusionMonitor, ProbePredictions
 
 
 def test_probe_predictions_restore_probe_order() -> None:

@@ -12,12 +12,11 @@ from _cbtiny import FLAVOURS, event_accumulator, lightning, make_module, make_tr
 from callbacks._base import (
     Monitor,
     RunContext,
-    analysis_mode,
     image_grid,
     is_due,
-    select_probe_indices,
     shrink_fraction,
 )
+from debugger.capture import preserve_training_mode
 
 
 class Recorder(Monitor):
@@ -56,16 +55,6 @@ def test_is_due_follows_lightning_epoch_and_step_counting() -> None:
     assert not is_due(step=4, every_n_train_steps=0)
 
 
-def test_select_probe_indices_is_seeded_distinct_and_bounded() -> None:
-    a = select_probe_indices(100, 10, seed=3)
-    assert a == select_probe_indices(100, 10, seed=3)
-    assert a != select_probe_indices(100, 10, seed=4)
-    assert len(set(a)) == 10 and all(0 <= i < 100 for i in a)
-    assert sorted(select_probe_indices(5, 10, seed=0)) == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError, match="Expected `size` to be a positive integer"):
-        select_probe_indices(5, 0, seed=0)
-
-
 def test_shrink_fraction_scales_by_overrun_with_floor() -> None:
     assert shrink_fraction(1.0, 30.0, 10.0) == pytest.approx(0.8 / 3, abs=1e-4)
     assert shrink_fraction(0.3, 5.0, 10.0) == 0.3
@@ -97,7 +86,7 @@ def test_constructor_rejects_bad_configuration(kwargs: dict[str, Any], match: st
         Recorder(**kwargs)
 
 
-def test_analysis_mode_restores_training_flags_grads_and_rng() -> None:
+def test_the_analysis_guard_restores_training_flags_grads_and_rng() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(), torch.nn.BatchNorm1d(2))
     net.train()
     net[1].eval()
@@ -105,7 +94,7 @@ def test_analysis_mode_restores_training_flags_grads_and_rng() -> None:
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    with torch.inference_mode(), analysis_mode(net):
+    with torch.inference_mode(), preserve_training_mode(net, enable_grad=True, fork_rng=True):
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         assert not net.training and not net[2].training
         torch.rand(100)

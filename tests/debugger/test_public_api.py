@@ -21,6 +21,16 @@ def test_every_exported_name_resolves_to_the_submodule_object():
     assert debugger.ConceptReport is ConceptReport
 
 
+def test_failure_evidence_and_probe_selection_are_public():
+    from debugger.failures import FailureEvidence, evidence_from_report
+    from debugger.probes import select_probe_indices
+
+    assert debugger.FailureEvidence is FailureEvidence
+    assert debugger.evidence_from_report is evidence_from_report
+    assert debugger.select_probe_indices is select_probe_indices
+    assert {"Darkening", "concept_darkening", "annotated_membership", "slice_quality"} <= set(debugger.__all__)
+
+
 def test_an_unknown_name_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'not_a_thing'"):
         debugger.not_a_thing  # noqa: B018
