@@ -23,6 +23,8 @@ _LAZY: dict[str, str] = {
     "layer_names": "capture",
     "resolve_layer": "capture",
     "preserve_training_mode": "capture",
+    # fingerprints of weights
+    "model_fingerprint": "fingerprint",
     # patches
     "extract_patches": "patches",
     "slic_superpixels": "patches",
@@ -89,6 +91,7 @@ __all__ = [
     "layer_names",
     "resolve_layer",
     "preserve_training_mode",
+    "model_fingerprint",
     "extract_patches",
     "slic_superpixels",
     "quickshift_superpixels",
@@ -144,6 +147,7 @@ if TYPE_CHECKING:
     from debugger.discovery import ConceptDiscovery, concept_precision, discover_concepts, select_k
     from debugger.embed import PatchEmbedder, embed_images, embed_patches
     from debugger.extractor import ConceptExtractor
+    from debugger.fingerprint import model_fingerprint
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
     from debugger.ranking import ConceptFailure, rank_failures

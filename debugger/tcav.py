@@ -23,7 +23,8 @@ concept that is merely a different random set (``benchmarks/bench_tcav.py`` meas
 (:func:`tcav_concept_significance`).
 
 CAVs depend on the weights: :class:`CAVCache` keys them by a fingerprint of every parameter and buffer
-(:func:`model_fingerprint`) and of the examples, so a cached CAV is never reused after a training step.
+(:func:`debugger.fingerprint.model_fingerprint`) and of the examples, so a cached CAV is never reused after a
+training step.
 
 Example:
     >>> from torch import nn
@@ -40,7 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from debugger.capture import first_tensor
 from debugger.embed import embed_images, embed_patches
+from debugger.fingerprint import model_fingerprint, tensors_fingerprint
 from debugger.patches import sliding_windows
 from debugger.ranking import Correction, adjust_p_values
 from debugger.saliency._core import LayerCapture, attribution_mode, find_layer, prepare_input
@@ -645,41 +646,11 @@ def concept_windows(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _hash_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A digest of every parameter and buffer (names, shapes, values): changes with any training step.
-
-    Example:
-        >>> net = nn.Linear(2, 1)
-        >>> a = model_fingerprint(net)
-        >>> with torch.no_grad():
-        ...     net.bias += 1
-        >>> a == model_fingerprint(net)
-        False
-    """
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        h.update(name.encode())
-        _hash_tensor(h, t)
-    return h.hexdigest()
-
-
 def _examples_fingerprint(ex: ExampleSet) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    _hash_tensor(h, ex.images)
-    if ex.patches is not None:
-        _hash_tensor(h, ex.patches.image_index)
-        _hash_tensor(h, ex.patches.boxes)
-        if ex.patches.masks is not None:
-            _hash_tensor(h, ex.patches.masks)
-    if ex.index is not None:
-        _hash_tensor(h, ex.index)
-    return h.hexdigest()
+    patches = ex.patches
+    if patches is None:
+        return tensors_fingerprint(ex.images, ex.index)
+    return tensors_fingerprint(ex.images, patches.image_index, patches.boxes, patches.masks, ex.index)
 
 
 class CAVCache:
