@@ -42,7 +42,7 @@ Example:
 
 from debugger.fingerprint import model_fingerprint
 from debugger.tcav.cache import CAVCache
-from debugger.tcav.cav import CAV, ClassifierName
+from debugger.tcav.cav import CAV, ClassifierName, LayerCAVs
 from debugger.tcav.derivatives import directional_derivatives, layer_sensitivities
 from debugger.tcav.examples import ExampleSet, Space, concept_windows, example_activations, sample_pixels
 from debugger.tcav.experiment import TCAV, TCAVResult, Test, check_tcav_options
@@ -53,6 +53,7 @@ __all__ = [
     "CAVCache",
     "ClassifierName",
     "ExampleSet",
+    "LayerCAVs",
     "Space",
     "TCAV",
     "TCAVResult",

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch import Tensor
 ClassifierName = Literal["sgd", "logistic"]
 _CLASSIFIERS = ("sgd", "logistic")
 
-__all__ = ["CAV", "ClassifierName"]
+__all__ = ["CAV", "ClassifierName", "LayerCAVs"]
 
 
 def _make_classifier(classifier: ClassifierName | Any, alpha: float, random_state: int) -> Any:
@@ -139,3 +140,23 @@ class CAV:
         self.intercept_ = float(np.asarray(clf.intercept_).reshape(-1)[0]) / norm if norm > 0 else 0.0
         self.accuracy_ = float((clf.predict(x_te) == y_te).mean())
         return self
+
+
+@dataclass(frozen=True)
+class LayerCAVs:
+    """The CAVs of one layer: each concept's against ``R`` random sets, random-vs-random, and null concepts'.
+
+    Shape:
+        - concept_directions: ``(K, R, F)``, concept ``k`` vs random set ``r``
+        - concept_accuracy: ``(K, R)``
+        - random_directions: ``(R, F)``, a further random set vs random set ``r``
+        - random_accuracy: ``(R,)``
+        - null_directions: ``(K, M, R, F)``, ``M`` random "concepts" of concept ``k``'s size vs random set ``r``
+          (``M = 0`` unless the experiment tests against null concepts)
+    """
+
+    concept_directions: Tensor
+    concept_accuracy: Tensor
+    random_directions: Tensor
+    random_accuracy: Tensor
+    null_directions: Tensor

@@ -26,7 +26,7 @@ from debugger.fingerprint import model_fingerprint
 from debugger.ranking import Correction, adjust_p_values
 from debugger.saliency._core import find_layer
 from debugger.tcav.cache import CAVCache, examples_fingerprint
-from debugger.tcav.cav import _CLASSIFIERS, CAV, ClassifierName
+from debugger.tcav.cav import _CLASSIFIERS, CAV, ClassifierName, LayerCAVs
 from debugger.tcav.derivatives import layer_sensitivities
 from debugger.tcav.examples import _SPACES, ExampleSet, Space, example_activations
 from debugger.tcav.scores import tcav_concept_significance, tcav_scores, tcav_significance
@@ -228,16 +228,8 @@ class TCAV:
 
     # -- CAVs ------------------------------------------------------------------------------------------------
 
-    def cavs(
-        self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Train (or fetch) the CAVs of one layer.
-
-        Returns:
-            concept CAVs ``(K, R, F)``, their accuracies ``(K, R)``, random-vs-random CAVs ``(R, F)``, their
-            accuracies ``(R,)``, and the null concepts' CAVs ``(K, M, R, F)`` (``M = 0`` unless
-            ``test="concepts"``).
-        """
+    def cavs(self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet) -> LayerCAVs:
+        """Train (or fetch) the CAVs of one layer (null concepts' only with ``test="concepts"``)."""
         find_layer(self.model, layer)
         key = None
         if self.cache is not None:
@@ -255,9 +247,7 @@ class TCAV:
             self.cache.put(key, result)
         return result
 
-    def _train(
-        self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _train(self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet) -> LayerCAVs:
         memo: dict[tuple[int, int], Tensor] = {}
 
         def acts(ex: ExampleSet) -> Tensor:
@@ -311,7 +301,8 @@ class TCAV:
                 )
             null = torch.stack([by_size[a.shape[0]] for a in concept_acts.values()])
         rand_dirs, rand_accs = torch.stack([d for d, _ in rand]), torch.tensor([a for _, a in rand])
-        return concept_dirs, concept_accs, rand_dirs, rand_accs, null
+        return LayerCAVs(concept_directions=concept_dirs, concept_accuracy=concept_accs, random_directions=rand_dirs,
+                         random_accuracy=rand_accs, null_directions=null)
 
     # -- the verb --------------------------------------------------------------------------------------------
 
@@ -357,17 +348,18 @@ class TCAV:
             if done and deadline is not None and time.perf_counter() > deadline:
                 break
             done.append(layer)
-            cdirs, cacc, rdirs, racc, ndirs = self.cavs(layer, concepts, random)
-            m = ndirs.shape[1]
-            f = rdirs.shape[1]
-            all_dirs = torch.cat([cdirs.reshape(k * r, f), rdirs, ndirs.reshape(k * m * r, f)])
+            cavs = self.cavs(layer, concepts, random)
+            m = cavs.null_directions.shape[1]
+            f = cavs.random_directions.shape[1]
+            all_dirs = torch.cat([cavs.concept_directions.reshape(k * r, f), cavs.random_directions,
+                                  cavs.null_directions.reshape(k * m * r, f)])
             d = layer_sensitivities(self.model, layer, inputs, all_dirs, targets, pixels, self.batch_size)
             s, counts = tcav_scores(d.cpu(), targets.cpu(), cls)  # (C, K*R + R + K*M*R)
             scores.append(s[:, : k * r].reshape(len(cls), k, r).permute(1, 0, 2))
             rscores.append(s[:, k * r : k * r + r])
             nscores.append(s[:, k * r + r :].reshape(len(cls), k, m, r).permute(1, 0, 2, 3))
-            caccs.append(cacc)
-            raccs.append(racc)
+            caccs.append(cavs.concept_accuracy)
+            raccs.append(cavs.random_accuracy)
         sc = torch.stack(scores)  # (L, K, C, R)
         rs = torch.stack(rscores)  # (L, C, R)
         ns = torch.stack(nscores)  # (L, K, C, M, R)

@@ -313,7 +313,11 @@ def test_tcav_runs_equal_captum_per_random_set(tmp_path: Any) -> None:
     inputs, targets = _images(10, 3), torch.full((10,), 1)
     tcav = TCAV(net, "3", runs=3, space="flat", max_examples=12)
     res = tcav.interpret(inputs, targets, {"corner": ExampleSet(concept)}, ExampleSet(pool), classes=[1])
-    cdirs, *_ = tcav.cavs("3", {"corner": ExampleSet(concept)}, ExampleSet(pool))
+    trained = tcav.cavs("3", {"corner": ExampleSet(concept)}, ExampleSet(pool))
+    cdirs = trained.concept_directions
+    assert cdirs.shape == (1, 3, 5 * 8 * 8) and trained.concept_accuracy.shape == (1, 3)
+    assert trained.random_directions.shape == (3, 5 * 8 * 8) and trained.random_accuracy.shape == (3,)
+    assert trained.null_directions.shape == (1, 0, 3, 5 * 8 * 8)  # no null concepts for test="runs"
     # rebuild the random subsets TCAV drew, to hand captum the same concept examples
     g = torch.Generator().manual_seed(0)
     subsets = [pool[torch.randperm(48, generator=g)[:12]] for _ in range(4)]
@@ -399,7 +403,7 @@ def test_concepts_test_flags_the_concept_and_spares_a_random_lookalike() -> None
     assert res.test == "concepts" and res.null_scores is not None and res.null_scores.shape == (1, 2, 3, 10)
     assert bool((res.p_values[0, 0] < 0.05).all()) and bool((res.p_values[0, 1] > 0.1).all())
     assert res.p_runs is not None and torch.equal(res.p_runs, tcav_significance(res.scores, res.random_scores[:, None]))
-    *_, null = tcav.cavs("3", {"corner": concept, "lookalike": lookalike}, ExampleSet(pool))
+    null = tcav.cavs("3", {"corner": concept, "lookalike": lookalike}, ExampleSet(pool)).null_directions
     assert null.shape == (2, 10, 10, 5) and torch.equal(null[0], null[1])  # one size: the same null sets
     assert res.rows()[0]["null_score"] == pytest.approx(float(res.null_scores[0, 0, 0].mean()))
 
@@ -417,7 +421,7 @@ def test_per_pixel_tcav_on_a_segmentation_net() -> None:
     res = TCAV(net, "1", runs=4).interpret(images, cls, concepts, random, pixels=pix)
     assert res.classes == [0, 1] and res.scores.shape == (1, 1, 2, 4)
     assert res.counts.tolist() == [int((cls == 0).sum()), int((cls == 1).sum())]
-    cdirs, *_ = TCAV(net, "1", runs=4).cavs("1", concepts, random)
+    cdirs = TCAV(net, "1", runs=4).cavs("1", concepts, random).concept_directions
     d = layer_sensitivities(net, "1", images, cdirs[0], cls, pixels=pix)
     expected, _ = tcav_scores(d, cls, [0, 1])
     assert torch.allclose(res.scores[0, 0], expected)
@@ -435,11 +439,11 @@ def test_cache_serves_cavs_until_the_weights_change() -> None:
     concepts, random = {"c": ExampleSet(_images(10, 1, 3.0))}, ExampleSet(_images(30, 2))
     first = tcav.cavs("3", concepts, random)
     again = tcav.cavs("3", concepts, random)
-    assert cache.hits == 1 and cache.misses == 1 and again[0] is first[0]
+    assert cache.hits == 1 and cache.misses == 1 and again is first
     with torch.no_grad():
         net[0].weight.mul_(-1.0)
     changed = tcav.cavs("3", concepts, random)
-    assert cache.misses == 2 and not torch.allclose(changed[0], first[0])
+    assert cache.misses == 2 and not torch.allclose(changed.concept_directions, first.concept_directions)
     fp = model_fingerprint(net)
     net[1].running_mean.add_(0.5)  # buffers change the activations too
     assert model_fingerprint(net) != fp
