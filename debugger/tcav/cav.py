@@ -26,16 +26,16 @@ _CLASSIFIERS = ("sgd", "logistic")
 __all__ = ["CAV", "ClassifierName", "LayerCAVs"]
 
 
-def _make_classifier(classifier: ClassifierName | Any, alpha: float, random_state: int) -> Any:
+def _make_classifier(classifier: ClassifierName | Any, regularization: float, random_state: int) -> Any:
     if isinstance(classifier, str):
         if classifier == "sgd":
             from sklearn.linear_model import SGDClassifier
 
-            return SGDClassifier(alpha=alpha, max_iter=1000, tol=1e-3, random_state=random_state)
+            return SGDClassifier(alpha=regularization, max_iter=1000, tol=1e-3, random_state=random_state)
         if classifier == "logistic":
             from sklearn.linear_model import LogisticRegression
 
-            return LogisticRegression(C=1.0 / alpha, max_iter=1000)
+            return LogisticRegression(C=1.0 / regularization, max_iter=1000)
         raise ValueError(
             f"Expected `classifier` to be one of {_CLASSIFIERS!r} or a scikit-learn linear classifier, "
             f"but got {classifier!r}."
@@ -58,9 +58,9 @@ class CAV:
 
     Args:
         classifier: ``"sgd"`` (:class:`sklearn.linear_model.SGDClassifier`, hinge loss, as captum's default),
-            ``"logistic"`` (:class:`~sklearn.linear_model.LogisticRegression` with ``C = 1 / alpha``), or an
+            ``"logistic"`` (:class:`~sklearn.linear_model.LogisticRegression` with ``C = 1 / regularization``), or an
             unfitted scikit-learn linear classifier with ``coef_`` (cloned before fitting).
-        alpha: regularisation strength.
+        regularization: the classifier's regularisation strength (SGD's ``alpha``).
         test_fraction: share of the examples held out for ``accuracy_``; 0 scores on the training examples.
         random_state: seeds the split and the SGD shuffling.
 
@@ -81,12 +81,12 @@ class CAV:
     def __init__(
         self,
         classifier: ClassifierName | Any = "sgd",
-        alpha: float = 0.01,
+        regularization: float = 0.01,
         test_fraction: float = 0.33,
         random_state: int = 0,
     ) -> None:
         self.classifier = classifier
-        self.alpha = alpha
+        self.regularization = regularization
         self.test_fraction = test_fraction
         self.random_state = random_state
 
@@ -98,11 +98,11 @@ class CAV:
 
         Raises:
             ValueError: if either set has fewer than 2 examples, they differ in feature size or are not 2-D,
-                ``alpha`` is not positive, ``test_fraction`` is outside ``[0, 0.9]``, or ``classifier`` is not
+                ``regularization`` is not positive, ``test_fraction`` is outside ``[0, 0.9]``, or ``classifier`` is not
                 a valid option.
         """
-        if not self.alpha > 0:
-            raise ValueError(f"Expected `alpha` to be positive, but got {self.alpha!r}.")
+        if not self.regularization > 0:
+            raise ValueError(f"Expected `regularization` to be positive, but got {self.regularization!r}.")
         if not 0.0 <= self.test_fraction <= 0.9:
             raise ValueError(f"Expected `test_fraction` to be in [0, 0.9], but got {self.test_fraction!r}.")
         for name, t in (("concept", concept), ("random", random)):
@@ -125,7 +125,7 @@ class CAV:
             )
         else:
             x_tr, x_te, y_tr, y_te = x, x, y, y
-        clf = _make_classifier(self.classifier, self.alpha, self.random_state)
+        clf = _make_classifier(self.classifier, self.regularization, self.random_state)
         clf.fit(x_tr, y_tr)
         coef = np.asarray(getattr(clf, "coef_", None), dtype=np.float64).reshape(-1)
         if coef.shape[0] != x.shape[1]:

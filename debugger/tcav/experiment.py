@@ -82,6 +82,9 @@ class TCAVResult:
         - null_scores: ``(L, K, C, M)`` mean scores of the random null concepts (``test="concepts"``), or None
         - cav_accuracy: ``(L, K, R)``; random_cav_accuracy: ``(L, R)``
         - counts: ``(C,)`` samples (images or pixels) per class
+
+    ``correction`` and ``significance`` (the level below which an adjusted p-value is :attr:`significant`) and
+    ``test`` are the settings the p-values were computed with.
     """
 
     layers: list[str]
@@ -95,7 +98,7 @@ class TCAVResult:
     random_cav_accuracy: Tensor
     counts: Tensor
     correction: str = "none"
-    alpha: float = 0.05
+    significance: float = 0.05
     test: str = "runs"
     p_runs: Tensor | None = None
     null_scores: Tensor | None = None
@@ -107,8 +110,8 @@ class TCAVResult:
 
     @property
     def significant(self) -> Tensor:
-        """``(L, K, C)`` bool: adjusted p-value below ``alpha``."""
-        return self.p_adjusted < self.alpha
+        """``(L, K, C)`` bool: adjusted p-value below ``significance``."""
+        return self.p_adjusted < self.significance
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat record per (layer, concept, class)."""
@@ -134,7 +137,7 @@ class TCAVResult:
         """JSON-able: settings, per-run scores and the flat rows (NaN as ``None``)."""
         return {
             "layers": self.layers, "concepts": self.concepts, "classes": self.classes,
-            "correction": self.correction, "alpha": self.alpha, "test": self.test,
+            "correction": self.correction, "significance": self.significance, "test": self.test,
             "null_scores": None if self.null_scores is None else _nan_none(self.null_scores),
             "scores": _nan_none(self.scores), "random_scores": _nan_none(self.random_scores),
             "cav_accuracy": _nan_none(self.cav_accuracy), "random_cav_accuracy": _nan_none(self.random_cav_accuracy),
@@ -165,7 +168,7 @@ class TCAV:
         layers: one dotted layer name or several.
         runs: CAVs per concept and random-vs-random CAVs (≥ 2; the paper's significance uses ≥ 10).
         classifier: see :class:`CAV`.
-        alpha: classifier regularisation (see :class:`CAV`).
+        regularization: the CAV classifier's regularisation strength (see :class:`CAV`).
         space: ``"pooled"`` (channel CAVs from pooled activations) or ``"flat"`` (flattened maps; images only).
         max_examples: cap on the examples per concept set (a seeded subsample beyond it).
         correction: ``"none"``, ``"bonferroni"`` or ``"holm"`` (see :func:`debugger.ranking.adjust_p_values`).
@@ -190,7 +193,7 @@ class TCAV:
         layers: str | Sequence[str],
         runs: int = 10,
         classifier: ClassifierName | Any = "sgd",
-        alpha: float = 0.01,
+        regularization: float = 0.01,
         space: Space = "pooled",
         max_examples: int = 200,
         correction: Correction = "none",
@@ -209,11 +212,13 @@ class TCAV:
             raise ValueError(f"Expected `space` to be one of {_SPACES!r}, but got {space!r}.")
         if isinstance(classifier, str) and classifier not in _CLASSIFIERS:
             raise ValueError(f"Expected `classifier` to be one of {_CLASSIFIERS!r}, but got {classifier!r}.")
+        if not regularization > 0:
+            raise ValueError(f"Expected `regularization` to be positive, but got {regularization!r}.")
         self.model = model
         self.layers = names
         self.runs = runs
         self.classifier = classifier
-        self.alpha = alpha
+        self.regularization = regularization
         self.space: Space = space
         self.max_examples = max_examples
         self.correction: Correction = correction
@@ -235,7 +240,8 @@ class TCAV:
         if self.cache is not None:
             key = (
                 model_fingerprint(self.model), layer, self.space, self.embed_mode, self.runs, repr(self.classifier),
-                self.alpha, self.max_examples, self.test_fraction, self.random_state, self.test, self.null_concepts,
+                self.regularization, self.max_examples, self.test_fraction, self.random_state, self.test,
+                self.null_concepts,
                 examples_fingerprint(random),
                 tuple((name, examples_fingerprint(ex)) for name, ex in concepts.items()),
             )
@@ -277,7 +283,8 @@ class TCAV:
         subsets = [pool[torch.randperm(pool.shape[0], generator=g)[:m]] for _ in range(self.runs + 1)]
 
         def fit(pos: Tensor, neg: Tensor, r: int) -> tuple[Tensor, float]:
-            cav = CAV(self.classifier, self.alpha, self.test_fraction, self.random_state + r).fit(pos, neg)
+            cav = CAV(classifier=self.classifier, regularization=self.regularization,
+                      test_fraction=self.test_fraction, random_state=self.random_state + r).fit(pos, neg)
             return cav.direction_, cav.accuracy_
 
         dirs, accs = [], []
@@ -369,6 +376,6 @@ class TCAV:
         return TCAVResult(
             layers=done, concepts=names, classes=cls, scores=sc, random_scores=rs, p_values=p,
             p_adjusted=adjusted, cav_accuracy=torch.stack(caccs), random_cav_accuracy=torch.stack(raccs),
-            counts=counts, correction=self.correction, alpha=self.significance, test=self.test, p_runs=p_runs,
+            counts=counts, correction=self.correction, significance=self.significance, test=self.test, p_runs=p_runs,
             null_scores=ns.mean(-1) if self.test == "concepts" else None,
         )

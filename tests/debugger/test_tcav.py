@@ -59,7 +59,7 @@ def test_cav_is_sklearn_normalised_coef_on_the_same_split(name: str) -> None:
     g = torch.Generator().manual_seed(3)
     concept = torch.randn(30, 4, generator=g) + torch.tensor([1.5, 0.0, -1.0, 0.0])
     random = torch.randn(40, 4, generator=g)
-    cav = CAV(name, alpha=0.05, test_fraction=0.25, random_state=7).fit(concept, random)
+    cav = CAV(name, regularization=0.05, test_fraction=0.25, random_state=7).fit(concept, random)
 
     x = torch.cat([concept, random]).double().numpy()
     y = [1] * 30 + [0] * 40
@@ -89,7 +89,7 @@ def test_cav_accepts_an_sklearn_estimator_and_leaves_it_unfitted() -> None:
         ({}, torch.zeros(1, 3), torch.zeros(4, 3), "Expected `concept` activations of shape"),
         ({}, torch.zeros(4, 3), torch.zeros(4, 2), "one feature size"),
         ({}, torch.zeros(4, 3, 2), torch.zeros(4, 3), "Expected `concept` activations"),
-        ({"alpha": 0.0}, torch.zeros(4, 3), torch.zeros(4, 3), "Expected `alpha` to be positive"),
+        ({"regularization": 0.0}, torch.zeros(4, 3), torch.zeros(4, 3), "Expected `regularization` to be positive"),
         ({"test_fraction": 0.95}, torch.zeros(4, 3), torch.zeros(4, 3), "Expected `test_fraction`"),
         ({"classifier": "svm"}, torch.randn(4, 3), torch.randn(4, 3), "Expected `classifier` to be one of"),
     ],
@@ -362,7 +362,7 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not() -> No
     pool = torch.randn(200, 3, 4, 4, generator=g)
     lookalike = torch.randn(30, 3, 4, 4, generator=g)  # drawn like the pool: a "random concept"
     inputs, targets = torch.randn(20, 3, 4, 4, generator=g), torch.tensor([0, 1] * 10)
-    tcav = TCAV(net, "0", runs=10, correction="bonferroni")
+    tcav = TCAV(net, "0", runs=10, correction="bonferroni", significance=0.01)
     res = tcav.interpret(inputs, targets, {"c0": ExampleSet(concept), "noise": ExampleSet(lookalike)},
                          ExampleSet(pool))
     assert res.scores.shape == (1, 2, 2, 10) and res.random_scores.shape == (1, 2, 10)
@@ -373,6 +373,8 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not() -> No
     rows = res.rows()
     assert len(rows) == 4 and rows[0]["concept"] == "c0" and rows[0]["score"] == 1.0
     assert res.to_dict()["rows"] == rows
+    assert res.significance == 0.01 and res.to_dict()["significance"] == 0.01
+    assert torch.equal(res.significant, res.p_adjusted < 0.01)
 
 
 def test_concept_test_is_a_t_test_of_one_new_draw_against_the_null_concepts() -> None:
@@ -504,6 +506,7 @@ def test_interpret_leaves_training_state_grads_and_hooks_alone_inside_inference_
         ({"correction": "fdr"}, "Expected `correction` to be one of"),
         ({"significance": 1.5}, "Expected `significance`"),
         ({"classifier": "tree"}, "Expected `classifier` to be one of"),
+        ({"regularization": 0.0}, "Expected `regularization` to be positive"),
         ({"max_examples": 1}, "Expected `max_examples`"),
         ({"test": "welch"}, "Expected `test` to be one of"),
         ({"null_concepts": 1}, "Expected `null_concepts`"),
