@@ -193,8 +193,8 @@ def pixel_cost(args: argparse.Namespace) -> dict[str, Any]:
         tcav = TCAV(net, args.pixel_layers, runs=args.runs, random_state=seed)
         cavs = {}
         for layer in args.pixel_layers:
-            cdirs, _, rdirs, _, _ = tcav.cavs(layer, concepts, random)
-            cavs[layer] = torch.cat([cdirs.flatten(0, 1), rdirs])
+            trained = tcav.cavs(layer, concepts, random)
+            cavs[layer] = torch.cat([trained.concept_directions.flatten(0, 1), trained.random_directions])
 
         def run(spp: int, net: Any = net, images: torch.Tensor = images, cavs: dict[str, torch.Tensor] = cavs,
                 targets: torch.Tensor = targets, pixels: torch.Tensor = pixels) -> list[torch.Tensor]:

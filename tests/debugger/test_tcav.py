@@ -59,7 +59,7 @@ def test_cav_is_sklearn_normalised_coef_on_the_same_split(name: str) -> None:
     g = torch.Generator().manual_seed(3)
     concept = torch.randn(30, 4, generator=g) + torch.tensor([1.5, 0.0, -1.0, 0.0])
     random = torch.randn(40, 4, generator=g)
-    cav = CAV(name, alpha=0.05, test_fraction=0.25, random_state=7).fit(concept, random)
+    cav = CAV(name, regularization=0.05, test_fraction=0.25, random_state=7).fit(concept, random)
 
     x = torch.cat([concept, random]).double().numpy()
     y = [1] * 30 + [0] * 40
@@ -89,7 +89,7 @@ def test_cav_accepts_an_sklearn_estimator_and_leaves_it_unfitted() -> None:
         ({}, torch.zeros(1, 3), torch.zeros(4, 3), "Expected `concept` activations of shape"),
         ({}, torch.zeros(4, 3), torch.zeros(4, 2), "one feature size"),
         ({}, torch.zeros(4, 3, 2), torch.zeros(4, 3), "Expected `concept` activations"),
-        ({"alpha": 0.0}, torch.zeros(4, 3), torch.zeros(4, 3), "Expected `alpha` to be positive"),
+        ({"regularization": 0.0}, torch.zeros(4, 3), torch.zeros(4, 3), "Expected `regularization` to be positive"),
         ({"test_fraction": 0.95}, torch.zeros(4, 3), torch.zeros(4, 3), "Expected `test_fraction`"),
         ({"classifier": "svm"}, torch.randn(4, 3), torch.randn(4, 3), "Expected `classifier` to be one of"),
     ],
@@ -313,7 +313,11 @@ def test_tcav_runs_equal_captum_per_random_set(tmp_path: Any) -> None:
     inputs, targets = _images(10, 3), torch.full((10,), 1)
     tcav = TCAV(net, "3", runs=3, space="flat", max_examples=12)
     res = tcav.interpret(inputs, targets, {"corner": ExampleSet(concept)}, ExampleSet(pool), classes=[1])
-    cdirs, *_ = tcav.cavs("3", {"corner": ExampleSet(concept)}, ExampleSet(pool))
+    trained = tcav.cavs("3", {"corner": ExampleSet(concept)}, ExampleSet(pool))
+    cdirs = trained.concept_directions
+    assert cdirs.shape == (1, 3, 5 * 8 * 8) and trained.concept_accuracy.shape == (1, 3)
+    assert trained.random_directions.shape == (3, 5 * 8 * 8) and trained.random_accuracy.shape == (3,)
+    assert trained.null_directions.shape == (1, 0, 3, 5 * 8 * 8)  # no null concepts for test="runs"
     # rebuild the random subsets TCAV drew, to hand captum the same concept examples
     g = torch.Generator().manual_seed(0)
     subsets = [pool[torch.randperm(48, generator=g)[:12]] for _ in range(4)]
@@ -358,7 +362,7 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not() -> No
     pool = torch.randn(200, 3, 4, 4, generator=g)
     lookalike = torch.randn(30, 3, 4, 4, generator=g)  # drawn like the pool: a "random concept"
     inputs, targets = torch.randn(20, 3, 4, 4, generator=g), torch.tensor([0, 1] * 10)
-    tcav = TCAV(net, "0", runs=10, correction="bonferroni")
+    tcav = TCAV(net, "0", runs=10, correction="bonferroni", significance=0.01)
     res = tcav.interpret(inputs, targets, {"c0": ExampleSet(concept), "noise": ExampleSet(lookalike)},
                          ExampleSet(pool))
     assert res.scores.shape == (1, 2, 2, 10) and res.random_scores.shape == (1, 2, 10)
@@ -369,6 +373,8 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not() -> No
     rows = res.rows()
     assert len(rows) == 4 and rows[0]["concept"] == "c0" and rows[0]["score"] == 1.0
     assert res.to_dict()["rows"] == rows
+    assert res.significance == 0.01 and res.to_dict()["significance"] == 0.01
+    assert torch.equal(res.significant, res.p_adjusted < 0.01)
 
 
 def test_concept_test_is_a_t_test_of_one_new_draw_against_the_null_concepts() -> None:
@@ -399,7 +405,7 @@ def test_concepts_test_flags_the_concept_and_spares_a_random_lookalike() -> None
     assert res.test == "concepts" and res.null_scores is not None and res.null_scores.shape == (1, 2, 3, 10)
     assert bool((res.p_values[0, 0] < 0.05).all()) and bool((res.p_values[0, 1] > 0.1).all())
     assert res.p_runs is not None and torch.equal(res.p_runs, tcav_significance(res.scores, res.random_scores[:, None]))
-    *_, null = tcav.cavs("3", {"corner": concept, "lookalike": lookalike}, ExampleSet(pool))
+    null = tcav.cavs("3", {"corner": concept, "lookalike": lookalike}, ExampleSet(pool)).null_directions
     assert null.shape == (2, 10, 10, 5) and torch.equal(null[0], null[1])  # one size: the same null sets
     assert res.rows()[0]["null_score"] == pytest.approx(float(res.null_scores[0, 0, 0].mean()))
 
@@ -417,7 +423,7 @@ def test_per_pixel_tcav_on_a_segmentation_net() -> None:
     res = TCAV(net, "1", runs=4).interpret(images, cls, concepts, random, pixels=pix)
     assert res.classes == [0, 1] and res.scores.shape == (1, 1, 2, 4)
     assert res.counts.tolist() == [int((cls == 0).sum()), int((cls == 1).sum())]
-    cdirs, *_ = TCAV(net, "1", runs=4).cavs("1", concepts, random)
+    cdirs = TCAV(net, "1", runs=4).cavs("1", concepts, random).concept_directions
     d = layer_sensitivities(net, "1", images, cdirs[0], cls, pixels=pix)
     expected, _ = tcav_scores(d, cls, [0, 1])
     assert torch.allclose(res.scores[0, 0], expected)
@@ -435,11 +441,11 @@ def test_cache_serves_cavs_until_the_weights_change() -> None:
     concepts, random = {"c": ExampleSet(_images(10, 1, 3.0))}, ExampleSet(_images(30, 2))
     first = tcav.cavs("3", concepts, random)
     again = tcav.cavs("3", concepts, random)
-    assert cache.hits == 1 and cache.misses == 1 and again[0] is first[0]
+    assert cache.hits == 1 and cache.misses == 1 and again is first
     with torch.no_grad():
         net[0].weight.mul_(-1.0)
     changed = tcav.cavs("3", concepts, random)
-    assert cache.misses == 2 and not torch.allclose(changed[0], first[0])
+    assert cache.misses == 2 and not torch.allclose(changed.concept_directions, first.concept_directions)
     fp = model_fingerprint(net)
     net[1].running_mean.add_(0.5)  # buffers change the activations too
     assert model_fingerprint(net) != fp
@@ -500,6 +506,7 @@ def test_interpret_leaves_training_state_grads_and_hooks_alone_inside_inference_
         ({"correction": "fdr"}, "Expected `correction` to be one of"),
         ({"significance": 1.5}, "Expected `significance`"),
         ({"classifier": "tree"}, "Expected `classifier` to be one of"),
+        ({"regularization": 0.0}, "Expected `regularization` to be positive"),
         ({"max_examples": 1}, "Expected `max_examples`"),
         ({"test": "welch"}, "Expected `test` to be one of"),
         ({"null_concepts": 1}, "Expected `null_concepts`"),

@@ -1,0 +1,162 @@
+"""CAV training: a linear classifier separates concept from random activations; its unit normal is the CAV.
+
+The classifier is scikit-learn's (``"sgd"`` as captum's default, ``"logistic"``, or any unfitted linear
+estimator, cloned before fitting).
+
+Example:
+    >>> g = torch.Generator().manual_seed(0)
+    >>> cav = CAV().fit(torch.randn(20, 3, generator=g) + 6.0, torch.randn(20, 3, generator=g))
+    >>> cav.accuracy_
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ClassifierName = Literal["sgd", "logistic"]
+_CLASSIFIERS = ("sgd", "logistic")
+
+__all__ = ["CAV", "ClassifierName", "LayerCAVs"]
+
+
+def _make_classifier(classifier: ClassifierName | Any, regularization: float, random_state: int) -> Any:
+    if isinstance(classifier, str):
+        if classifier == "sgd":
+            from sklearn.linear_model import SGDClassifier
+
+            return SGDClassifier(alpha=regularization, max_iter=1000, tol=1e-3, random_state=random_state)
+        if classifier == "logistic":
+            from sklearn.linear_model import LogisticRegression
+
+            return LogisticRegression(C=1.0 / regularization, max_iter=1000)
+        raise ValueError(
+            f"Expected `classifier` to be one of {_CLASSIFIERS!r} or a scikit-learn linear classifier, "
+            f"but got {classifier!r}."
+        )
+    if not hasattr(classifier, "fit"):
+        raise ValueError(
+            f"Expected `classifier` to be one of {_CLASSIFIERS!r} or a scikit-learn linear classifier, "
+            f"but got {type(classifier).__name__}."
+        )
+    from sklearn.base import clone
+
+    return clone(classifier)
+
+
+class CAV:
+    """A concept activation vector: the unit normal of a linear boundary between concept and random activations.
+
+    Nothing happens in ``__init__``; :meth:`fit` trains the classifier (concept = label 1, random = label 0) on
+    a stratified split and keeps the held-out accuracy. ``direction_`` points towards the concept.
+
+    Args:
+        classifier: ``"sgd"`` (:class:`sklearn.linear_model.SGDClassifier`, hinge loss, as captum's default),
+            ``"logistic"`` (:class:`~sklearn.linear_model.LogisticRegression` with ``C = 1 / regularization``), or an
+            unfitted scikit-learn linear classifier with ``coef_`` (cloned before fitting).
+        regularization: the classifier's regularisation strength (SGD's ``alpha``).
+        test_fraction: share of the examples held out for ``accuracy_``; 0 scores on the training examples.
+        random_state: seeds the split and the SGD shuffling.
+
+    Attributes:
+        direction_: ``(F,)`` float32 unit vector.
+        intercept_: the boundary's offset in units of ``direction_`` (``w·x + b = 0`` with ``|w| = 1``).
+        accuracy_: held-out accuracy of the classifier.
+        classifier_: the fitted scikit-learn estimator.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> concept = torch.randn(20, 3, generator=g) + torch.tensor([6.0, 0, 0])
+        >>> cav = CAV().fit(concept, torch.randn(20, 3, generator=g))
+        >>> bool(cav.direction_[0] > 0.9), cav.accuracy_
+        (True, 1.0)
+    """
+
+    def __init__(
+        self,
+        classifier: ClassifierName | Any = "sgd",
+        regularization: float = 0.01,
+        test_fraction: float = 0.33,
+        random_state: int = 0,
+    ) -> None:
+        self.classifier = classifier
+        self.regularization = regularization
+        self.test_fraction = test_fraction
+        self.random_state = random_state
+
+    def fit(self, concept: Tensor, random: Tensor) -> CAV:
+        """Train on ``concept`` vs ``random`` activations; returns ``self``.
+
+        Shape:
+            - concept: ``(n_c, F)``; random: ``(n_r, F)``
+
+        Raises:
+            ValueError: if either set has fewer than 2 examples, they differ in feature size or are not 2-D,
+                ``regularization`` is not positive, ``test_fraction`` is outside ``[0, 0.9]``, or ``classifier`` is not
+                a valid option.
+        """
+        if not self.regularization > 0:
+            raise ValueError(f"Expected `regularization` to be positive, but got {self.regularization!r}.")
+        if not 0.0 <= self.test_fraction <= 0.9:
+            raise ValueError(f"Expected `test_fraction` to be in [0, 0.9], but got {self.test_fraction!r}.")
+        for name, t in (("concept", concept), ("random", random)):
+            if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[0] < 2:
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"Expected `{name}` activations of shape (n >= 2, F), but got {shape!r}.")
+        if concept.shape[1] != random.shape[1]:
+            raise ValueError(
+                f"Expected concept and random activations of one feature size, but got {concept.shape[1]} "
+                f"and {random.shape[1]}."
+            )
+        from sklearn.model_selection import train_test_split
+
+        x = torch.cat([concept, random]).detach().double().cpu().numpy()
+        y = np.concatenate([np.ones(concept.shape[0], dtype=np.int64), np.zeros(random.shape[0], dtype=np.int64)])
+        n_test = math.ceil(self.test_fraction * len(y)) if self.test_fraction > 0 else 0
+        if n_test >= 2 and len(y) - n_test >= 2:
+            x_tr, x_te, y_tr, y_te = train_test_split(
+                x, y, test_size=n_test, stratify=y, random_state=self.random_state
+            )
+        else:
+            x_tr, x_te, y_tr, y_te = x, x, y, y
+        clf = _make_classifier(self.classifier, self.regularization, self.random_state)
+        clf.fit(x_tr, y_tr)
+        coef = np.asarray(getattr(clf, "coef_", None), dtype=np.float64).reshape(-1)
+        if coef.shape[0] != x.shape[1]:
+            raise ValueError(
+                f"Expected a binary linear classifier with coef_ of {x.shape[1]} weights, but got {coef.shape[0]}."
+            )
+        if list(clf.classes_) != [0, 1]:  # pragma: no cover - sklearn sorts the labels
+            raise RuntimeError(f"Unexpected class order {clf.classes_!r}.")
+        norm = float(np.linalg.norm(coef))
+        self.classifier_ = clf
+        self.direction_ = torch.from_numpy(coef / norm if norm > 0 else coef).float()
+        self.intercept_ = float(np.asarray(clf.intercept_).reshape(-1)[0]) / norm if norm > 0 else 0.0
+        self.accuracy_ = float((clf.predict(x_te) == y_te).mean())
+        return self
+
+
+@dataclass(frozen=True)
+class LayerCAVs:
+    """The CAVs of one layer: each concept's against ``R`` random sets, random-vs-random, and null concepts'.
+
+    Shape:
+        - concept_directions: ``(K, R, F)``, concept ``k`` vs random set ``r``
+        - concept_accuracy: ``(K, R)``
+        - random_directions: ``(R, F)``, a further random set vs random set ``r``
+        - random_accuracy: ``(R,)``
+        - null_directions: ``(K, M, R, F)``, ``M`` random "concepts" of concept ``k``'s size vs random set ``r``
+          (``M = 0`` unless the experiment tests against null concepts)
+    """
+
+    concept_directions: Tensor
+    concept_accuracy: Tensor
+    random_directions: Tensor
+    random_accuracy: Tensor
+    null_directions: Tensor
