@@ -6,6 +6,10 @@ Every callback works with Trainers of both ``pytorch_lightning`` and ``lightning
     trainer = Trainer(callbacks=[ConceptMonitor("layer2"), ConfusionMonitor(), SaliencyMonitor("layer3")])
 
 or ``Trainer(callbacks=default_monitors(concept_layer="layer2", saliency_layer="layer3"))``.
+
+Callbacks talk through one typed channel (:mod:`callbacks.findings`): monitors publish findings
+(:class:`ConceptReportFinding`, :class:`SliceConfusion`, :class:`TCAVFinding`, :class:`PolicyFinding`) that the
+callbacks after them read; a consumer whose producer is missing or comes after it fails in ``setup()``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from callbacks._base import Monitor, ProbeSet, RunContext
 from callbacks.concept_monitor import ConceptMonitor
 from callbacks.confusion_monitor import ConfusionMonitor
 from callbacks.failure_driven_augmentation import FailureDrivenAugmentation
+from callbacks.findings import ConceptReportFinding, Finding, Need, PolicyFinding, SliceConfusion, TCAVFinding
 from callbacks.joint_batch import JointBatchTraining
 from callbacks.saliency_monitor import SaliencyMonitor
 from callbacks.tcav_monitor import TCAVMonitor
@@ -23,13 +28,19 @@ from callbacks.tcav_monitor import TCAVMonitor
 __all__ = [
     "CALLBACKS",
     "ConceptMonitor",
+    "ConceptReportFinding",
     "ConfusionMonitor",
     "FailureDrivenAugmentation",
+    "Finding",
     "JointBatchTraining",
     "Monitor",
+    "Need",
+    "PolicyFinding",
     "ProbeSet",
     "RunContext",
     "SaliencyMonitor",
+    "SliceConfusion",
+    "TCAVFinding",
     "TCAVMonitor",
     "default_monitors",
 ]

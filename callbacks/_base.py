@@ -42,6 +42,7 @@ from pytorch_lightning.loggers import TensorBoardLogger as _PLTensorBoardLogger
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from callbacks.findings import F, Finding, Need, Publisher, find_producers
 from debugger.capture import preserve_training_mode
 from debugger.contract import Batch, unpack_batch
 from debugger.files import atomic_write, json_default
@@ -263,7 +264,7 @@ def materialise_probe(dataset: Any, indices: Sequence[int], image_key_extras: Se
 # --------------------------------------------------------------------------------------------------------------
 
 
-class Monitor(_CallbackBase):
+class Monitor(Publisher, _CallbackBase):
     """Shared mechanics of the conceptfix callbacks; subclasses implement :meth:`analyse`.
 
     Args:
@@ -276,11 +277,17 @@ class Monitor(_CallbackBase):
         probe_dataset: map-style dataset to draw the probe from instead of the trainer's validation data.
         chunk_size: samples per forward pass in the analysis.
 
-    Subclasses set ``sharded = True`` to run on every rank over a shard of the probe set (and sync a metric);
-    otherwise the analysis runs on global rank zero only.
+    Subclasses set ``sharded = True`` to run on every rank over a shard of the probe set (and sync a metric), or
+    ``all_ranks = True`` to have :meth:`analyse` called on every rank with the whole (unsharded) probe set, e.g. to
+    broadcast what rank zero decided; otherwise the analysis runs on global rank zero only.
+
+    Monitors talk through :mod:`callbacks.findings`: a monitor publishes the finding types in ``publishes``
+    (:meth:`publish`) and reads those its :meth:`needs` lists (:meth:`read`), from producers found by type in
+    ``setup()``.
     """
 
     sharded: ClassVar[bool] = False
+    all_ranks: ClassVar[bool] = False
     needs_probe: ClassVar[bool] = True
     probe_extras: ClassVar[tuple[str, ...]] = ()
 
@@ -334,6 +341,7 @@ class Monitor(_CallbackBase):
         self._run_dir: Path | None = None
         self._warned_no_tb = False
         self._last_run_at: tuple[int, int] | None = None
+        self._producers: dict[type[Finding], Any] = {}
 
     # -- identity --------------------------------------------------------------------------------------------
 
@@ -378,6 +386,18 @@ class Monitor(_CallbackBase):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
 
+    # -- findings --------------------------------------------------------------------------------------------
+
+    def needs(self) -> tuple[Need, ...]:
+        """The finding types this monitor reads (none by default); resolved to producers in ``setup()``."""
+        return ()
+
+    def read(self, kind: type[F]) -> F | None:
+        """The latest finding of type ``kind`` from its producer on the trainer, or None (none yet, or no producer
+        of an optional need)."""
+        producer = self._producers.get(kind)
+        return None if producer is None else producer.finding(kind)
+
     # -- setup -----------------------------------------------------------------------------------------------
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -389,6 +409,7 @@ class Monitor(_CallbackBase):
                     f"run-directory folder), but got two {type(self).__name__}s with {self.tag_prefix!r}; give each "
                     "its own `name=`."
                 )
+        self._producers = find_producers(getattr(trainer, "callbacks", []), self, self.needs())
         # trainer.log_dir broadcasts, so every rank must ask for it here, never inside a rank-zero-only branch.
         self._run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "conceptfix" / self.tag_prefix
         if stage != "fit" or not self.needs_probe:
@@ -480,7 +501,7 @@ class Monitor(_CallbackBase):
         n = max(1, math.ceil(self.probe_fraction * len(probe))) if len(probe) else 0
         if self.sharded and world > 1:
             n = int(trainer.strategy.broadcast(n, src=0))  # every rank joins the same collectives
-        elif not zero:
+        elif not zero and not self.all_ranks:
             return
         probe = probe.take(n)
         if self.sharded and world > 1:

@@ -15,19 +15,25 @@ Each run is one :class:`debugger.pipeline.ConceptAnalysis` over the probe set (p
   projector's own limit) with thumbnails shrunk so the sprite stays ≤ 8192 px a side.
 - scalars: number of concepts and failure concepts, the top failure's lift and slice accuracy.
 - the concept store: every run's :class:`~debugger.report.ConceptReport` as JSON in
-  ``<run dir>/conceptfix/concepts/reports/`` plus ``latest.json`` (written atomically), for
-  :class:`~callbacks.failure_driven_augmentation.FailureDrivenAugmentation`, ``conceptfix diagnose`` and people.
+  ``<run dir>/conceptfix/concepts/reports/`` plus ``latest.json`` (written atomically), for ``conceptfix
+  diagnose`` and people.
+
+Each run publishes a :class:`~callbacks.findings.ConceptReportFinding` (the report and its probe images) for the
+callbacks after it: :class:`~callbacks.ConfusionMonitor` ranks its concepts, and
+:class:`~callbacks.FailureDrivenAugmentation` turns its failure concepts into augmentation policies.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
+from callbacks.findings import ConceptReportFinding
 from debugger.capture import preserve_training_mode
 
 Layout = Literal["pca", "tsne"]
@@ -101,6 +107,7 @@ class ConceptMonitor(Monitor):
     """
 
     tag_root = "concepts"
+    publishes = (ConceptReportFinding,)
 
     def __init__(
         self,
@@ -153,9 +160,7 @@ class ConceptMonitor(Monitor):
         self.max_projector_points = max_projector_points
         self.thumbnail_size = thumbnail_size
         self.analysis_kwargs = dict(analysis_kwargs or {})
-        self.latest_report: Any | None = None  # ConceptReport of the last run
-        self.latest_probe_indices: list[int] = []  # dataset indices of the report's probe images, in order
-        self.latest_report_path: str | None = None
+        self.latest_report_path: str | None = None  # where the last run's report was stored (checkpointed)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -163,20 +168,27 @@ class ConceptMonitor(Monitor):
 
         resolve_layer(pl_module, self.layer)
 
+    @property
+    def latest_report(self) -> Any | None:
+        """The :class:`~debugger.report.ConceptReport` of the latest run (its :class:`ConceptReportFinding`)."""
+        found = self.finding(ConceptReportFinding)
+        return None if found is None else found.report
+
     def extra_state(self) -> dict[str, Any]:
-        return {"latest_report_path": self.latest_report_path, "latest_probe_indices": self.latest_probe_indices}
+        found = self.finding(ConceptReportFinding)
+        return {"latest_report_path": self.latest_report_path,
+                "latest_probe_indices": [] if found is None else list(found.probe_indices)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        # The finding is re-read from the concept store, so consumers see the same report after a resume.
         self.latest_report_path = state.get("latest_report_path")
-        self.latest_probe_indices = [int(i) for i in state.get("latest_probe_indices", [])]
-        self.latest_report = None
-        if self.latest_report_path:
-            from pathlib import Path
-
+        if self.latest_report_path and Path(self.latest_report_path).exists():
             from debugger.report import ConceptReport
 
-            if Path(self.latest_report_path).exists():
-                self.latest_report = ConceptReport.load(self.latest_report_path)
+            report = ConceptReport.load(self.latest_report_path)
+            indices = tuple(int(i) for i in state.get("latest_probe_indices", []))
+            epoch, step = int(report.meta.get("epoch", -1)), int(report.meta.get("global_step", -1))
+            self.publish(ConceptReportFinding(epoch, step, report, indices, self.latest_report_path))
 
     def make_analysis(self, model: Any) -> Any:
         """The :class:`~debugger.pipeline.ConceptAnalysis` this monitor runs (configuration only)."""
@@ -211,8 +223,8 @@ class ConceptMonitor(Monitor):
             "failures": [f.name for f in report.failures],
         }
         self._store(ctx, report)
-        self.latest_report = report
-        self.latest_probe_indices = list(probe.indices)
+        self.publish(ConceptReportFinding(ctx.epoch, ctx.global_step, report, tuple(probe.indices),
+                                          self.latest_report_path))
 
         scalars = {"count": float(len(report.concepts)), "failures": float(len(report.failures))}
         if report.ranking:
@@ -318,28 +330,7 @@ class ConceptMonitor(Monitor):
         names = getattr(_unwrap_dataset(self._dataset), "classes", None)
         return [str(n) for n in names] if names is not None else None
 
-    # -- for other callbacks -----------------------------------------------------------------------------------
-
-    def concept_slices(self, probe: ProbeSet, top_k: int = 50, pixel: bool = False) -> tuple[list[str], Tensor] | None:
-        """The latest report's concept slices over another probe set, by dataset index.
-
-        A concept's slice holds the images of its top patches; images of ``probe`` that this monitor's probe set
-        does not contain are in no slice (see :meth:`covered`). ``top_k`` and ``pixel`` are accepted for a
-        uniform interface; the slices are the report's (its own ``top_k``, whole images).
-
-        Shape:
-            - output membership: ``(C, len(probe))`` bool
-        """
-        report = self.latest_report
-        if report is None or not self.latest_probe_indices:
-            return None
-        position = {idx: j for j, idx in enumerate(self.latest_probe_indices)}
-        cols = torch.tensor([position.get(i, -1) for i in probe.indices], dtype=torch.long)
-        member = report.membership.bool()
-        out = torch.zeros(member.shape[0], len(probe), dtype=torch.bool)
-        known = cols >= 0
-        out[:, known] = member[:, cols[known]]
-        return list(report.concept_names), out
+    # -- for people -------------------------------------------------------------------------------------------
 
     def score_images(self, images: Tensor, model: Any, report: Any | None = None) -> tuple[Tensor, Tensor]:
         """Score images this monitor never analysed with the concepts of one of its runs (the latest by default).
@@ -369,11 +360,6 @@ class ConceptMonitor(Monitor):
             patches, scores = self.make_analysis(model).score(report, images.to(device))
         best = best_patch_scores(scores, patches.image_index, int(images.shape[0]))
         return best, best >= report.slice_thresholds.view(-1, 1)
-
-    def covered(self, probe: ProbeSet) -> Tensor:
-        """Which images of ``probe`` the latest report analysed, ``(len(probe),)`` bool."""
-        mine = set(self.latest_probe_indices)
-        return torch.tensor([i in mine for i in probe.indices], dtype=torch.bool)
 
 
 def _probe_batches(probe: ProbeSet, size: int) -> list[dict[str, Tensor]]:

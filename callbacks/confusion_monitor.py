@@ -18,9 +18,12 @@ scalars ``accuracy/<slice>`` (classification) or ``iou/<slice>`` (segmentation m
 ``accuracy_change/<slice>``, and a text table ``failure_ranking``. Every run's counts and ranking are also
 appended to ``ranking.json`` in the run directory.
 
-Discovered concepts are named ``<concept>@<step of their report>`` and enter the ranking and the JSON only
-(their names change with every discovery, which would make a new tag per run); they are ranked against the
-images the ConceptMonitor analysed. Put the ConceptMonitor before this callback for the freshest report.
+Discovered concepts (``source="discovered"`` slices) enter the ranking and the JSON only (their names change
+with every discovery, which would make a new tag per run); they are ranked against the images the ConceptMonitor
+analysed. They come from the :class:`~callbacks.findings.ConceptReportFinding` of a ConceptMonitor placed before
+this callback (``setup()`` fails when it is missing with ``source="discovered"``, or comes after this callback).
+Each run publishes a :class:`~callbacks.findings.SliceConfusion` (counts, overall counts, ranking, and each
+slice's source) for the callbacks after it, e.g. :class:`~callbacks.FailureDrivenAugmentation`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from callbacks._base import Monitor, ProbeSet, RunContext
+from callbacks.findings import ConceptReportFinding, Need, SliceConfusion, SliceSource
 from debugger.failures import annotated_membership, slice_quality
 
 Source = Literal["annotated", "discovered", "both"]
@@ -92,6 +96,7 @@ class ConfusionMonitor(Monitor):
 
     tag_root = "confusion"
     sharded = True
+    publishes = (SliceConfusion,)
 
     def __init__(
         self,
@@ -117,8 +122,12 @@ class ConfusionMonitor(Monitor):
         self.min_support = min_support
         self.ignore_index = ignore_index
         self.max_matrix_slices = max_matrix_slices
-        self._previous: dict[str, Tensor] = {}  # slice name -> confusion counts of the previous run
-        self.latest: dict[str, Any] | None = None  # last run's result (counts, names, ranking), for other callbacks
+        self._previous: dict[str, Tensor] = {}  # annotated slice name -> confusion counts of the previous run
+
+    def needs(self) -> tuple[Need, ...]:
+        if self.source == "annotated":
+            return ()
+        return (Need(ConceptReportFinding, required=self.source == "discovered"),)
 
     def extra_state(self) -> dict[str, Any]:
         return {"previous": {k: v.tolist() for k, v in self._previous.items()}}
@@ -128,15 +137,18 @@ class ConfusionMonitor(Monitor):
 
     # -- slices ------------------------------------------------------------------------------------------------
 
-    def slices(self, ctx: RunContext, num_images: int, segmentation: bool) -> tuple[list[str], Tensor | None, Tensor]:
-        """Names, membership ``(C, N[, H, W])`` over the full (unsharded) probe set, and which of its ``N`` images
-        count for each slice's ranking, ``(C, N)`` (discovered concepts only know the ConceptMonitor's images)."""
+    def slices(self, ctx: RunContext, num_images: int, segmentation: bool
+               ) -> tuple[list[str], list[SliceSource], Tensor | None, Tensor]:
+        """Names, sources, membership ``(C, N[, H, W])`` over the full (unsharded) probe set, and which of its
+        ``N`` images count for each slice's ranking, ``(C, N)`` (discovered concepts only know the ConceptMonitor's
+        images)."""
         names: list[str] = []
+        sources: list[SliceSource] = []
         parts: list[Tensor] = []
         counted: list[Tensor] = []
         full = self.probe(ctx.pl_module.device)
         if full is None:
-            return [], None, torch.zeros(0, 0, dtype=torch.bool)
+            return [], [], None, torch.zeros(0, 0, dtype=torch.bool)
         full = full.take(num_images)
         device = ctx.pl_module.device
         if self.source in ("annotated", "both"):
@@ -145,33 +157,29 @@ class ConfusionMonitor(Monitor):
                 k = m.shape[0] - 1
                 given = list(full.concept_names) if len(full.concept_names) == k else [f"concept-{i}" for i in range(k)]
                 names += given + ["clean"]
+                sources += ["annotated"] * (k + 1)
                 parts.append(m.to(device))
                 counted.append(torch.ones(k + 1, num_images, dtype=torch.bool, device=device))
         if self.source in ("discovered", "both"):
-            found = self._discovered(ctx, full) if ctx.is_global_zero else None
+            found = self._discovered(full) if ctx.is_global_zero else None
             if ctx.world_size > 1:  # ConceptMonitor runs on rank zero: every rank must count the same slices
                 found = ctx.trainer.strategy.broadcast(found, src=0)
             if found is not None:
                 names += found[0]
+                sources += ["discovered"] * len(found[0])
                 parts.append(found[1].to(device))
                 counted.append(found[2].to(device).unsqueeze(0).expand(len(found[0]), -1))
         if not parts:
-            return [], None, torch.zeros(0, num_images, dtype=torch.bool)
+            return [], [], None, torch.zeros(0, num_images, dtype=torch.bool)
         if segmentation and any(p.dim() == 2 for p in parts) and any(p.dim() == 4 for p in parts):
             h, w = full.batch.images.shape[-2:]
             parts = [p if p.dim() == 4 else p.view(*p.shape, 1, 1).expand(-1, -1, h, w) for p in parts]
-        return names, torch.cat(parts), torch.cat(counted)
+        return names, sources, torch.cat(parts), torch.cat(counted)
 
-    def _discovered(self, ctx: RunContext, full: ProbeSet) -> tuple[list[str], Tensor, Tensor] | None:
-        """The latest ConceptMonitor report's slices on this probe set (renamed ``<name>@<step>``), if any."""
-        for cb in getattr(ctx.trainer, "callbacks", []):
-            if getattr(cb, "latest_report", None) is not None and hasattr(cb, "concept_slices"):
-                found = cb.concept_slices(full, top_k=self.top_k)
-                if found is None:
-                    continue
-                step = cb.latest_report.meta.get("global_step", "?")
-                return [f"{n}@{step}" for n in found[0]], found[1].cpu(), cb.covered(full).cpu()
-        return None
+    def _discovered(self, full: ProbeSet) -> tuple[list[str], Tensor, Tensor] | None:
+        """The latest concept report's slices on this probe set, and which images it covers, if there is one."""
+        found = self.read(ConceptReportFinding)
+        return None if found is None else found.slices(full.indices)
 
     # -- the run -----------------------------------------------------------------------------------------------
 
@@ -183,7 +191,7 @@ class ConfusionMonitor(Monitor):
         n_total = ctx.full_size
         positions = torch.arange(ctx.rank, n_total, ctx.world_size, device=device)
         segmentation = ctx.probe.batch.targets.dim() == 3
-        names, membership, counted = self.slices(ctx, n_total, segmentation)
+        names, sources, membership, counted = self.slices(ctx, n_total, segmentation)
 
         preds_metric = ProbePredictions().to(device)
         confusion: Metric | None = None
@@ -218,41 +226,40 @@ class ConfusionMonitor(Monitor):
         correct = ~errors if valid is None else ~errors & valid
         total = errors.numel() if valid is None else int(valid.sum())
         scalars["accuracy/all" if not segmentation else "pixel_accuracy/all"] = float(correct.sum()) / max(1, total)
-        result: dict[str, Any] = {"epoch": ctx.epoch, "step": ctx.global_step, "names": names, "ranking": []}
         if counts is None or membership is None:
             self.log_scalars(ctx, scalars)
-            self.latest = result
             return {"slices": 0}
 
         quality = slice_quality(counts, segmentation)
         ranking = self._rank(errors, membership, names, valid, counted)
-        lift = {r.name: r.lift for r in ranking}
+        lift = {r.concept: r.lift for r in ranking}
         key = "iou" if segmentation else "accuracy"
-        for name, q in zip(names, quality.tolist(), strict=True):
-            if "@" in name:  # discovered concepts change with every ConceptMonitor run: ranking and JSON only
-                continue
+        # Discovered concepts change with every ConceptMonitor run: ranking, JSON and finding only, no tags.
+        annotated = [i for i, src in enumerate(sources) if src == "annotated"]
+        for i in annotated:
+            q = float(quality[i])
             if not math.isnan(q):
-                scalars[f"{key}/{name}"] = q
-            if name in lift and math.isfinite(lift[name]):
-                scalars[f"lift/{name}"] = lift[name]
+                scalars[f"{key}/{names[i]}"] = q
+            if i in lift and math.isfinite(lift[i]):
+                scalars[f"lift/{names[i]}"] = lift[i]
         diffs: dict[str, Tensor] = {}
-        for i, name in enumerate(names):
-            prev = self._previous.get(name)
+        for i in annotated:
+            prev = self._previous.get(names[i])
             if prev is not None and prev.shape == counts[i].shape:
-                diffs[name] = confusion_difference(prev.to(counts.device), counts[i])
+                diffs[names[i]] = confusion_difference(prev.to(counts.device), counts[i])
                 before = slice_quality(prev.unsqueeze(0), segmentation)[0]
                 change = float(quality[i] - before)
-                if math.isfinite(change) and "@" not in name:
-                    scalars[f"{key}_change/{name}"] = change
+                if math.isfinite(change):
+                    scalars[f"{key}_change/{names[i]}"] = change
         self.log_scalars(ctx, scalars)
 
-        order = [names.index(r.name) for r in ranking if "@" not in r.name][: self.max_matrix_slices]
+        order = [r.concept for r in ranking if sources[r.concept] == "annotated"][: self.max_matrix_slices]
         classes = self._class_names(num_classes)
         for i in order:
             self.log_image(ctx, f"matrix/{names[i]}", _heatmap(counts[i], classes, names[i], key, float(quality[i])))
             if names[i] in diffs:
                 self.log_image(ctx, f"diff/{names[i]}", _heatmap(diffs[names[i]], classes, names[i], "diff", None))
-        table = _ranking_markdown(ranking)
+        table = _ranking_markdown(ranking, sources)
         if ctx.writer is not None:
             ctx.writer.add_text(f"{self.tag_prefix}/failure_ranking", table, global_step=ctx.global_step)
 
@@ -260,22 +267,24 @@ class ConfusionMonitor(Monitor):
 
         everything = torch.ones(1, n_total, dtype=torch.bool, device=device)
         overall_counts = concept_confusion(preds, targets, everything, num_classes, self.ignore_index)[0]
-        result.update(
-            {
-                "overall": overall_counts.cpu().tolist(),
-                "num_classes": num_classes,
-                "counts": counts.cpu().tolist(),
-                "quality": quality.cpu().tolist(),
-                "quality_kind": key,
-                "ranking": [r.to_dict() for r in ranking],
-                "diff_names": sorted(diffs),
-            }
-        )
         history = self._history(ctx)
-        history.append({k: v for k, v in result.items() if k != "counts"} | {"counts": result["counts"]})
+        history.append({
+            "epoch": ctx.epoch,
+            "step": ctx.global_step,
+            "names": names,
+            "sources": sources,
+            "overall": overall_counts,
+            "num_classes": num_classes,
+            "quality": quality,
+            "quality_kind": key,
+            "ranking": [r.to_dict() for r in ranking],
+            "diff_names": sorted(diffs),
+            "counts": counts,
+        })
         self.write_artifact(ctx, "ranking.json", history)
-        self.latest = result
-        self._previous = {name: counts[i].detach().cpu() for i, name in enumerate(names)}
+        self.publish(SliceConfusion(ctx.epoch, ctx.global_step, tuple(names), tuple(sources), counts.detach().cpu(),
+                                    overall_counts.detach().cpu(), tuple(ranking)))
+        self._previous = {names[i]: counts[i].detach().cpu() for i in annotated}
         failures = [r.name for r in ranking if r.is_failure]
         return {"slices": len(names), "failures": failures}
 
@@ -331,12 +340,14 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else -math.inf
 
 
-def _ranking_markdown(ranking: Sequence[Any]) -> str:
-    rows = ["| rank | slice | failure | support | error in | error out | lift (95% CI) | p (adj.) |", "|---" * 8 + "|"]
+def _ranking_markdown(ranking: Sequence[Any], sources: Sequence[SliceSource]) -> str:
+    rows = ["| rank | slice | source | failure | support | error in | error out | lift (95% CI) | p (adj.) |",
+            "|---" * 9 + "|"]
     for r in ranking:
         rows.append(
-            f"| {r.rank} | {r.name} | {'**yes**' if r.is_failure else 'no'} | {r.support} | {r.error_in:.3f} | "
-            f"{r.error_out:.3f} | {r.lift:.2f} ({r.lift_low:.2f}–{r.lift_high:.2f}) | {r.p_adjusted:.3g} |"
+            f"| {r.rank} | {r.name} | {sources[r.concept]} | {'**yes**' if r.is_failure else 'no'} | {r.support} | "
+            f"{r.error_in:.3f} | {r.error_out:.3f} | {r.lift:.2f} ({r.lift_low:.2f}–{r.lift_high:.2f}) | "
+            f"{r.p_adjusted:.3g} |"
         )
     return "\n".join(rows)
 

@@ -1,9 +1,9 @@
 """FailureDrivenAugmentation: turn the latest failure concepts into the augmentation policy training uses.
 
-After each scheduled run of the monitors it reads the newest evidence — the
-:class:`~debugger.report.ConceptReport` of a :class:`~callbacks.concept_monitor.ConceptMonitor` on the same
-trainer and/or the last result of a :class:`~callbacks.confusion_monitor.ConfusionMonitor`, or a report JSON
-on disk — and, for every **failure concept** (significant lift, enough support), decides:
+After each scheduled run of the monitors it reads the newest evidence — the findings of a
+:class:`~callbacks.concept_monitor.ConceptMonitor` (its report) and/or a
+:class:`~callbacks.confusion_monitor.ConfusionMonitor` (its slice confusion) placed before it on the trainer, or a
+report JSON on disk — and, for every **failure concept** (significant lift, enough support), decides:
 
 - **which transform**: by the concept's name (annotated slices) or the ground-truth concept its top patches
   show (discovered clusters, ``ground_truth_precision`` ≥ ``min_precision``), looked up in ``augmentations``
@@ -19,11 +19,11 @@ on disk — and, for every **failure concept** (significant lift, enough support
   are as deep as the ones the model fails on. Without a measurement the transform keeps its own settings.
 
 The rule is :func:`augment.policy.derive_policies`; the evidence is :class:`debugger.failures.FailureEvidence`.
-The result is one :class:`augment.AugmentationPolicy` per transform (rules carry their reasons). It is set
-as ``policy`` on the objects in ``targets`` (e.g. the joint-batch integration or any holder the training step
-reads), passed to ``on_update``, kept in the checkpoint, written to ``policy.json`` in the run directory, and
-logged to TensorBoard: ``augmentation/policy`` (text: what changed and why) and scalars
-``augmentation/<transform>/max_p`` and ``augmentation/<transform>/rules``.
+The result is one :class:`augment.AugmentationPolicy` per transform (rules carry their reasons). It is published
+as a :class:`~callbacks.findings.PolicyFinding` (every :class:`~callbacks.joint_batch.JointBatchTraining` on the
+trainer trains with the policy of its occluder's transform), passed to ``on_update``, kept in the checkpoint,
+written to ``policy.json`` in the run directory, and logged to TensorBoard: ``augmentation/policy`` (text: what
+changed and why) and scalars ``augmentation/<transform>/max_p`` and ``augmentation/<transform>/rules``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from augment.policy import DEFAULT_AUGMENTATIONS, AugmentationPolicy, derive_policies, policy_changes
 from callbacks._base import Monitor, RunContext
-from debugger.failures import FailureEvidence, evidence_from_report
+from callbacks.findings import ConceptReportFinding, Need, PolicyFinding, SliceConfusion, consumers_of
+from debugger.failures import FailureEvidence, evidence_from_ranking, evidence_from_report
 
 Source = Literal["auto", "concepts", "confusion"]
 _SOURCES = ("auto", "concepts", "confusion")
@@ -46,14 +45,17 @@ _SOURCES = ("auto", "concepts", "confusion")
 class FailureDrivenAugmentation(Monitor):
     """Updates the augmentation policy from the latest failure concepts and logs what changed and why.
 
+    Reads the :class:`~callbacks.findings.ConceptReportFinding` of a ConceptMonitor and/or the
+    :class:`~callbacks.findings.SliceConfusion` of a ConfusionMonitor placed before it on the trainer, and publishes
+    a :class:`~callbacks.findings.PolicyFinding` that :class:`~callbacks.joint_batch.JointBatchTraining` trains
+    with. Rank zero decides; under DDP every rank receives its policies, so all ranks augment alike.
+
     Args:
-        targets: transform name → object whose ``policy`` attribute is set; by default every
-            :class:`~callbacks.joint_batch.JointBatchTraining` on the trainer, by its occluder's class name. A
-            transform without a target is still decided, stored and logged.
-        on_update: called with the new ``{transform: policy}`` whenever it changes.
+        on_update: called with the new ``{transform: policy}`` whenever it changes (and on resume), for training
+            code that is not a JointBatchTraining.
         source: ``"concepts"`` (the ConceptMonitor's report), ``"confusion"`` (the ConfusionMonitor's
-            annotated and discovered slices), or ``"auto"`` (both: the report's failure concepts and the
-            ConfusionMonitor's annotated failure slices).
+            annotated and discovered slices), or ``"auto"`` (whichever of the two is on the trainer: the report's
+            failure concepts and the ConfusionMonitor's annotated failure slices).
         report_path: read the evidence from this ConceptReport JSON instead (e.g. from ``conceptfix diagnose``).
         augmentations: failure concept (or the ground-truth concept it shows) → transform name.
         fallback: transform for failure concepts not in ``augmentations``; None leaves them alone.
@@ -63,23 +65,28 @@ class FailureDrivenAugmentation(Monitor):
         min_precision: share of a discovered concept's top patches that must show a ground-truth concept for
             the concept to be treated as that one.
         keep_when_no_evidence: keep the current policy when no evidence exists yet (instead of clearing it).
-        log_only: only decide, log and store the policies: no JointBatchTraining is looked for and there is no
+        log_only: only decide, log and store the policies: nothing is published to train with and there is no
             warning that nothing is driven (e.g. the closed loop's training stage, which derives its fine-tuning
-            policy afterwards). Not combined with ``targets`` or ``on_update``.
+            policy afterwards). Not combined with ``on_update``.
         **kwargs: scheduling options of :class:`callbacks._base.Monitor` (no probe set is used).
+
+    Raises:
+        ValueError: for an unknown ``source``, ``base``/``max_p`` out of order, ``min_precision`` outside
+            ``[0, 1]``, a non-positive ``min_class_support``, or ``on_update`` with ``log_only``; in ``setup()``
+            when the producer ``source`` reads is missing or comes after this callback.
 
     Example:
         >>> fda = FailureDrivenAugmentation(every_n_epochs=2, fallback="HideAndSeek")
-        >>> fda.policies
-        {}
+        >>> fda.policies, fda.publishes == (PolicyFinding,)
+        ({}, True)
     """
 
     tag_root = "augmentation"
-    needs_probe = False  # reads other callbacks' results; no probe images of its own
+    needs_probe = False  # reads other callbacks' findings; no probe images of its own
+    all_ranks = True  # rank zero decides, then every rank receives the policies (see `analyse`)
 
     def __init__(
         self,
-        targets: Mapping[str, Any] | None = None,
         on_update: Callable[[dict[str, AugmentationPolicy]], None] | None = None,
         source: Source = "auto",
         report_path: str | None = None,
@@ -102,16 +109,9 @@ class FailureDrivenAugmentation(Monitor):
             raise ValueError(f"Expected `min_precision` to be in [0, 1], but got {min_precision!r}.")
         if not isinstance(min_class_support, int) or min_class_support < 1:
             raise ValueError(f"Expected `min_class_support` to be a positive integer, but got {min_class_support!r}.")
-        for name, obj in (targets or {}).items():
-            if not hasattr(obj, "policy"):
-                kind = type(obj).__name__
-                raise ValueError(f"Expected target {name!r} to have a `policy` attribute, but got {kind}.")
-        if log_only and (targets or on_update is not None):
-            raise ValueError(
-                f"Expected no `targets` and no `on_update` with `log_only=True` (nothing is driven), but got "
-                f"targets={sorted(targets or {})!r}, on_update={on_update!r}."
-            )
-        self.targets = dict(targets or {})
+        if log_only and on_update is not None:
+            raise ValueError(f"Expected no `on_update` with `log_only=True` (nothing is driven), but got "
+                             f"{on_update!r}.")
         self.on_update = on_update
         self.source = source
         self.report_path = report_path
@@ -123,100 +123,103 @@ class FailureDrivenAugmentation(Monitor):
         self.min_precision = min_precision
         self.keep_when_no_evidence = keep_when_no_evidence
         self.log_only = log_only
+        self.publishes = () if log_only else (PolicyFinding,)
         self.policies: dict[str, AugmentationPolicy] = {}
-        self._auto_targets: dict[str, Any] = {}
 
     def extra_state(self) -> dict[str, Any]:
         return {"policies": {k: v.to_dict() for k, v in self.policies.items()}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.policies = {k: AugmentationPolicy.from_dict(v) for k, v in state.get("policies", {}).items()}
+        if self.policies and not self.log_only:  # a resumed run trains with the policies it had
+            last = self.runs[-1] if self.runs else {"epoch": -1, "step": -1}
+            self.publish(PolicyFinding(int(last["epoch"]), int(last["step"]), dict(self.policies), "checkpoint"))
+
+    def needs(self) -> tuple[Need, ...]:
+        if self.report_path is not None:
+            return ()
+        if self.source == "concepts":
+            return (Need(ConceptReportFinding),)
+        if self.source == "confusion":
+            return (Need(SliceConfusion),)
+        return (Need(ConceptReportFinding, required=False), Need(SliceConfusion, required=False))
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._auto_targets = {} if self.targets or self.log_only else \
-            training_targets(getattr(trainer, "callbacks", []))
-        if not (self.targets or self._auto_targets or self.on_update or self.log_only):
+        callbacks = list(getattr(trainer, "callbacks", []))
+        if self.report_path is None and not self._producers:
+            raise ValueError(
+                "Expected a ConceptMonitor or a ConfusionMonitor before FailureDrivenAugmentation in the trainer's "
+                "`callbacks` (it turns their failure findings into policies), but got neither; add e.g. "
+                "ConceptMonitor(layer=...) and ConfusionMonitor() ahead of it, or set `report_path`."
+            )
+        if not (self.on_update or self.log_only or consumers_of(callbacks, PolicyFinding)):
             warnings.warn(
-                "FailureDrivenAugmentation has nothing to drive: no `targets`, no `on_update` and no "
-                "JointBatchTraining on the trainer, so its policies are only logged and written to policy.json. "
-                "Add e.g. JointBatchTraining(JointBatch(SyntheticShadow())) to the callbacks to train with them.",
+                "FailureDrivenAugmentation has nothing to drive: no `on_update` and no JointBatchTraining on the "
+                "trainer, so its policies are only logged and written to policy.json. Add e.g. "
+                "JointBatchTraining(JointBatch(SyntheticShadow())) to the callbacks to train with them.",
                 stacklevel=2,
             )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.policies:  # a resumed run trains with the policy it had
-            self._apply(self.policies)
+        if self.policies and self.on_update is not None:  # a resumed run trains with the policies it had
+            self.on_update(dict(self.policies))
 
     # -- evidence ----------------------------------------------------------------------------------------------
 
-    def evidence(self, trainer: Any) -> tuple[list[FailureEvidence], list[str] | None, str] | None:
-        """The failure concepts to act on, the class names, and where they came from; None without evidence."""
+    def evidence(self, trainer: Any = None) -> tuple[list[FailureEvidence], list[str] | None, str] | None:
+        """The failure concepts to act on, the class names, and where they came from; None without evidence.
+
+        Evidence comes from ``report_path`` when set, else from the findings of the producers found in
+        ``setup()``. ``trainer`` is not used (callers that still pass one keep working).
+        """
         if self.report_path is not None:
             from debugger.report import ConceptReport
 
             if not Path(self.report_path).exists():
                 return None
-            return self._from_report(ConceptReport.load(self.report_path)) + (self.report_path,)
-        callbacks = list(getattr(trainer, "callbacks", []))
+            found = evidence_from_report(ConceptReport.load(self.report_path), self.min_precision)
+            return found[0], found[1], self.report_path
         failures: list[FailureEvidence] = []
         class_names: list[str] | None = None
         sources: list[str] = []
-        if self.source in ("auto", "concepts"):
-            for cb in callbacks:
-                report = getattr(cb, "latest_report", None)
-                if report is not None:
-                    found, class_names = self._from_report(report)
-                    failures += found
-                    sources.append(f"{type(cb).__name__} report of step {report.meta.get('global_step', '?')}")
-                    break
-        if self.source in ("auto", "confusion"):
-            for cb in callbacks:
-                latest = getattr(cb, "latest", None)
-                if isinstance(latest, dict) and "overall" in latest:
-                    # discovered slices ("name@step") are the report's concepts again: count them once
-                    skip_discovered = bool(sources)
-                    failures += self._from_confusion(latest, skip_discovered)[0]
-                    sources.append(f"{type(cb).__name__} of step {latest['step']}")
-                    break
+        report = self.read(ConceptReportFinding)
+        if report is not None:
+            failures, class_names = evidence_from_report(report.report, self.min_precision)
+            producer = type(self._producers[ConceptReportFinding]).__name__
+            sources.append(f"{producer} report of step {report.step}")
+        confusion = self.read(SliceConfusion)
+        if confusion is not None:
+            # discovered slices are the report's concepts again: count them once
+            skip = {"discovered"} if report is not None else set()
+            rows = [r for r in confusion.ranking if confusion.sources[r.concept] not in skip]
+            annotated = [r for r in rows if confusion.sources[r.concept] == "annotated"]
+            discovered = [r for r in rows if confusion.sources[r.concept] == "discovered"]
+            failures += evidence_from_ranking(annotated, confusion.counts, confusion.overall)
+            failures += evidence_from_ranking(discovered, confusion.counts, confusion.overall, annotated=False)
+            sources.append(f"{type(self._producers[SliceConfusion]).__name__} of step {confusion.step}")
         if not sources:
             return None
         return failures, class_names, " and ".join(sources)
 
-    def _from_report(self, report: Any) -> tuple[list[FailureEvidence], list[str] | None]:
-        return evidence_from_report(report, self.min_precision)
-
-    def _from_confusion(self, latest: dict[str, Any], skip_discovered: bool = False
-                        ) -> tuple[list[FailureEvidence], list[str] | None]:
-        names = latest["names"]
-        counts = torch.tensor(latest["counts"], dtype=torch.long)
-        overall = torch.tensor(latest["overall"], dtype=torch.long)
-        out = []
-        for row in latest["ranking"]:
-            if not row["is_failure"] or row["name"] == "clean" or (skip_discovered and "@" in row["name"]):
-                continue
-            i = names.index(row["name"])
-            out.append(FailureEvidence(row["name"], None, float(row["lift"]), counts[i], overall))
-        return out, None
-
     # -- the run -----------------------------------------------------------------------------------------------
 
     def analyse(self, ctx: RunContext) -> dict[str, Any]:
-        found = self.evidence(ctx.trainer)
-        if found is None:
-            if ctx.is_global_zero and ctx.writer is not None:
+        decided = self._decide(ctx) if ctx.is_global_zero else None
+        if ctx.world_size > 1:  # every rank trains with what rank zero decided
+            shared = None if decided is None else ({k: v.to_dict() for k, v in decided[0].items()}, decided[1])
+            shared = ctx.trainer.strategy.broadcast(shared, src=0)
+            if not ctx.is_global_zero:
+                if shared is not None:
+                    self._adopt(ctx, {k: AugmentationPolicy.from_dict(v) for k, v in shared[0].items()}, shared[1])
+                return {}
+        if decided is None:
+            if ctx.writer is not None:
                 ctx.writer.add_text(f"{self.tag_prefix}/policy", "No failure evidence yet; policy unchanged.",
                                     global_step=ctx.global_step)
             return {"evidence": None}
-        failures, class_names, where = found
-        new = derive_policies(failures, self.augmentations, self.fallback, self.base, self.max_p,
-                              self.min_class_support, class_names)
-        if not new and self.keep_when_no_evidence and not failures:
-            new = dict(self.policies)
-        changes = policy_changes(self.policies, new)
-        if changes:
-            self._apply(new)
-        self.policies = new
+        new, where, failures = decided
+        changes = self._adopt(ctx, new, where)
 
         scalars: dict[str, float] = {}
         for transform, policy in new.items():
@@ -239,27 +242,28 @@ class FailureDrivenAugmentation(Monitor):
         self.write_artifact(ctx, "policy.json", history)
         return {"failures": [f.name for f in failures], "changes": len(changes), "policy_entry": entry}
 
-    def _apply(self, policies: dict[str, AugmentationPolicy]) -> None:
-        for transform, target in (self.targets or getattr(self, "_auto_targets", {})).items():
-            target.policy = policies.get(transform, AugmentationPolicy(base=0.0, augmentation=transform))
-        if self.on_update is not None:
-            self.on_update(dict(policies))
+    def _decide(self, ctx: RunContext
+                ) -> tuple[dict[str, AugmentationPolicy], str, list[FailureEvidence]] | None:
+        """The new policies, where their evidence came from, and the evidence; None without evidence."""
+        found = self.evidence()
+        if found is None:
+            return None
+        failures, class_names, where = found
+        new = derive_policies(failures, self.augmentations, self.fallback, self.base, self.max_p,
+                              self.min_class_support, class_names)
+        if not new and self.keep_when_no_evidence and not failures:
+            new = dict(self.policies)
+        return new, where, failures
 
-
-def training_targets(callbacks: Sequence[Any]) -> dict[str, Any]:
-    """The trainer's joint-batch integrations by occluder name (``{"Cutout": JointBatchTraining(...)}``).
-
-    Any callback with a ``policy`` attribute and a ``joint`` augmenter counts; its transform is the class name of
-    ``joint.occluder`` (or of ``joint`` itself when it has no occluder).
-    """
-    found: dict[str, Any] = {}
-    for cb in callbacks:
-        joint = getattr(cb, "joint", None)
-        if joint is None or not hasattr(cb, "policy"):
-            continue
-        occluder = getattr(joint, "occluder", None)
-        found.setdefault(type(occluder if occluder is not None else joint).__name__, cb)
-    return found
+    def _adopt(self, ctx: RunContext, new: dict[str, AugmentationPolicy], where: str) -> list[str]:
+        """Make ``new`` the policies in force (published, and passed to ``on_update`` when they changed)."""
+        changes = policy_changes(self.policies, new)
+        self.policies = new
+        if not self.log_only:
+            self.publish(PolicyFinding(ctx.epoch, ctx.global_step, dict(new), where))
+        if changes and self.on_update is not None:
+            self.on_update(dict(new))
+        return changes
 
 
 def _markdown(where: str, failures: Sequence[FailureEvidence], policies: Mapping[str, AugmentationPolicy],

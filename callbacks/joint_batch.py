@@ -37,9 +37,11 @@ half's gradients are one step's worth of extra memory. Being a by-product of the
 map comes from the training-mode forward (BatchNorm with batch statistics, dropout active), not from an eval-mode
 attribution pass. Manual optimisation is not supported (the wrapper needs Lightning to run the backward).
 
-Per-sample probabilities come from an :class:`~augment.AugmentationPolicy` (``policy=``), evaluated on each
-batch's targets and concepts, so the closed loop can target failing classes or concept slices; samples the
-policy skips keep a clean second copy, so the batch size stays ``2B``.
+Per-sample probabilities come from an :class:`~augment.AugmentationPolicy`, evaluated on each batch's targets and
+concepts, so the closed loop can target failing classes or concept slices; samples the policy skips keep a clean
+second copy, so the batch size stays ``2B``. The policy is ``policy=`` until a
+:class:`~callbacks.FailureDrivenAugmentation` on the same trainer publishes one
+(:class:`~callbacks.findings.PolicyFinding`); from then on, its policy for this occluder (:attr:`transform`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from torch import Tensor, nn
 
 from augment import AugmentationPolicy, BatchAugment, JointBatch, SaliencyOcclusion, SyntheticShadow
 from callbacks._base import _CallbackBase
+from callbacks.findings import Need, PolicyFinding, find_producers
 from debugger.capture import resolve_layer
 from debugger.contract import IMAGE, TARGET, unpack_batch
 from debugger.saliency import normgrad_from
@@ -161,7 +164,7 @@ class _AfterBatchTransfer:
         trainer = getattr(self.module, "_trainer", None)
         if trainer is None or not trainer.training:
             return batch
-        return augment_batch(batch, self.owner.joint, self.owner.policy)
+        return augment_batch(batch, self.owner.joint, self.owner.active_policy)
 
 
 class _AddGradients(torch.autograd.Function):
@@ -212,7 +215,8 @@ class _SaliencyTrainingStep:
         saliency = normgrad_from(activation.detach(), grads[0])[:, 0]
         stash = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:], strict=True)]
         b = unpack_batch(batch)
-        probabilities = self.owner.policy.probabilities(b.targets, b.concepts) if self.owner.policy else None
+        policy = self.owner.active_policy
+        probabilities = policy.probabilities(b.targets, b.concepts) if policy is not None else None
         occluder: nn.Module = joint.occluder  # type: ignore[assignment]
         occluded, _ = occluder(b.images, saliency=saliency, probabilities=probabilities, return_params=True)
         occluded_out = self.original(_replace_images(batch, occluded), *args, **kwargs)
@@ -243,7 +247,8 @@ class JointBatchTraining(_CallbackBase):
         joint: a :class:`~augment.JointBatch` (with any occluder) or :class:`~augment.BatchAugment`.
         layer: dotted name of the layer whose NormGrad places a :class:`~augment.SaliencyOcclusion` occluder;
             required for saliency occlusion, not allowed otherwise.
-        policy: per-sample occlusion probabilities (targets and concepts → ``(B,)``); None uses the occluder's ``p``.
+        policy: per-sample occlusion probabilities (targets and concepts → ``(B,)``) until a
+            FailureDrivenAugmentation publishes policies; None uses the occluder's ``p``.
 
     Raises:
         ValueError: if ``joint`` is neither ``JointBatch`` nor ``BatchAugment``; if ``layer`` is missing for
@@ -279,10 +284,34 @@ class JointBatchTraining(_CallbackBase):
         self.joint = joint
         self.layer = layer
         self.policy = policy
+        self._policy_source: Any | None = None  # the PolicyFinding producer on the trainer (setup)
 
     @property
     def saliency_guided(self) -> bool:
         return self.layer is not None
+
+    @property
+    def transform(self) -> str:
+        """The name a policy for this augmentation goes by: the class of ``joint.occluder`` (or of ``joint``)."""
+        occluder = getattr(self.joint, "occluder", None)
+        return type(occluder if occluder is not None else self.joint).__name__
+
+    def needs(self) -> tuple[Need, ...]:
+        # Read at every training batch, not at an epoch end: the producer may sit anywhere in `callbacks`.
+        return (Need(PolicyFinding, required=False, before=False),)
+
+    @property
+    def active_policy(self) -> AugmentationPolicy | None:
+        """The policy the next training batch uses.
+
+        Once a :class:`~callbacks.FailureDrivenAugmentation` on the trainer has published policies, the one for
+        :attr:`transform` (none for it: probability 0, the failures call for other transforms); before that,
+        ``policy``.
+        """
+        found = None if self._policy_source is None else self._policy_source.finding(PolicyFinding)
+        if found is None:
+            return self.policy
+        return found.policies.get(self.transform, AugmentationPolicy(base=0.0, augmentation=self.transform))
 
     @property
     def state_key(self) -> str:
@@ -293,6 +322,8 @@ class JointBatchTraining(_CallbackBase):
         return self._generate_state_key(joint=augmentation_signature(self.joint), layer=self.layer)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        found = find_producers(getattr(trainer, "callbacks", []), self, self.needs())
+        self._policy_source = found.get(PolicyFinding)
         if stage == "fit":
             self.install(pl_module, getattr(trainer, "datamodule", None))
 

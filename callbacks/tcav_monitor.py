@@ -11,7 +11,8 @@ the CAV; ``num_runs`` concept-vs-random CAVs against as many random-vs-random on
 TensorBoard (``tcav/`` tags, one entry per run each): scalars ``score/<layer>/<concept>/<class>`` (mean over the
 runs), ``p_value/<layer>/<concept>/<class>`` (adjusted when ``correction`` is set) and ``significant/<layer>``
 (how many concept-class pairs are significant), and a text table ``table``. Every run's full result (per-run
-scores, random baselines, CAV accuracies) is appended to ``tcav.json`` in the run directory.
+scores, random baselines, CAV accuracies) is appended to ``tcav.json`` in the run directory, and published to the
+callbacks after this one as a :class:`~callbacks.findings.TCAVFinding`.
 
 The analysis runs on global rank zero only (no collective inside); its cost grows with layers × (concepts + 1)
 × ``num_runs`` classifier fits plus one backward per probe chunk and layer (per pixel slot for segmentation).
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from callbacks._base import Monitor, RunContext, _unwrap_dataset
+from callbacks.findings import TCAVFinding
 from debugger.tcav import check_tcav_options
 
 
@@ -61,6 +63,7 @@ class TCAVMonitor(Monitor):
     """
 
     tag_root = "tcav"
+    publishes = (TCAVFinding,)
 
     def __init__(
         self,
@@ -111,7 +114,6 @@ class TCAVMonitor(Monitor):
         self.classifier = classifier
         self.max_examples = max_examples
         self.ignore_index = ignore_index
-        self.latest: dict[str, Any] | None = None  # the last run's TCAVResult.to_dict(), for other callbacks
         self._warned_no_masks = False
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -199,7 +201,7 @@ class TCAVMonitor(Monitor):
         history = self._history(ctx)
         history.append(record)
         path = self.write_artifact(ctx, "tcav.json", history)
-        self.latest = record
+        self.publish(TCAVFinding(ctx.epoch, ctx.global_step, result, dict(label), tuple(skipped)))
         significant = [f"{r['layer']}/{r['concept']}/{label[r['class']]}" for r in result.rows() if r["significant"]]
         return {"tcav_tests": len(result.rows()), "significant": len(significant), "artifact": str(path),
                 "layers_done": len(result.layers)}

@@ -10,6 +10,7 @@ import torch
 from _cbtiny import event_accumulator, make_module, make_trainer
 
 from callbacks.concept_monitor import ConceptMonitor, pca_layout, select_points, sprite_thumbnail_size
+from callbacks.findings import ConceptReportFinding
 
 
 def _monitor(**kw: Any) -> ConceptMonitor:
@@ -110,10 +111,11 @@ def test_projector_points_are_capped_and_the_report_survives_resume(tmp_path: Pa
     restored.load_state_dict(mon.state_dict())
     assert restored.latest_report is not None
     assert restored.latest_report.concept_names == mon.latest_report.concept_names  # type: ignore[union-attr]
-    assert restored.latest_probe_indices == mon.probe_indices
+    found = restored.finding(ConceptReportFinding)
+    assert found is not None and list(found.probe_indices) == mon.probe_indices  # what consumers read on resume
 
 
-def test_concept_slices_map_the_latest_report_onto_another_probe_by_dataset_index(tmp_path: Path) -> None:
+def test_the_report_finding_maps_its_concept_slices_onto_another_probe_by_dataset_index(tmp_path: Path) -> None:
     mon = _monitor()
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(
         make_module("pytorch_lightning")
@@ -122,13 +124,13 @@ def test_concept_slices_map_the_latest_report_onto_another_probe_by_dataset_inde
     assert probe is not None and mon.latest_report is not None
     reversed_probe = probe.take(len(probe))
     reversed_probe.indices = list(reversed(probe.indices)) + [10_000]
-    out = mon.concept_slices(reversed_probe)
-    assert out is not None
-    names, member = out
+    found = mon.finding(ConceptReportFinding)
+    assert found is not None and found.report is mon.latest_report
+    names, member, covered = found.slices(reversed_probe.indices)
     assert names == mon.latest_report.concept_names
     expected = mon.latest_report.membership.bool().flip(1)
     assert torch.equal(member[:, :-1], expected) and not member[:, -1].any()
-    assert mon.covered(reversed_probe).tolist() == [True] * len(probe) + [False]
+    assert covered.tolist() == [True] * len(probe) + [False]
 
 
 def test_concepts_of_a_run_score_new_images_also_after_a_resume(tmp_path: Path) -> None:

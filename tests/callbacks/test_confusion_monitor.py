@@ -10,6 +10,7 @@ import torch
 from _cbtiny import event_accumulator, make_module, make_trainer
 
 from callbacks.confusion_monitor import ConfusionMonitor, ProbePredictions
+from callbacks.findings import SliceConfusion
 
 
 def test_probe_predictions_restore_probe_order() -> None:
@@ -40,12 +41,14 @@ def test_slice_confusion_equals_sklearn_and_lands_in_tensorboard(tmp_path: Any) 
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=2).fit(module)
 
     probe = mon.probe()
-    assert probe is not None and mon.latest is not None
+    found = mon.finding(SliceConfusion)
+    assert probe is not None and found is not None and found.step == 6
     with torch.no_grad():
         module.eval()
         preds = module(probe.batch.images).argmax(1)
-    assert mon.latest["names"] == ["bright", "stripe", "clean"]
-    counts = torch.tensor(mon.latest["counts"])
+    assert found.names == ("bright", "stripe", "clean") and set(found.sources) == {"annotated"}
+    counts = found.counts
+    assert found.overall.tolist() == metrics.confusion_matrix(probe.batch.targets, preds, labels=[0, 1, 2]).tolist()
     concepts = probe.batch.concepts
     assert concepts is not None
     slices = [concepts[:, 0].bool(), concepts[:, 1].bool(), ~concepts.bool().any(1)]
@@ -90,23 +93,42 @@ def test_discovered_slices_come_from_the_concept_monitor_and_count_only_its_imag
     module = make_module("pytorch_lightning")
     make_trainer("pytorch_lightning", tmp_path, [concepts, confusion], max_epochs=1, logger=False).fit(module)
 
-    assert confusion.latest is not None and concepts.latest_report is not None
-    step = concepts.latest_report.meta["global_step"]
-    discovered = [f"{n}@{step}" for n in concepts.latest_report.concept_names]
-    assert confusion.latest["names"] == ["bright", "stripe", "clean", *discovered]
+    found = confusion.finding(SliceConfusion)
+    assert found is not None and concepts.latest_report is not None
+    discovered = list(concepts.latest_report.concept_names)
+    assert found.names == ("bright", "stripe", "clean", *discovered)
+    assert found.sources == ("annotated",) * 3 + ("discovered",) * len(discovered)
     probe = confusion.probe()
     assert probe is not None and probe.indices[:10] == concepts.probe_indices
     with torch.no_grad():
         module.eval()
         preds = module(probe.batch.images).argmax(1)
-    counts = torch.tensor(confusion.latest["counts"])
+    counts = found.counts
     for c in range(len(discovered)):
         keep = torch.zeros(14, dtype=torch.bool)
         keep[:10] = concepts.latest_report.membership[c].bool()
         expected = metrics.confusion_matrix(probe.batch.targets[keep], preds[keep], labels=[0, 1, 2])
         assert counts[3 + c].tolist() == expected.tolist()
-    rows = {r["name"]: r for r in confusion.latest["ranking"]}
+    rows = {r.name: r for r in found.ranking}
     for name in discovered:  # ranked against the 10 images discovery saw, not all 14
-        assert rows[name]["count_in"] + rows[name]["count_out"] == 10
-    assert rows["bright"]["count_in"] + rows["bright"]["count_out"] == 14
-    assert sorted(r["rank"] for r in confusion.latest["ranking"]) == list(range(1, len(rows) + 1))
+        assert rows[name].count_in + rows[name].count_out == 10
+    assert rows["bright"].count_in + rows["bright"].count_out == 14
+    assert sorted(r.rank for r in found.ranking) == list(range(1, len(rows) + 1))
+    assert all(found.names[r.concept] == r.name for r in found.ranking)
+    # discovered concepts change with every discovery: ranked and published, but no TensorBoard tags of their own
+    history = json.loads((tmp_path / "conceptfix" / "confusion" / "ranking.json").read_text())
+    assert history[-1]["sources"] == list(found.sources)
+
+
+def test_discovered_slices_need_a_concept_monitor_before_the_confusion_monitor(tmp_path: Any) -> None:
+    from callbacks.concept_monitor import ConceptMonitor
+
+    def fit(callbacks: list[Any]) -> None:
+        make_trainer("pytorch_lightning", tmp_path, callbacks, max_epochs=1, logger=False).fit(
+            make_module("pytorch_lightning"))
+
+    with pytest.raises(ValueError, match=r"publishes ConceptReportFinding .* add ConceptMonitor\(layer=\.\.\.\) to the "
+                                         "trainer's `callbacks`, before ConfusionMonitor"):
+        fit([ConfusionMonitor(source="discovered")])
+    with pytest.raises(ValueError, match="Expected ConceptMonitor .* before ConfusionMonitor .* move it ahead"):
+        fit([ConfusionMonitor(source="both"), ConceptMonitor("layer1")])

@@ -11,6 +11,7 @@ from _cbtiny import TinyConcepts, event_accumulator, lightning, make_module, mak
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from callbacks.findings import TCAVFinding
 from callbacks.tcav_monitor import TCAVMonitor
 from debugger.contract import as_sample
 
@@ -90,10 +91,11 @@ def test_monitor_scores_equal_a_direct_tcav_call_on_the_trained_model(tmp_path: 
     targets = probe.batch.targets
     res = TCAV(module, "layer1", runs=4, random_state=3, test="concepts", null_concepts=3).interpret(
         probe.batch.images, targets, concepts, random, classes=sorted(targets.unique().tolist()))
-    assert mon.latest is not None
-    assert torch.allclose(torch.tensor(mon.latest["scores"], dtype=torch.float64), res.scores)
-    assert mon.latest["test"] == "concepts"
-    assert [r["p_value"] for r in mon.latest["rows"]] == [r["p_value"] for r in res.rows()]
+    found = mon.finding(TCAVFinding)
+    assert found is not None
+    assert torch.allclose(found.result.scores.double(), res.scores)
+    assert found.result.test == "concepts"
+    assert [r["p_value"] for r in found.result.rows()] == [r["p_value"] for r in res.rows()]
     assert (tmp_path / "conceptfix" / "tcav" / "tcav.json").exists()  # no TensorBoard: still in the run dir
 
 
@@ -102,7 +104,8 @@ def test_time_budget_stops_before_the_next_layer(tmp_path: Any) -> None:
     with pytest.warns(UserWarning, match="over its budget"):
         make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1, logger=False).fit(
             make_module("pytorch_lightning"))
-    assert mon.runs[0]["layers_done"] == 1 and mon.latest is not None and mon.latest["layers"] == ["stem"]
+    found = mon.finding(TCAVFinding)
+    assert mon.runs[0]["layers_done"] == 1 and found is not None and found.result.layers == ["stem"]
     assert mon.probe_fraction < 1.0  # the next run analyses a subsample
 
 
@@ -179,12 +182,13 @@ def _seg_module() -> Any:
 def test_segmentation_scores_pixels_of_each_class(tmp_path: Any) -> None:
     mon = TCAVMonitor("enc", num_runs=3, probe_size=8, pixels_per_class=5, every_n_epochs=1, ignore_index=255)
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(_seg_module())
-    assert mon.latest is not None
-    assert mon.latest["classes"] == [0, 1]
+    found = mon.finding(TCAVFinding)
+    assert found is not None
+    assert found.result.classes == [0, 1]
     probe = mon.probe()
     assert probe is not None
     per_image = torch.stack([(probe.batch.targets == c).flatten(1).sum(1) for c in (0, 1)])  # (2, N)
-    assert mon.latest["counts"] == per_image.clamp(max=5).sum(1).tolist()  # up to 5 pixels per class and image
-    assert mon.latest["counts"][1] == 8 * 5
+    assert found.result.counts.tolist() == per_image.clamp(max=5).sum(1).tolist()  # ≤ 5 pixels per class and image
+    assert found.result.counts[1] == 8 * 5
     tags = set(event_accumulator(tmp_path / "run" / "version_0").Tags()["scalars"])
     assert {"tcav/score/enc/bright/class_0", "tcav/p_value/enc/stripe/class_1"} <= tags
