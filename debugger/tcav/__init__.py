@@ -42,10 +42,10 @@ Example:
 
 from debugger.fingerprint import model_fingerprint
 from debugger.tcav.cache import CAVCache
-from debugger.tcav.cav import CAV, ClassifierName, LayerCAVs
+from debugger.tcav.cav import CAV, ClassifierName, LayerCAVs, layer_cavs
 from debugger.tcav.derivatives import directional_derivatives, layer_sensitivities
 from debugger.tcav.examples import ExampleSet, Space, concept_windows, example_activations, sample_pixels
-from debugger.tcav.experiment import TCAV, TCAVResult, Test, check_tcav_options
+from debugger.tcav.experiment import TCAV, TCAVResult, Test, check_tcav_options, tcav, train_layer_cavs
 from debugger.tcav.scores import tcav_concept_significance, tcav_scores, tcav_significance
 
 __all__ = [
@@ -62,10 +62,13 @@ __all__ = [
     "concept_windows",
     "directional_derivatives",
     "example_activations",
+    "layer_cavs",
     "layer_sensitivities",
     "model_fingerprint",
     "sample_pixels",
+    "tcav",
     "tcav_concept_significance",
     "tcav_scores",
     "tcav_significance",
+    "train_layer_cavs",
 ]
