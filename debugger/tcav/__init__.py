@@ -26,6 +26,11 @@ CAVs depend on the weights: :class:`CAVCache` keys them by a fingerprint of ever
 (:func:`debugger.fingerprint.model_fingerprint`) and of the examples, so a cached CAV is never reused after a
 training step.
 
+The modules follow those steps: :mod:`~debugger.tcav.examples` (example sets and their activations, pixel
+samples), :mod:`~debugger.tcav.cav` (:class:`CAV`, :func:`layer_cavs`), :mod:`~debugger.tcav.derivatives`,
+:mod:`~debugger.tcav.scores` (scores and both significance tests), :mod:`~debugger.tcav.cache` and
+:mod:`~debugger.tcav.experiment` (:func:`tcav`, and :class:`TCAV` holding its settings).
+
 Example:
     >>> import torch
     >>> from torch import nn
