@@ -101,6 +101,24 @@ def test_cav_rejects_bad_input(kwargs: dict[str, Any], concept: Tensor, random: 
         CAV(**kwargs).fit(concept, random)
 
 
+def test_layer_cavs_random_sets_do_not_depend_on_the_other_concepts() -> None:
+    g = torch.Generator().manual_seed(0)
+    big, small = torch.randn(30, 4, generator=g) + 2.0, torch.randn(5, 4, generator=g) - 2.0
+    pool = torch.randn(60, 4, generator=g)
+    cavs = layer_cavs({"big": big, "small": small}, pool, runs=3, max_examples=12, null_concepts=2)
+    assert cavs.concept_directions.shape == (2, 3, 4) and cavs.null_directions.shape == (2, 2, 3, 4)
+    assert torch.allclose(cavs.concept_directions.norm(dim=-1), torch.ones(2, 3))
+    assert bool((cavs.concept_accuracy > 0.9).all())  # shifted sets separate from the pool
+    assert not torch.equal(cavs.null_directions[0], cavs.null_directions[1])  # sizes 12 and 5: other null sets
+    alone = layer_cavs({"big": big}, pool, runs=3, max_examples=12, null_concepts=2)  # same largest set size
+    assert torch.equal(alone.random_directions, cavs.random_directions)
+    assert torch.equal(alone.concept_directions[0], cavs.concept_directions[0])
+    with pytest.raises(ValueError, match="Expected `runs` to be a positive integer"):
+        layer_cavs({"c": big}, pool, runs=0)
+    with pytest.raises(ValueError, match="Expected `null_concepts` to be a non-negative integer"):
+        layer_cavs({"c": big}, pool, null_concepts=-1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Exact tiny cases
 # ----------------------------------------------------------------------------------------------------------------
@@ -470,24 +488,6 @@ def test_the_class_is_the_function_with_its_settings() -> None:
     assert torch.equal(res.null_scores, direct.null_scores)
     assert not torch.equal(res.scores, TCAV(net, ["0", "3"], **{**settings, "random_state": 5}).interpret(
         inputs, targets, concepts, random).scores)  # the settings do reach the function
-
-
-def test_layer_cavs_subsamples_concepts_and_draws_null_sets_of_their_size() -> None:
-    g = torch.Generator().manual_seed(0)
-    big, small = torch.randn(30, 4, generator=g) + 2.0, torch.randn(5, 4, generator=g) - 2.0
-    pool = torch.randn(60, 4, generator=g)
-    cavs = layer_cavs({"big": big, "small": small}, pool, runs=3, max_examples=12, null_concepts=2)
-    assert cavs.concept_directions.shape == (2, 3, 4) and cavs.null_directions.shape == (2, 2, 3, 4)
-    assert torch.allclose(cavs.concept_directions.norm(dim=-1), torch.ones(2, 3))
-    assert bool((cavs.concept_accuracy > 0.9).all())  # shifted sets separate from the pool
-    assert not torch.equal(cavs.null_directions[0], cavs.null_directions[1])  # sizes 12 and 5: other null sets
-    alone = layer_cavs({"big": big}, pool, runs=3, max_examples=12, null_concepts=2)  # same largest set size
-    assert torch.equal(alone.random_directions, cavs.random_directions)
-    assert torch.equal(alone.concept_directions[0], cavs.concept_directions[0])
-    with pytest.raises(ValueError, match="Expected `runs` to be a positive integer"):
-        layer_cavs({"c": big}, pool, runs=0)
-    with pytest.raises(ValueError, match="Expected `null_concepts` to be a non-negative integer"):
-        layer_cavs({"c": big}, pool, null_concepts=-1)
 
 
 def test_a_passed_deadline_stops_after_the_first_layer() -> None:
