@@ -220,6 +220,7 @@ class _Fit:
 
 def _fit(
     embeddings: Tensor | np.ndarray,
+    *,
     method: Method,
     n_concepts: int | None,
     k_range: tuple[int, int],
@@ -351,8 +352,12 @@ def discover_concepts(
         ValueError: for an empty or non-2-D input, non-finite values, negative values with NMF, an unknown
             method, a mismatched ``image_index``, or fewer distinct embeddings than concepts.
     """
-    return _fit(embeddings, method, n_concepts, k_range, image_index, min_size, min_images, outlier_mad,
-                dedup_tol, search_sample, silhouette_sample, minibatch_above, coherence_sample, seed).concepts
+    return _fit(
+        embeddings, method=method, n_concepts=n_concepts, k_range=k_range, image_index=image_index,
+        min_size=min_size, min_images=min_images, outlier_mad=outlier_mad, dedup_tol=dedup_tol,
+        search_sample=search_sample, silhouette_sample=silhouette_sample, minibatch_above=minibatch_above,
+        coherence_sample=coherence_sample, seed=seed,
+    ).concepts
 
 
 class ConceptDiscovery:
@@ -412,9 +417,12 @@ class ConceptDiscovery:
         """Fit on ``(P, D)`` embeddings; ``image_index`` may be the :class:`PatchSet` itself. Returns self."""
         if isinstance(image_index, PatchSet):
             image_index = image_index.image_index
-        fit = _fit(embeddings, self.method, self.n_concepts, self.k_range, image_index, self.min_size,
-                   self.min_images, self.outlier_mad, self.dedup_tol, self.search_sample, self.silhouette_sample,
-                   self.minibatch_above, self.coherence_sample, self.seed)
+        fit = _fit(
+            embeddings, method=self.method, n_concepts=self.n_concepts, k_range=self.k_range, image_index=image_index,
+            min_size=self.min_size, min_images=self.min_images, outlier_mad=self.outlier_mad,
+            dedup_tol=self.dedup_tol, search_sample=self.search_sample, silhouette_sample=self.silhouette_sample,
+            minibatch_above=self.minibatch_above, coherence_sample=self.coherence_sample, seed=self.seed,
+        )
         self.concepts_ = fit.concepts
         self.labels_ = torch.from_numpy(fit.labels)
         self.scores_ = torch.from_numpy(fit.scores.astype(np.float32))

@@ -477,8 +477,9 @@ class ConceptExtractor:
         head = ExtractorHead(int(x.shape[1]), self.kernel_size)
         clock = time.perf_counter()
         with _one_thread():
-            hist = train_head(head, x, y, x_val, y_val, g, self.lr, self.weight_decay, self.batch_size,
-                              self.max_epochs, self.patience, self.tol)
+            hist = train_head(head, x, y, x_val, y_val, g, lr=self.lr, weight_decay=self.weight_decay,
+                              batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
+                              tol=self.tol)
         head.eval()
         self.head_ = head
         self.latent_shape_ = tuple(int(v) for v in x.shape[1:])

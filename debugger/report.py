@@ -25,6 +25,7 @@ from debugger.confusion import EnsembleCheck, confusion_accuracy
 from debugger.files import atomic_write
 from debugger.ranking import ConceptFailure
 from debugger.structures import Concept, PatchSet
+from debugger.text import number, p_value, percent
 
 SCHEMA_VERSION = 1
 Task = Literal["classification", "segmentation"]
@@ -281,9 +282,9 @@ class ConceptReport:
         for row in self.ranking[:max_rows]:
             lines.append(
                 f"| {row.rank} | {row.name} | {'yes' if row.is_failure else ''} | {row.support} "
-                f"| {_pct(row.error_in)} [{_pct(row.error_in_low)}, {_pct(row.error_in_high)}] "
-                f"| {_pct(row.error_out)} | {_num(row.lift)} [{_num(row.lift_low)}, {_num(row.lift_high)}] "
-                f"| {_p(row.p_adjusted)} |"
+                f"| {percent(row.error_in)} [{percent(row.error_in_low)}, {percent(row.error_in_high)}] "
+                f"| {percent(row.error_out)} | {number(row.lift)} [{number(row.lift_low)}, {number(row.lift_high)}] "
+                f"| {p_value(row.p_adjusted)} |"
             )
         if len(self.ranking) > max_rows:
             lines.append(f"\n… {len(self.ranking) - max_rows} more concepts.")
@@ -296,10 +297,10 @@ class ConceptReport:
         lines.append("|---:|---|---:|---:|---:|" + ("---|" if show_gt else ""))
         for i, c in enumerate(self.concepts):
             acc = float(accuracy[i]) if i < accuracy.numel() else float("nan")
-            line = f"| {c.id} | {c.name} | {int(c.members.numel())} | {_num(c.coherence)} | {_pct(acc)} |"
+            line = f"| {c.id} | {c.name} | {int(c.members.numel())} | {number(c.coherence)} | {percent(acc)} |"
             if show_gt and gt is not None:
                 j = int(torch.argmax(gt[i]))
-                line += f" {gt_names[j]} ({_pct(float(gt[i, j]))}) |"
+                line += f" {gt_names[j]} ({percent(float(gt[i, j]))}) |"
             lines.append(line)
         for name, check in self.ensembles.items():
             lines += ["", f"## Ensemble check `{name}`", ""]
@@ -307,8 +308,9 @@ class ConceptReport:
             lines.append("|---|---:|---:|---:|---:|---:|")
             for i, c in enumerate(self.concepts[: int(check.support.numel())]):
                 lines.append(
-                    f"| {c.name} | {_pct(float(check.accuracy_a[i]))} | {_pct(float(check.accuracy_b[i]))} "
-                    f"| {_pct(float(check.accuracy_ensemble[i]))} | {int(check.fixed_a[i])} | {int(check.fixed_b[i])} |"
+                    f"| {c.name} | {percent(float(check.accuracy_a[i]))} | {percent(float(check.accuracy_b[i]))} "
+                    f"| {percent(float(check.accuracy_ensemble[i]))} | {int(check.fixed_a[i])} "
+                    f"| {int(check.fixed_b[i])} |"
                 )
         for name, diff in self.diffs.items():
             diag = torch.diagonal(diff, dim1=-2, dim2=-1).mean(-1)
@@ -484,19 +486,3 @@ def _decode_patches(d: dict[str, Any]) -> PatchSet:
         concept_names=tuple(d.get("concept_names", ())),
         method=str(d.get("method", "")),
     )
-
-
-def _pct(x: float) -> str:
-    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _num(x: float) -> str:
-    if math.isnan(x):
-        return "–"
-    return "∞" if math.isinf(x) else f"{x:.2f}"
-
-
-def _p(x: float) -> str:
-    if math.isnan(x):
-        return "–"
-    return "<0.001" if x < 0.001 else f"{x:.3f}"

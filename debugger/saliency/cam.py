@@ -302,7 +302,7 @@ class _LayerMethod:
     def attribute(self, inputs: Tensor, target: TargetLike) -> Tensor:
         """The map at ``layer``: ``(B, 1, h, w)``, or ``(B, 1, H, W)`` when built with ``upsample=True``."""
         size = (int(inputs.shape[-2]), int(inputs.shape[-1])) if self.upsample else None
-        return layer_saliency(self.model, inputs, target, self.layer, self.method, size)[self.layer]
+        return layer_saliency(self.model, inputs, target, self.layer, method=self.method, size=size)[self.layer]
 
 
 class GradCAM(_LayerMethod):

@@ -265,4 +265,5 @@ class IntegratedGradients:
 
     def attribute(self, inputs: Tensor, target: TargetLike, baseline: Tensor | float = 0.0) -> Tensor:
         """Integrated Gradients ``(B, C, H, W)`` from ``baseline`` (black image by default)."""
-        return integrated_gradients(self.model, inputs, target, baseline, self.steps, self.rule, self.batch_size)
+        return integrated_gradients(self.model, inputs, target, baseline, steps=self.steps, rule=self.rule,
+                                    batch_size=self.batch_size)

@@ -113,7 +113,8 @@ class Occlusion:
 
     def attribute(self, inputs: Tensor, target: TargetLike) -> Tensor:
         """Occlusion map ``(B, 1, H, W)`` (score drop; higher = more important)."""
-        return occlusion(self.model, inputs, target, self.window, self.stride, self.baseline, self.batch_size)
+        return occlusion(self.model, inputs, target, window=self.window, stride=self.stride, baseline=self.baseline,
+                         batch_size=self.batch_size)
 
 
 # ------------------------------------------------------------------------------------ blur and pyramids

@@ -26,6 +26,11 @@ CAVs depend on the weights: :class:`CAVCache` keys them by a fingerprint of ever
 (:func:`debugger.fingerprint.model_fingerprint`) and of the examples, so a cached CAV is never reused after a
 training step.
 
+The modules follow those steps: :mod:`~debugger.tcav.examples` (example sets and their activations, pixel
+samples), :mod:`~debugger.tcav.cav` (:class:`CAV`, :func:`layer_cavs`), :mod:`~debugger.tcav.derivatives`,
+:mod:`~debugger.tcav.scores` (scores and both significance tests), :mod:`~debugger.tcav.cache` and
+:mod:`~debugger.tcav.experiment` (:func:`tcav`, and :class:`TCAV` holding its settings).
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -42,10 +47,10 @@ Example:
 
 from debugger.fingerprint import model_fingerprint
 from debugger.tcav.cache import CAVCache
-from debugger.tcav.cav import CAV, ClassifierName, LayerCAVs
+from debugger.tcav.cav import CAV, ClassifierName, LayerCAVs, layer_cavs
 from debugger.tcav.derivatives import directional_derivatives, layer_sensitivities
 from debugger.tcav.examples import ExampleSet, Space, concept_windows, example_activations, sample_pixels
-from debugger.tcav.experiment import TCAV, TCAVResult, Test, check_tcav_options
+from debugger.tcav.experiment import TCAV, TCAVResult, Test, check_tcav_options, tcav, train_layer_cavs
 from debugger.tcav.scores import tcav_concept_significance, tcav_scores, tcav_significance
 
 __all__ = [
@@ -62,10 +67,13 @@ __all__ = [
     "concept_windows",
     "directional_derivatives",
     "example_activations",
+    "layer_cavs",
     "layer_sensitivities",
     "model_fingerprint",
     "sample_pixels",
+    "tcav",
     "tcav_concept_significance",
     "tcav_scores",
     "tcav_significance",
+    "train_layer_cavs",
 ]

@@ -57,6 +57,7 @@ class CAVCache:
         return len(self._store)
 
     def get(self, key: Hashable) -> Any | None:
+        """The value stored under ``key`` (now the most recently used), or None."""
         if key in self._store:
             self._store.move_to_end(key)
             self.hits += 1
@@ -65,10 +66,12 @@ class CAVCache:
         return None
 
     def put(self, key: Hashable, value: Any) -> None:
+        """Store ``value`` under ``key``, dropping the least recently used entries beyond ``max_entries``."""
         self._store[key] = value
         self._store.move_to_end(key)
         while len(self._store) > self.max_entries:
             self._store.popitem(last=False)
 
     def clear(self) -> None:
+        """Forget every entry (the hit and miss counts stay)."""
         self._store.clear()

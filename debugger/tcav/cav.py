@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from torch import Tensor
 ClassifierName = Literal["sgd", "logistic"]
 _CLASSIFIERS = ("sgd", "logistic")
 
-__all__ = ["CAV", "ClassifierName", "LayerCAVs"]
+__all__ = ["CAV", "ClassifierName", "LayerCAVs", "layer_cavs"]
 
 
 def _make_classifier(classifier: ClassifierName | Any, regularization: float, random_state: int) -> Any:
@@ -160,3 +161,86 @@ class LayerCAVs:
     random_directions: Tensor
     random_accuracy: Tensor
     null_directions: Tensor
+
+
+def layer_cavs(
+    concepts: Mapping[str, Tensor],
+    random: Tensor,
+    *,
+    runs: int = 10,
+    classifier: ClassifierName | Any = "sgd",
+    regularization: float = 0.01,
+    max_examples: int = 200,
+    null_concepts: int = 0,
+    test_fraction: float = 0.33,
+    random_state: int = 0,
+) -> LayerCAVs:
+    """Every CAV of one layer, from activations: each concept vs random sets, random vs random, null concepts.
+
+    A concept set larger than ``max_examples`` is subsampled. ``runs + 1`` random subsets are drawn from
+    ``random``, each the size of the largest concept set (at most ``max_examples``): concept vs subset ``r + 1``
+    gives the concept's CAV of run ``r``, subset 0 vs subset ``r + 1`` the random one. With ``null_concepts = M``
+    above 0, ``M`` random example sets of each concept's size stand in for the concept against the same subsets.
+    The subsets, the concept subsamples and the null sets come from three generators (seeded ``random_state``,
+    ``+ 1`` and ``+ 2``), so the random sets do not depend on which concepts are tested alongside; run ``r``'s
+    classifier is seeded with ``random_state + r``.
+
+    Shape:
+        - concepts: name → ``(n_k, F)``; random: ``(n, F)``
+        - output: see :class:`LayerCAVs`
+
+    Raises:
+        ValueError: if ``runs`` is not a positive integer or ``null_concepts`` a non-negative one, a concept has
+            fewer than 2 examples, ``random`` fewer than 4, or as :meth:`CAV.fit`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> cavs = layer_cavs({"c": torch.randn(8, 3, generator=g) + 4}, torch.randn(30, 3, generator=g), runs=2)
+        >>> tuple(cavs.concept_directions.shape), tuple(cavs.null_directions.shape)
+        ((1, 2, 3), (1, 0, 2, 3))
+    """
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise ValueError(f"Expected `runs` to be a positive integer, but got {runs!r}.")
+    if not isinstance(null_concepts, int) or isinstance(null_concepts, bool) or null_concepts < 0:
+        raise ValueError(f"Expected `null_concepts` to be a non-negative integer, but got {null_concepts!r}.")
+    g = torch.Generator().manual_seed(random_state)
+    g_concepts = torch.Generator().manual_seed(random_state + 1)
+    concept_acts = {}
+    for name, a in concepts.items():
+        if a.shape[0] > max_examples:
+            a = a[torch.randperm(a.shape[0], generator=g_concepts)[:max_examples]]
+        if a.shape[0] < 2:
+            raise ValueError(f"Expected at least 2 examples of concept {name!r}, but got {a.shape[0]}.")
+        concept_acts[name] = a
+    sizes = [a.shape[0] for a in concept_acts.values()]
+    m = min(max(sizes, default=2), max_examples, random.shape[0])
+    if random.shape[0] < 4 or m < 2:
+        raise ValueError(f"Expected at least 4 random examples, but got {random.shape[0]}.")
+    subsets = [random[torch.randperm(random.shape[0], generator=g)[:m]] for _ in range(runs + 1)]
+
+    def fit(pos: Tensor, r: int) -> CAV:
+        return CAV(classifier=classifier, regularization=regularization, test_fraction=test_fraction,
+                   random_state=random_state + r).fit(pos, subsets[r + 1])
+
+    dirs, accs = [], []
+    for a in concept_acts.values():
+        fitted = [fit(a, r) for r in range(runs)]
+        dirs.append(torch.stack([cav.direction_ for cav in fitted]))
+        accs.append(torch.tensor([cav.accuracy_ for cav in fitted]))
+    rand = [fit(subsets[0], r) for r in range(runs)]
+    f = random.shape[1]
+    null = torch.zeros(len(concept_acts), 0, runs, f)
+    if null_concepts > 0:
+        g_null = torch.Generator().manual_seed(random_state + 2)
+        by_size: dict[int, Tensor] = {}
+        for size in sorted(set(sizes)):
+            sets = [random[torch.randperm(random.shape[0], generator=g_null)[:size]] for _ in range(null_concepts)]
+            by_size[size] = torch.stack([torch.stack([fit(fake, r).direction_ for r in range(runs)]) for fake in sets])
+        null = torch.stack([by_size[size] for size in sizes])
+    return LayerCAVs(
+        concept_directions=torch.stack(dirs) if dirs else torch.zeros(0, runs, f),
+        concept_accuracy=torch.stack(accs) if accs else torch.zeros(0, runs),
+        random_directions=torch.stack([cav.direction_ for cav in rand]),
+        random_accuracy=torch.tensor([cav.accuracy_ for cav in rand]),
+        null_directions=null,
+    )

@@ -26,14 +26,14 @@ from debugger.fingerprint import model_fingerprint
 from debugger.ranking import Correction, adjust_p_values
 from debugger.saliency._core import find_layer
 from debugger.tcav.cache import CAVCache, examples_fingerprint
-from debugger.tcav.cav import _CLASSIFIERS, CAV, ClassifierName, LayerCAVs
+from debugger.tcav.cav import _CLASSIFIERS, ClassifierName, LayerCAVs, layer_cavs
 from debugger.tcav.derivatives import layer_sensitivities
 from debugger.tcav.examples import _SPACES, ExampleSet, Space, example_activations
 from debugger.tcav.scores import tcav_concept_significance, tcav_scores, tcav_significance
 
 Test = Literal["runs", "concepts"]
 
-__all__ = ["TCAV", "TCAVResult", "Test", "check_tcav_options"]
+__all__ = ["TCAV", "TCAVResult", "Test", "check_tcav_options", "tcav", "train_layer_cavs"]
 
 
 def check_tcav_options(
@@ -154,6 +154,192 @@ def _nan_none(t: Tensor) -> Any:
     return [_nan_none(x) for x in t] if t.dim() else _f(t)
 
 
+def _check_cav_options(space: str, classifier: ClassifierName | Any, regularization: float) -> None:
+    if space not in _SPACES:
+        raise ValueError(f"Expected `space` to be one of {_SPACES!r}, but got {space!r}.")
+    if isinstance(classifier, str) and classifier not in _CLASSIFIERS:
+        raise ValueError(f"Expected `classifier` to be one of {_CLASSIFIERS!r}, but got {classifier!r}.")
+    if not regularization > 0:
+        raise ValueError(f"Expected `regularization` to be positive, but got {regularization!r}.")
+
+
+def train_layer_cavs(
+    model: nn.Module,
+    layer: str,
+    concepts: Mapping[str, ExampleSet],
+    random: ExampleSet,
+    *,
+    space: Space = "pooled",
+    embed_mode: Literal["roi", "resample"] = "roi",
+    batch_size: int = 32,
+    runs: int = 10,
+    classifier: ClassifierName | Any = "sgd",
+    regularization: float = 0.01,
+    max_examples: int = 200,
+    null_concepts: int = 0,
+    test_fraction: float = 0.33,
+    random_state: int = 0,
+    cache: CAVCache | None = None,
+) -> LayerCAVs:
+    """The CAVs of one layer: the example sets' activations (:func:`example_activations`), then :func:`layer_cavs`.
+
+    Example sets that share ``images`` and ``patches`` are embedded once. With a ``cache``, the CAVs are
+    fetched when the weights (:func:`debugger.fingerprint.model_fingerprint`), the layer, the examples and every
+    setting match, and stored otherwise. The settings are :class:`TCAV`'s; ``null_concepts`` is 0 unless the
+    experiment tests against null concepts.
+
+    Raises:
+        ValueError: for an unknown layer (with the nearest names), or as :func:`layer_cavs`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+        >>> g = torch.Generator().manual_seed(0)
+        >>> cavs = train_layer_cavs(net, "1", {"c": ExampleSet(torch.rand(6, 3, 4, 4, generator=g) + 1)},
+        ...                         ExampleSet(torch.rand(20, 3, 4, 4, generator=g)), runs=3)
+        >>> tuple(cavs.concept_directions.shape), tuple(cavs.random_accuracy.shape)
+        ((1, 3, 4), (3,))
+    """
+    find_layer(model, layer)
+    key = None
+    if cache is not None:
+        key = (
+            model_fingerprint(model), layer, space, embed_mode, runs, repr(classifier), regularization, max_examples,
+            test_fraction, random_state, null_concepts, examples_fingerprint(random),
+            tuple((name, examples_fingerprint(ex)) for name, ex in concepts.items()),
+        )
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+    memo: dict[tuple[int, int], Tensor] = {}
+
+    def acts(ex: ExampleSet) -> Tensor:
+        k = (id(ex.images), id(ex.patches))
+        if k not in memo:
+            memo[k] = example_activations(model, layer, ex.images, ex.patches, space=space, mode=embed_mode,
+                                          batch_size=batch_size)
+        a = memo[k]
+        return a[ex.index] if ex.index is not None else a
+
+    pool = acts(random)
+    result = layer_cavs(
+        {name: acts(ex) for name, ex in concepts.items()}, pool, runs=runs, classifier=classifier,
+        regularization=regularization, max_examples=max_examples, null_concepts=null_concepts,
+        test_fraction=test_fraction, random_state=random_state,
+    )
+    if cache is not None and key is not None:
+        cache.put(key, result)
+    return result
+
+
+def tcav(
+    model: nn.Module,
+    layers: str | Sequence[str],
+    inputs: Tensor,
+    targets: Tensor,
+    concepts: Mapping[str, ExampleSet],
+    random: ExampleSet,
+    *,
+    pixels: Tensor | None = None,
+    classes: Sequence[int] | None = None,
+    deadline: float | None = None,
+    runs: int = 10,
+    classifier: ClassifierName | Any = "sgd",
+    regularization: float = 0.01,
+    space: Space = "pooled",
+    max_examples: int = 200,
+    correction: Correction = "none",
+    significance: float = 0.05,
+    test: Test = "runs",
+    null_concepts: int = 10,
+    embed_mode: Literal["roi", "resample"] = "roi",
+    batch_size: int = 32,
+    test_fraction: float = 0.33,
+    random_state: int = 0,
+    cache: CAVCache | None = None,
+) -> TCAVResult:
+    """TCAV scores of every concept for every class and layer, with p-values against random concepts.
+
+    Per layer: :func:`train_layer_cavs`, then one gradient pass (:func:`layer_sensitivities`) for all its CAVs,
+    :func:`tcav_scores` per class; then :func:`tcav_significance` (``test="runs"``) or
+    :func:`tcav_concept_significance` (``test="concepts"``) and ``correction`` over every p-value of the call.
+    The settings after ``deadline`` (``runs`` … ``cache``) are documented at :class:`TCAV`, which holds them.
+
+    Args:
+        model: the network (left as it was: eval flags restored, no ``param.grad``, no hooks).
+        layers: one dotted layer name or several.
+        inputs: the images whose predictions are explained.
+        targets: each image's class ``(N,)``, or each pixel slot's class ``(N, P)`` with ``pixels``
+            (``-1`` = unused; see :func:`sample_pixels`).
+        concepts: concept name → examples.
+        random: the random pool the random sets are drawn from.
+        pixels: ``(N, P, 2)`` pixel samples for segmentation.
+        classes: classes to report (default: every class present in ``targets``).
+        deadline: a :func:`time.perf_counter` time after which no further layer is started (the result then
+            covers the layers done, at least the first); for time budgets during training.
+
+    Raises:
+        ValueError: for invalid settings, if ``concepts`` is empty, or as :func:`train_layer_cavs` and
+            :func:`layer_sensitivities`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(2 * 16, 2))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> res = tcav(net, "0", torch.rand(4, 3, 4, 4, generator=g), torch.tensor([0, 1, 0, 1]),
+        ...            {"c": ExampleSet(torch.rand(6, 3, 4, 4, generator=g) + 1)},
+        ...            ExampleSet(torch.rand(20, 3, 4, 4, generator=g)), runs=3)
+        >>> tuple(res.scores.shape)  # (layers, concepts, classes, runs)
+        (1, 1, 2, 3)
+    """
+    names_of_layers = check_tcav_options(layers=layers, runs=runs, max_examples=max_examples, correction=correction,
+                                         significance=significance, test=test, null_concepts=null_concepts)
+    _check_cav_options(space, classifier, regularization)
+    if not concepts:
+        raise ValueError("Expected at least one concept in `concepts`, but got none.")
+    if not isinstance(targets, Tensor):
+        raise ValueError(f"Expected `targets` to be an integer tensor, but got {type(targets).__name__}.")
+    cls = sorted({int(c) for c in targets.unique().tolist() if c >= 0}) if classes is None else list(classes)
+    if not cls:
+        raise ValueError("Expected at least one class to score, but `targets` holds none.")
+    names = list(concepts)
+    k, r = len(names), runs
+    scores, rscores, nscores, caccs, raccs = [], [], [], [], []
+    counts = torch.zeros(len(cls), dtype=torch.long)
+    done: list[str] = []
+    for layer in names_of_layers:
+        if done and deadline is not None and time.perf_counter() > deadline:
+            break
+        done.append(layer)
+        cavs = train_layer_cavs(
+            model, layer, concepts, random, space=space, embed_mode=embed_mode, batch_size=batch_size, runs=runs,
+            classifier=classifier, regularization=regularization, max_examples=max_examples,
+            null_concepts=null_concepts if test == "concepts" else 0, test_fraction=test_fraction,
+            random_state=random_state, cache=cache,
+        )
+        m = cavs.null_directions.shape[1]
+        f = cavs.random_directions.shape[1]
+        all_dirs = torch.cat([cavs.concept_directions.reshape(k * r, f), cavs.random_directions,
+                              cavs.null_directions.reshape(k * m * r, f)])
+        d = layer_sensitivities(model, layer, inputs, all_dirs, targets, pixels, batch_size)
+        s, counts = tcav_scores(d.cpu(), targets.cpu(), cls)  # (C, K*R + R + K*M*R)
+        scores.append(s[:, : k * r].reshape(len(cls), k, r).permute(1, 0, 2))
+        rscores.append(s[:, k * r : k * r + r])
+        nscores.append(s[:, k * r + r :].reshape(len(cls), k, m, r).permute(1, 0, 2, 3))
+        caccs.append(cavs.concept_accuracy)
+        raccs.append(cavs.random_accuracy)
+    sc = torch.stack(scores)  # (L, K, C, R)
+    rs = torch.stack(rscores)  # (L, C, R)
+    ns = torch.stack(nscores)  # (L, K, C, M, R)
+    p_runs = tcav_significance(sc, rs[:, None])
+    p = tcav_concept_significance(sc, ns) if test == "concepts" else p_runs
+    adjusted = adjust_p_values(p.flatten(), correction).reshape(p.shape)
+    return TCAVResult(
+        layers=done, concepts=names, classes=cls, scores=sc, random_scores=rs, p_values=p,
+        p_adjusted=adjusted, cav_accuracy=torch.stack(caccs), random_cav_accuracy=torch.stack(raccs),
+        counts=counts, correction=correction, significance=significance, test=test, p_runs=p_runs,
+        null_scores=ns.mean(-1) if test == "concepts" else None,
+    )
+
+
 class TCAV:
     """TCAV with significance testing: ``TCAV(model, layers).interpret(inputs, targets, concepts, random)``.
 
@@ -208,12 +394,7 @@ class TCAV:
     ) -> None:
         names = check_tcav_options(layers=layers, runs=runs, max_examples=max_examples, correction=correction,
                                    significance=significance, test=test, null_concepts=null_concepts)
-        if space not in _SPACES:
-            raise ValueError(f"Expected `space` to be one of {_SPACES!r}, but got {space!r}.")
-        if isinstance(classifier, str) and classifier not in _CLASSIFIERS:
-            raise ValueError(f"Expected `classifier` to be one of {_CLASSIFIERS!r}, but got {classifier!r}.")
-        if not regularization > 0:
-            raise ValueError(f"Expected `regularization` to be positive, but got {regularization!r}.")
+        _check_cav_options(space, classifier, regularization)
         self.model = model
         self.layers = names
         self.runs = runs
@@ -231,87 +412,14 @@ class TCAV:
         self.random_state = random_state
         self.cache = cache
 
-    # -- CAVs ------------------------------------------------------------------------------------------------
-
     def cavs(self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet) -> LayerCAVs:
-        """Train (or fetch) the CAVs of one layer (null concepts' only with ``test="concepts"``)."""
-        find_layer(self.model, layer)
-        key = None
-        if self.cache is not None:
-            key = (
-                model_fingerprint(self.model), layer, self.space, self.embed_mode, self.runs, repr(self.classifier),
-                self.regularization, self.max_examples, self.test_fraction, self.random_state, self.test,
-                self.null_concepts,
-                examples_fingerprint(random),
-                tuple((name, examples_fingerprint(ex)) for name, ex in concepts.items()),
-            )
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
-        result = self._train(layer, concepts, random)
-        if self.cache is not None and key is not None:
-            self.cache.put(key, result)
-        return result
-
-    def _train(self, layer: str, concepts: Mapping[str, ExampleSet], random: ExampleSet) -> LayerCAVs:
-        memo: dict[tuple[int, int], Tensor] = {}
-
-        def acts(ex: ExampleSet) -> Tensor:
-            k = (id(ex.images), id(ex.patches))
-            if k not in memo:
-                memo[k] = example_activations(self.model, layer, ex.images, ex.patches, self.space,
-                                              self.embed_mode, self.batch_size)
-            a = memo[k]
-            return a[ex.index] if ex.index is not None else a
-
-        # Separate streams: the random sets must not depend on which concepts are tested alongside.
-        g = torch.Generator().manual_seed(self.random_state)
-        g_concepts = torch.Generator().manual_seed(self.random_state + 1)
-        pool = acts(random)
-        concept_acts = {}
-        for name, ex in concepts.items():
-            a = acts(ex)
-            if a.shape[0] > self.max_examples:
-                a = a[torch.randperm(a.shape[0], generator=g_concepts)[: self.max_examples]]
-            if a.shape[0] < 2:
-                raise ValueError(f"Expected at least 2 examples of concept {name!r}, but got {a.shape[0]}.")
-            concept_acts[name] = a
-        sizes = [a.shape[0] for a in concept_acts.values()]
-        m = min(max(sizes, default=2), self.max_examples, pool.shape[0])
-        if pool.shape[0] < 4 or m < 2:
-            raise ValueError(f"Expected at least 4 random examples, but got {pool.shape[0]}.")
-        subsets = [pool[torch.randperm(pool.shape[0], generator=g)[:m]] for _ in range(self.runs + 1)]
-
-        def fit(pos: Tensor, neg: Tensor, r: int) -> tuple[Tensor, float]:
-            cav = CAV(classifier=self.classifier, regularization=self.regularization,
-                      test_fraction=self.test_fraction, random_state=self.random_state + r).fit(pos, neg)
-            return cav.direction_, cav.accuracy_
-
-        dirs, accs = [], []
-        for a in concept_acts.values():
-            fitted = [fit(a, subsets[r + 1], r) for r in range(self.runs)]
-            dirs.append(torch.stack([d for d, _ in fitted]))
-            accs.append(torch.tensor([acc for _, acc in fitted]))
-        rand = [fit(subsets[0], subsets[r + 1], r) for r in range(self.runs)]
-        f = pool.shape[1]
-        concept_dirs = torch.stack(dirs) if dirs else torch.zeros(0, self.runs, f)
-        concept_accs = torch.stack(accs) if accs else torch.zeros(0, self.runs)
-        null = torch.zeros(len(concept_acts), 0, self.runs, f)
-        if self.test == "concepts":
-            # Null concepts: random example sets of each concept's size, against the concept's own random sets.
-            g_null = torch.Generator().manual_seed(self.random_state + 2)
-            by_size: dict[int, Tensor] = {}
-            for size in sorted({a.shape[0] for a in concept_acts.values()}):
-                sets = [pool[torch.randperm(pool.shape[0], generator=g_null)[:size]] for _ in range(self.null_concepts)]
-                by_size[size] = torch.stack(
-                    [torch.stack([fit(fake, subsets[r + 1], r)[0] for r in range(self.runs)]) for fake in sets]
-                )
-            null = torch.stack([by_size[a.shape[0]] for a in concept_acts.values()])
-        rand_dirs, rand_accs = torch.stack([d for d, _ in rand]), torch.tensor([a for _, a in rand])
-        return LayerCAVs(concept_directions=concept_dirs, concept_accuracy=concept_accs, random_directions=rand_dirs,
-                         random_accuracy=rand_accs, null_directions=null)
-
-    # -- the verb --------------------------------------------------------------------------------------------
+        """Train (or fetch from the cache) one layer's CAVs as :meth:`interpret` does (:func:`train_layer_cavs`)."""
+        return train_layer_cavs(
+            self.model, layer, concepts, random, space=self.space, embed_mode=self.embed_mode,
+            batch_size=self.batch_size, runs=self.runs, classifier=self.classifier, regularization=self.regularization,
+            max_examples=self.max_examples, null_concepts=self.null_concepts if self.test == "concepts" else 0,
+            test_fraction=self.test_fraction, random_state=self.random_state, cache=self.cache,
+        )
 
     def interpret(
         self,
@@ -325,57 +433,16 @@ class TCAV:
     ) -> TCAVResult:
         """TCAV scores of every concept for every class and layer, with p-values against random concepts.
 
-        Args:
-            inputs: the images whose predictions are explained.
-            targets: each image's class ``(N,)``, or each pixel slot's class ``(N, P)`` with ``pixels``
-                (``-1`` = unused; see :func:`sample_pixels`).
-            concepts: concept name → examples.
-            random: the random pool the random sets are drawn from.
-            pixels: ``(N, P, 2)`` pixel samples for segmentation.
-            classes: classes to report (default: every class present in ``targets``).
-            deadline: a :func:`time.perf_counter` time after which no further layer is started (the result then
-                covers the layers done, at least the first); for time budgets during training.
+        The arguments are :func:`tcav`'s, the settings this object's.
 
         Raises:
             ValueError: if ``concepts`` is empty, or as :meth:`cavs` and :func:`layer_sensitivities`.
         """
-        if not concepts:
-            raise ValueError("Expected at least one concept in `concepts`, but got none.")
-        if not isinstance(targets, Tensor):
-            raise ValueError(f"Expected `targets` to be an integer tensor, but got {type(targets).__name__}.")
-        cls = sorted({int(c) for c in targets.unique().tolist() if c >= 0}) if classes is None else list(classes)
-        if not cls:
-            raise ValueError("Expected at least one class to score, but `targets` holds none.")
-        names = list(concepts)
-        k, r = len(names), self.runs
-        scores, rscores, nscores, caccs, raccs = [], [], [], [], []
-        counts = torch.zeros(len(cls), dtype=torch.long)
-        done: list[str] = []
-        for layer in self.layers:
-            if done and deadline is not None and time.perf_counter() > deadline:
-                break
-            done.append(layer)
-            cavs = self.cavs(layer, concepts, random)
-            m = cavs.null_directions.shape[1]
-            f = cavs.random_directions.shape[1]
-            all_dirs = torch.cat([cavs.concept_directions.reshape(k * r, f), cavs.random_directions,
-                                  cavs.null_directions.reshape(k * m * r, f)])
-            d = layer_sensitivities(self.model, layer, inputs, all_dirs, targets, pixels, self.batch_size)
-            s, counts = tcav_scores(d.cpu(), targets.cpu(), cls)  # (C, K*R + R + K*M*R)
-            scores.append(s[:, : k * r].reshape(len(cls), k, r).permute(1, 0, 2))
-            rscores.append(s[:, k * r : k * r + r])
-            nscores.append(s[:, k * r + r :].reshape(len(cls), k, m, r).permute(1, 0, 2, 3))
-            caccs.append(cavs.concept_accuracy)
-            raccs.append(cavs.random_accuracy)
-        sc = torch.stack(scores)  # (L, K, C, R)
-        rs = torch.stack(rscores)  # (L, C, R)
-        ns = torch.stack(nscores)  # (L, K, C, M, R)
-        p_runs = tcav_significance(sc, rs[:, None])
-        p = tcav_concept_significance(sc, ns) if self.test == "concepts" else p_runs
-        adjusted = adjust_p_values(p.flatten(), self.correction).reshape(p.shape)
-        return TCAVResult(
-            layers=done, concepts=names, classes=cls, scores=sc, random_scores=rs, p_values=p,
-            p_adjusted=adjusted, cav_accuracy=torch.stack(caccs), random_cav_accuracy=torch.stack(raccs),
-            counts=counts, correction=self.correction, significance=self.significance, test=self.test, p_runs=p_runs,
-            null_scores=ns.mean(-1) if self.test == "concepts" else None,
+        return tcav(
+            self.model, self.layers, inputs, targets, concepts, random, pixels=pixels, classes=classes,
+            deadline=deadline, runs=self.runs, classifier=self.classifier, regularization=self.regularization,
+            space=self.space, max_examples=self.max_examples, correction=self.correction,
+            significance=self.significance, test=self.test, null_concepts=self.null_concepts,
+            embed_mode=self.embed_mode, batch_size=self.batch_size, test_fraction=self.test_fraction,
+            random_state=self.random_state, cache=self.cache,
         )

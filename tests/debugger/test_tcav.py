@@ -16,9 +16,11 @@ from debugger.tcav import (
     concept_windows,
     directional_derivatives,
     example_activations,
+    layer_cavs,
     layer_sensitivities,
     model_fingerprint,
     sample_pixels,
+    tcav,
     tcav_concept_significance,
     tcav_scores,
     tcav_significance,
@@ -97,6 +99,24 @@ def test_cav_accepts_an_sklearn_estimator_and_leaves_it_unfitted() -> None:
 def test_cav_rejects_bad_input(kwargs: dict[str, Any], concept: Tensor, random: Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CAV(**kwargs).fit(concept, random)
+
+
+def test_layer_cavs_random_sets_do_not_depend_on_the_other_concepts() -> None:
+    g = torch.Generator().manual_seed(0)
+    big, small = torch.randn(30, 4, generator=g) + 2.0, torch.randn(5, 4, generator=g) - 2.0
+    pool = torch.randn(60, 4, generator=g)
+    cavs = layer_cavs({"big": big, "small": small}, pool, runs=3, max_examples=12, null_concepts=2)
+    assert cavs.concept_directions.shape == (2, 3, 4) and cavs.null_directions.shape == (2, 2, 3, 4)
+    assert torch.allclose(cavs.concept_directions.norm(dim=-1), torch.ones(2, 3))
+    assert bool((cavs.concept_accuracy > 0.9).all())  # shifted sets separate from the pool
+    assert not torch.equal(cavs.null_directions[0], cavs.null_directions[1])  # sizes 12 and 5: other null sets
+    alone = layer_cavs({"big": big}, pool, runs=3, max_examples=12, null_concepts=2)  # same largest set size
+    assert torch.equal(alone.random_directions, cavs.random_directions)
+    assert torch.equal(alone.concept_directions[0], cavs.concept_directions[0])
+    with pytest.raises(ValueError, match="Expected `runs` to be a positive integer"):
+        layer_cavs({"c": big}, pool, runs=0)
+    with pytest.raises(ValueError, match="Expected `null_concepts` to be a non-negative integer"):
+        layer_cavs({"c": big}, pool, null_concepts=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -453,6 +473,21 @@ def test_cache_serves_cavs_until_the_weights_change() -> None:
     assert cache.misses == 3
     tcav.cavs("3", {"c": ExampleSet(_images(10, 5, 3.0))}, random)  # other examples, same name
     assert cache.misses == 4 and len(cache) == 4
+
+
+def test_the_class_is_the_function_with_its_settings() -> None:
+    net = _net(seed=6)
+    concepts, random = {"c": ExampleSet(_images(10, 1, 3.0))}, ExampleSet(_images(30, 2))
+    inputs, targets = _images(9, 3), torch.tensor([0, 1, 2] * 3)
+    settings: dict[str, Any] = {"runs": 3, "regularization": 0.05, "max_examples": 8, "test": "concepts",
+                                "null_concepts": 2, "random_state": 4, "classifier": "logistic"}
+    res = TCAV(net, ["0", "3"], **settings).interpret(inputs, targets, concepts, random)
+    direct = tcav(net, ["0", "3"], inputs, targets, concepts, random, **settings)
+    assert torch.equal(res.scores, direct.scores) and torch.equal(res.p_values, direct.p_values)
+    assert res.null_scores is not None and direct.null_scores is not None
+    assert torch.equal(res.null_scores, direct.null_scores)
+    assert not torch.equal(res.scores, TCAV(net, ["0", "3"], **{**settings, "random_state": 5}).interpret(
+        inputs, targets, concepts, random).scores)  # the settings do reach the function
 
 
 def test_a_passed_deadline_stops_after_the_first_layer() -> None:
