@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
 from debugger.contract import unpack_batch
+from recipes._flavours import LightningModule
 
 
 class BasicBlock(nn.Module):
@@ -45,7 +45,7 @@ def _stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(first, *[BasicBlock(c_out, c_out) for _ in range(blocks - 1)])
 
 
-class _Trainable(pl.LightningModule):
+class _Trainable(LightningModule):
     """Optimiser, schedule and the train/val/test steps shared by both baselines."""
 
     metrics: nn.ModuleDict
