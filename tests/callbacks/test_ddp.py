@@ -28,7 +28,8 @@ def _run(out: Path, devices: int) -> dict[str, Any]:
         assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "probe.json").read_text())
     ranking = json.loads((out / "run" / "version_0" / "conceptfix" / "confusion" / "ranking.json").read_text())
-    return {"meta": meta, "ranking": ranking}
+    policies = [json.loads(p.read_text()) for p in sorted(out.glob("policy_rank*.json"))]
+    return {"meta": meta, "ranking": ranking, "policies": policies}
 
 
 @pytest.mark.slow
@@ -46,5 +47,9 @@ def test_two_process_ddp_confusion_counts_equal_single_process(tmp_path: Path) -
         assert a["names"] == b["names"] == ["bright", "stripe", "clean"]
         assert a["counts"] == b["counts"]
         assert sum(map(sum, a["counts"][0])) + sum(map(sum, a["counts"][1])) > 0
+    # rank zero decided the policy from its confusion finding; rank one trained with the very same one
+    assert len(ddp["policies"]) == 2 and ddp["policies"][0] == ddp["policies"][1]
+    assert ddp["policies"][1]["evidence"] == "ConfusionMonitor of step 4"  # 2 steps an epoch on each of 2 ranks
+    assert ddp["policies"][0]["active"] == single["policies"][0]["active"]
     saliency = tmp_path / "ddp" / "run" / "version_0"
     assert any(p.name.startswith("events.out.tfevents") for p in saliency.iterdir())
