@@ -17,6 +17,10 @@ Each monitor's own file holds only its analysis and what it logs; :class:`Monito
 - **DDP**: monitors either work on rank zero only (no collective inside) or shard the probe set over ranks and
   sync a torchmetrics ``Metric``; the subsample size is broadcast first so every rank takes part in the same
   collectives.
+- **Failures**: an analysis that raises is skipped, never ending ``trainer.fit``: a warning (rank zero) and the
+  text tag ``<tag_prefix>/error`` say what failed and why, and training goes on as without the monitor
+  (``strict=True`` raises instead). Under DDP a sharded monitor's error must happen on every rank alike (same
+  model, same code), or the other ranks wait in its collective.
 - **Logging**: TensorBoard through the trainer's ``TensorBoardLogger`` (scalars go to every logger); with no
   TensorBoard logger, images and files are written under the run directory and one log line says where.
 - **Both Lightning flavours**: :class:`Monitor` subclasses the ``Callback`` of ``pytorch_lightning`` and, when
@@ -30,6 +34,7 @@ import json
 import logging
 import math
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +281,7 @@ class Monitor(Publisher, _CallbackBase):
         name: distinguishes two instances of one monitor (part of ``state_key`` and of tags and paths).
         probe_dataset: map-style dataset to draw the probe from instead of the trainer's validation data.
         chunk_size: samples per forward pass in the analysis.
+        strict: raise when an analysis fails (ending ``trainer.fit``) instead of skipping it with a warning.
 
     Subclasses set ``sharded = True`` to run on every rank over a shard of the probe set (and sync a metric), or
     ``all_ranks = True`` to have :meth:`analyse` called on every rank with the whole (unsharded) probe set, e.g. to
@@ -302,6 +308,7 @@ class Monitor(Publisher, _CallbackBase):
         name: str | None = None,
         probe_dataset: Any | None = None,
         chunk_size: int = 32,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
@@ -331,6 +338,7 @@ class Monitor(Publisher, _CallbackBase):
         self.name = name
         self.probe_dataset = probe_dataset
         self.chunk_size = chunk_size
+        self.strict = strict
         # progress state (checkpointed)
         self.probe_indices: list[int] | None = None
         self.probe_fraction = 1.0
@@ -491,7 +499,37 @@ class Monitor(Publisher, _CallbackBase):
     # -- one run ---------------------------------------------------------------------------------------------
 
     def run(self, trainer: Any, pl_module: Any) -> None:
-        """Run the analysis now (the scheduled hooks call this; it can be called by hand too)."""
+        """Run the analysis now (the scheduled hooks call this; it can be called by hand too).
+
+        An analysis that raises is skipped, not fatal (unless ``strict``): training goes on exactly as without
+        the monitor, a warning says what failed, and so does the text tag ``<tag_prefix>/error``.
+        """
+        try:
+            self._run(trainer, pl_module)
+        except Exception as err:
+            if self.strict:
+                raise
+            self._skip(trainer, err)
+
+    def _skip(self, trainer: Any, err: Exception) -> None:
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        what = f"{type(err).__name__}: {err}"
+        self.runs.append({"epoch": epoch, "step": step, "error": what})
+        if not bool(getattr(trainer, "is_global_zero", True)):
+            return
+        warnings.warn(
+            f"{type(self).__name__} skipped its analysis at epoch {epoch}, step {step}: {what}. Training goes on "
+            "unchanged; pass `strict=True` to raise instead.",
+            stacklevel=3,
+        )
+        log.debug("%s failed", type(self).__name__, exc_info=err)
+        writer = self._tensorboard(trainer)
+        if writer is not None:
+            where = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
+            text = f"Analysis skipped at epoch {epoch}, step {step}: `{what}`\n\n```\n{where}```"
+            writer.add_text(f"{self.tag_prefix}/error", text, global_step=step)
+
+    def _run(self, trainer: Any, pl_module: Any) -> None:
         probe = self.probe(pl_module.device) if self.needs_probe else _empty_probe(pl_module.device)
         if probe is None:
             return

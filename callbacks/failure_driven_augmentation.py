@@ -205,7 +205,11 @@ class FailureDrivenAugmentation(Monitor):
     # -- the run -----------------------------------------------------------------------------------------------
 
     def analyse(self, ctx: RunContext) -> dict[str, Any]:
-        decided = self._decide(ctx) if ctx.is_global_zero else None
+        failed: Exception | None = None
+        try:
+            decided = self._decide(ctx) if ctx.is_global_zero else None
+        except Exception as err:  # raised after the broadcast: the other ranks must not wait for rank zero
+            failed, decided = err, None
         if ctx.world_size > 1:  # every rank trains with what rank zero decided
             shared = None if decided is None else ({k: v.to_dict() for k, v in decided[0].items()}, decided[1])
             shared = ctx.trainer.strategy.broadcast(shared, src=0)
@@ -213,6 +217,8 @@ class FailureDrivenAugmentation(Monitor):
                 if shared is not None:
                     self._adopt(ctx, {k: AugmentationPolicy.from_dict(v) for k, v in shared[0].items()}, shared[1])
                 return {}
+        if failed is not None:
+            raise failed
         if decided is None:
             if ctx.writer is not None:
                 ctx.writer.add_text(f"{self.tag_prefix}/policy", "No failure evidence yet; policy unchanged.",
