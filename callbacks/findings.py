@@ -67,7 +67,7 @@ class Finding:
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: compared by identity
 class ConceptReportFinding(Finding):
     """A concept discovery run: its :class:`~debugger.report.ConceptReport` and the probe images it analysed.
 
@@ -99,7 +99,7 @@ class ConceptReportFinding(Finding):
         return list(self.report.concept_names), out, covered
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: compared by identity
 class SliceConfusion(Finding):
     """Concept-conditioned confusion of one run: counts per slice, over the whole probe set, and the ranking.
 
@@ -119,7 +119,7 @@ class SliceConfusion(Finding):
     ranking: tuple[ConceptFailure, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: compared by identity
 class TCAVFinding(Finding):
     """A TCAV run: the :class:`~debugger.tcav.TCAVResult`, the class names shown, and the concepts skipped."""
 
