@@ -325,6 +325,8 @@ class Monitor(Publisher, _CallbackBase):
             raise ValueError(f"Expected `max_seconds` to be positive or None, but got {max_seconds!r}.")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"Expected `chunk_size` to be a positive integer, but got {chunk_size!r}.")
+        if not isinstance(strict, bool):
+            raise ValueError(f"Expected `strict` to be True or False, but got {strict!r}.")
         map_style = hasattr(probe_dataset, "__getitem__") and hasattr(probe_dataset, "__len__")
         if probe_dataset is not None and not map_style:
             raise ValueError(

@@ -79,6 +79,7 @@ def test_image_grid_places_images_row_major_with_padding() -> None:
         ({"max_seconds": 0}, "Expected `max_seconds` to be positive"),
         ({"chunk_size": 0}, "Expected `chunk_size` to be a positive integer"),
         ({"probe_dataset": 3}, "Expected `probe_dataset` to be a map-style dataset"),
+        ({"strict": "yes"}, "Expected `strict` to be True or False"),
     ],
 )
 def test_constructor_rejects_bad_configuration(kwargs: dict[str, Any], match: str) -> None:
