@@ -237,11 +237,10 @@ def run_seed(dataset: str, seed: int, epochs: int, ft_epochs: int, quick: bool, 
         run = RunDirectory(tmp)
         clock = time.time()
         d = diagnose(model, dm, None, run, "report", probe_size=probe_size, seed=seed, metrics_split=None)
-        policies, evidence = loop_policies(d, base=base_p, max_p=max_p, report_path=run.file("report.json"),
-                                           calibrate=calibrate)
+        policies, evidence = loop_policies(d, base=base_p, max_p=max_p, calibrate=calibrate)
         policies = with_shadow_shape(policies, loop_shadow_kind, loop_shadow_blobs)
         times["diagnose_s"] = time.time() - clock
-    result["darkening"] = (d.annotated or {}).get("darkening", {})
+    result["darkening"] = d.annotated.to_dict()["darkening"] if d.annotated is not None else {}
     result["evidence"] = evidence
     result["policies"] = {k: v.to_dict() for k, v in policies.items()}
     sample = dm.dataset("train")[0]["image"]

@@ -8,7 +8,7 @@ with the data's strength range and cover, centred on the sample's object and dar
 metrics) is ``bench_loop``'s. A perfect renderer gives the ceiling of both arms; if even it leaves the gap below
 10, the target is structural (the untargeted control uses the same transform at a matched share).
 
-The object: planted batches carry ``object_mask``, which ``apply_policies`` passes as ``object_masks``. The data's
+The object: planted batches carry ``object_mask``, which ``PolicyJointBatch`` passes as ``object_masks``. The data's
 centre and radius come from ``render.draw_objects``, which the batch does not carry: the centre is the mask's
 centroid and the radius 1.16 × the farthest object pixel from it (the median ratio over 5000 drawn objects; with
 ``cover`` 0.5 the radius only scales the ±0.4-radius jitter of a boundary shadow's pivot).
@@ -126,7 +126,7 @@ def shadow_alpha_of_shape(g: torch.Generator, object_mask: Tensor, centre_radius
 class OracleShadow(SyntheticShadow):
     """The data's own shadows as a fine-tuning transform (registered under the name ``"SyntheticShadow"``).
 
-    A subclass so that :func:`recipes.loop.apply_policies` hands it the batch's ``object_mask``; only ``forward``
+    A subclass so that :class:`recipes.loop.PolicyJointBatch` hands it the batch's ``object_mask``; only ``forward``
     is the oracle's (it has no replayable parameter record).
 
     Args:

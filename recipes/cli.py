@@ -512,17 +512,16 @@ def build_recipe(cfg: Any, parser: Any) -> tuple[Any, Any, Any]:
 
 def _fit_loop(cfg: Any, init: Any, data: Any, model: Any, run: Any, ckpt: str | None = None,
               finetune_epochs: int | None = None) -> Any:
-    from recipes.loop import run_loop
+    from recipes.loop import LoopConfig, run_loop
 
     ft = cfg.finetune
-    transforms = init.finetune.transforms if hasattr(init, "finetune") else None
-    return run_loop(
-        data, model, run, epochs=cfg.epochs, finetune_epochs=finetune_epochs or ft.epochs, layer=cfg.layer,
-        callbacks=init.callbacks, finetune_lr=ft.lr, augmentations=ft.augmentations, transforms=transforms,
-        fallback=ft.fallback,
+    config = LoopConfig(
+        epochs=cfg.epochs, finetune_epochs=finetune_epochs or ft.epochs, layer=cfg.layer, callbacks=init.callbacks,
+        finetune_lr=ft.lr, augmentations=ft.augmentations, transforms=init.finetune.transforms, fallback=ft.fallback,
         max_p=ft.max_p, base_p=ft.base_p, probe_size=cfg.probe_size, n_concepts=cfg.n_concepts, seed=cfg.seed,
-        progress=_progress(cfg.progress), log=_say, pretrained=ckpt is not None, calibrate=ft.calibrate,
+        progress=_progress(cfg.progress), pretrained=ckpt is not None, calibrate=ft.calibrate,
     )
+    return run_loop(data, model, run, config, log=_say)
 
 
 def run_recipe(cfg: Any, parser: Any, command: str = "fit", ckpt: str | None = None,

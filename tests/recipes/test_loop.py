@@ -9,14 +9,19 @@ import pytest
 import torch
 
 from augment import AugmentationPolicy, Cutout, OneOfUniform, SyntheticShadow
+from debugger.failures import Darkening
+from debugger.files import atomic_write
+from debugger.ranking import rank_failures
 from recipes.data import PlantedConceptsDataModule
 from recipes.data.base import ContractDataModule
 from recipes.loop import (
+    AnnotatedRanking,
+    Diagnosis,
+    LoopConfig,
     LoopError,
+    PolicyJointBatch,
     RunDirectory,
     annotated_darkening,
-    apply_policies,
-    atomic_write,
     check_data,
     check_layer,
     configure_transforms,
@@ -221,6 +226,8 @@ def test_a_plain_lightning_datamodule_is_rejected_with_how_to_wrap_it(tmp_path):
         check_data(ResNetClassifier(width=4), Plain())
     with pytest.raises(LoopError, match=match):
         run_loop(Plain(), ResNetClassifier(width=4), RunDirectory(tmp_path), log=lambda _: None)
+    with pytest.raises(LoopError, match="Expected `finetune_epochs` to be a positive integer, but got 0."):
+        LoopConfig(finetune_epochs=0)
     with pytest.raises(LoopError, match=match):
         finetune(ResNetClassifier(width=4), Plain(), {})
 
@@ -232,13 +239,13 @@ def _diagnosis_with_shadow_failure():
     counts = torch.zeros(2, 3, 3, dtype=torch.long)
     counts[0] = torch.tensor([[1, 4, 0], [0, 5, 0], [0, 0, 5]])  # class 0 mostly wrong inside the shadow slice
     counts[1] = torch.tensor([[9, 1, 0], [0, 9, 0], [0, 0, 9]])
-    overall = counts.sum(0)
-    ranking = [
-        {"name": "shadow", "is_failure": True, "lift": 4.0},
-        {"name": "clean", "is_failure": False, "lift": 0.5},
-    ]
-    annotated = {"names": ["shadow", "clean"], "counts": counts, "overall": overall, "ranking": ranking}
-    return SimpleNamespace(report=SimpleNamespace(class_names=("a", "b", "c")), annotated=annotated)
+    errors = torch.tensor([True] * 8 + [False] * 2 + [True] * 2 + [False] * 8)  # lift 0.8 / 0.2 = 4
+    in_shadow = torch.tensor([True] * 10 + [False] * 10)
+    ranking = rank_failures(errors, torch.stack([in_shadow, ~in_shadow]), names=["shadow", "clean"], min_support=2)
+    assert [r.name for r in ranking if r.is_failure] == ["shadow"]
+    annotated = AnnotatedRanking(["shadow", "clean"], counts, counts.sum(0), ranking)
+    report = SimpleNamespace(class_names=("a", "b", "c"), overall_confusion=None)  # no discovered concepts
+    return Diagnosis(report, annotated, {}, ("shadow",))
 
 
 def test_a_shadow_failure_becomes_a_synthetic_shadow_policy_on_the_failing_class():
@@ -254,15 +261,15 @@ def test_a_shadow_failure_becomes_a_synthetic_shadow_policy_on_the_failing_class
 
 def test_a_failure_that_yields_no_policy_says_why_in_its_evidence_line():
     d = _diagnosis_with_shadow_failure()
-    d.annotated["counts"][0] = torch.tensor([[1, 1, 0], [0, 2, 0], [0, 0, 1]])  # at most 2 images per class
-    d.annotated["overall"] = d.annotated["counts"].sum(0)
+    d.annotated.counts[0] = torch.tensor([[1, 1, 0], [0, 2, 0], [0, 0, 1]])  # at most 2 images per class
+    d.annotated.overall = d.annotated.counts.sum(0)
     policies, evidence = loop_policies(d)
     assert policies == {}
     assert evidence[0].startswith("shadow: lift 4.00 → SyntheticShadow — no policy: no class has 3 or more "
                                   "images in the slice (at most 2)")
     # enough images, but no class fails more inside the slice than outside it
-    d.annotated["counts"][0] = torch.tensor([[5, 0, 0], [0, 5, 0], [0, 0, 5]])
-    d.annotated["overall"] = d.annotated["counts"].sum(0)
+    d.annotated.counts[0] = torch.tensor([[5, 0, 0], [0, 5, 0], [0, 0, 5]])
+    d.annotated.overall = d.annotated.counts.sum(0)
     policies, evidence = loop_policies(d)
     assert policies == {} and "no policy: none of the 3 classes with 3 or more images" in evidence[0]
     # a concept that does yield the policy has no such remark
@@ -271,7 +278,7 @@ def test_a_failure_that_yields_no_policy_says_why_in_its_evidence_line():
 
 def test_a_measured_shadow_depth_sets_the_policys_shadow_intensity_and_is_stated():
     d = _diagnosis_with_shadow_failure()
-    d.annotated["darkening"] = {"shadow": {"median": 0.9, "low": 0.86, "high": 0.94, "n": 30}}
+    d.annotated.darkening = {"shadow": Darkening(median=0.9, low=0.86, high=0.94, n=30)}
     policies, evidence = loop_policies(d, base=0.1, max_p=0.9)
     assert policies["SyntheticShadow"].params == {"intensity": (0.86, 0.94)}
     assert "removes 90% of the brightness" in evidence[0] and "intensity 0.86–0.94" in evidence[0]
@@ -289,7 +296,7 @@ def test_annotated_darkening_measures_the_planted_shadows_depth():
     measured = annotated_darkening(probe_loader(dm.dataset("val"), 64, 0), dm.concept_names)
     shadow = measured["shadow"]
     # the planted shadows remove 55-75% of the brightness where they fully cover
-    assert shadow["n"] >= 50 and 0.5 <= shadow["low"] <= shadow["median"] <= shadow["high"] <= 0.8
+    assert shadow.n >= 50 and 0.5 <= shadow.low <= shadow.median <= shadow.high <= 0.8
     # data without concept masks: nothing measured
     plain = [{"image": torch.rand(3, 8, 8), "target": torch.tensor(0), "concepts": torch.ones(1)}] * 4
     assert annotated_darkening(torch.utils.data.DataLoader(plain, batch_size=2), ("shadow",)) == {}
@@ -314,13 +321,16 @@ def test_policy_params_reach_the_transform_that_fine_tuning_uses():
         with_params(shadow, {"intensity": (0.9, 0.2)})
 
 
-def test_apply_policies_grows_a_joint_batch_and_augments_only_what_the_policy_picks():
+def test_joint_batches_grow_the_batch_and_augment_only_what_the_policy_picks():
+    from callbacks.joint_batch import augment_batch
+
     x = torch.rand(4, 3, 16, 16)
     batch = {"image": x, "target": torch.tensor([0, 1, 0, 1]), "concepts": torch.zeros(4, 2),
              "object_mask": torch.ones(4, 16, 16, dtype=torch.bool)}
     policy = AugmentationPolicy().with_class(0, 1.0)
-    out = apply_policies(batch, {"SyntheticShadow": SyntheticShadow(p=1.0, intensity=(0.5, 0.6), seed=0)},
-                         {"SyntheticShadow": policy})
+    joint = PolicyJointBatch({"SyntheticShadow": SyntheticShadow(p=1.0, intensity=(0.5, 0.6), seed=0)},
+                             {"SyntheticShadow": policy})
+    out = augment_batch(batch, joint)
     assert out["image"].shape == (8, 3, 16, 16)
     assert out["target"].tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
     assert out["concepts"].shape == (8, 2) and out["object_mask"].shape == (8, 16, 16)
@@ -329,11 +339,52 @@ def test_apply_policies_grows_a_joint_batch_and_augments_only_what_the_policy_pi
     assert not torch.equal(second[0], x[0]) and not torch.equal(second[2], x[2])  # class 0: shadowed
     torch.testing.assert_close(second[1], x[1])  # class 1: p = 0, left alone
     torch.testing.assert_close(second[3], x[3])
-    seq = apply_policies((x, torch.tensor([0, 1, 0, 1])), {"SyntheticShadow": SyntheticShadow(seed=0)},
-                         {"SyntheticShadow": policy}, joint=False)
-    assert isinstance(seq, tuple) and seq[0].shape == (4, 3, 16, 16)
-    with pytest.raises(LoopError, match="Expected the policy's transform to be one of"):
-        apply_policies(batch, {}, {"Cutout": policy})
+    seq = augment_batch((x, torch.tensor([0, 1, 0, 1])), PolicyJointBatch({"SyntheticShadow": SyntheticShadow(seed=0)},
+                                                                          {"SyntheticShadow": policy}))
+    assert isinstance(seq, tuple) and seq[0].shape == (8, 3, 16, 16) and seq[1].tolist() == [0, 1, 0, 1] * 2
+    with pytest.raises(LoopError, match="Expected every policy's transform to be one of"):
+        PolicyJointBatch({}, {"Cutout": policy})
+
+
+def test_every_transform_augments_the_samples_of_its_own_policy_in_turn():
+    x = torch.ones(6, 3, 16, 16)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    joint = PolicyJointBatch({"Cutout": Cutout(size=4, seed=0),
+                              "SyntheticShadow": SyntheticShadow(intensity=(0.5, 0.6), seed=1)},
+                             {"Cutout": AugmentationPolicy().with_class(0, 1.0),
+                              "SyntheticShadow": AugmentationPolicy().with_class(1, 1.0)})
+    out = joint(x, targets)
+    second = out.images[6:]
+    assert out.occluded.tolist() == [False] * 6 + [True] * 4 + [False] * 2
+    assert second[:2].flatten(1).amin(1).tolist() == [0.0, 0.0]  # cut out (filled with 0, the normalised mean)
+    darkest = second[2:4].flatten(1).amin(1)
+    assert bool((darkest >= 0.4 - 1e-6).all() & (darkest <= 0.5 + 1e-6).all())  # shadowed, 50-60% removed
+    torch.testing.assert_close(second[4:], x[4:])  # class 2: neither policy picks it
+    with pytest.raises(ValueError, match="Expected no `probabilities`"):
+        joint(x, targets, probabilities=0.5)
+
+
+def test_fine_tuning_trains_on_joint_batches_and_resumes_the_transforms_random_stream(tmp_path):
+    import pytorch_lightning as pl
+
+    from recipes.loop import finetune
+
+    seen = []
+
+    class BatchSizes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(len(batch["target"]))
+
+    policy = {"SyntheticShadow": AugmentationPolicy(base=0.5)}
+    run = RunDirectory(tmp_path)
+    finetune(ResNetClassifier(width=4), tiny_planted(), policy, epochs=1, run=run, callbacks=[BatchSizes()])
+    assert seen == [32, 32]  # 2 batches of 16, each joint
+    states = torch.load(tmp_path / "checkpoints" / "finetune-last.ckpt", weights_only=True)["callbacks"]
+    (joint_state,) = [v for k, v in states.items() if k.startswith("JointBatchTraining")]
+    assert len(joint_state["generators"]) == 1  # the shadow's generator, restored on resume
+    seen.clear()
+    finetune(ResNetClassifier(width=4), tiny_planted(), {}, epochs=1, callbacks=[BatchSizes()])
+    assert seen == [16, 16]  # no policy: plain batches
 
 
 class _SeesObjectMasks(SyntheticShadow):
@@ -346,16 +397,15 @@ def test_object_masks_reach_a_shadow_inside_a_one_of_wrapper_and_no_other_transf
     x = torch.rand(64, 3, 16, 16)
     mask = torch.zeros(64, 16, 16, dtype=torch.bool)
     mask[:, 4:8, 4:8] = True
-    batch = {"image": x, "target": torch.zeros(64, dtype=torch.long), "concepts": torch.zeros(64, 2),
-             "object_mask": mask}
+    targets, extras = torch.zeros(64, dtype=torch.long), {"concepts": torch.zeros(64, 2), "object_mask": mask}
     shadow = _SeesObjectMasks(seed=0)
     pick = OneOfUniform([shadow, Cutout(size=4, seed=1)], seed=2)  # Cutout would raise on `object_masks`
-    out = apply_policies(batch, {"OneOfUniform": pick}, {"OneOfUniform": AugmentationPolicy(base=0.8)}, joint=False)
+    out = PolicyJointBatch({"OneOfUniform": pick}, {"OneOfUniform": AugmentationPolicy(base=0.8)})(x, targets, extras)
     assert shadow.seen is mask
-    changed = (out["image"] != x).flatten(1).any(1)
+    changed = (out.images[64:] != x).flatten(1).any(1)
     assert 0.6 < float(changed.float().mean()) <= 0.95
     direct = _SeesObjectMasks(seed=0)
-    apply_policies(batch, {"SyntheticShadow": direct}, {"SyntheticShadow": AugmentationPolicy(base=1.0)})
+    PolicyJointBatch({"SyntheticShadow": direct}, {"SyntheticShadow": AugmentationPolicy(base=1.0)})(x, targets, extras)
     assert direct.seen is mask
 
 
@@ -472,8 +522,9 @@ def _loop_log_until(prefix, **kwargs):
         if line.startswith(prefix):
             raise _StopAt
 
+    data, model, run = kwargs.pop("datamodule"), kwargs.pop("model"), kwargs.pop("run")
     with pytest.raises(_StopAt):
-        run_loop(log=log, **kwargs)
+        run_loop(data, model, run, LoopConfig(**kwargs), log=log)
     return lines
 
 
@@ -505,7 +556,7 @@ def test_a_resumed_loop_says_its_finished_training_stages_were_reused(tmp_path):
 
 
 def test_a_resumed_run_reuses_the_stored_diagnosis_of_the_same_weights(tmp_path, monkeypatch):
-    import recipes.loop
+    import recipes.loop.diagnosis
 
     run, dm = RunDirectory(tmp_path), tiny_planted()
     torch.manual_seed(0)
@@ -517,13 +568,13 @@ def test_a_resumed_run_reuses_the_stored_diagnosis_of_the_same_weights(tmp_path,
     def not_again(*_a, **_k):
         raise AssertionError("diagnosed again")
 
-    monkeypatch.setattr(recipes.loop, "diagnose", not_again)
+    monkeypatch.setattr(recipes.loop.diagnosis, "diagnose", not_again)
     again, reused = diagnose_once(model, dm, "layer1", run, "report", probe_size=16, n_concepts=2)
     assert reused
     assert again.metrics == first.metrics and again.concept_names == first.concept_names
-    torch.testing.assert_close(again.annotated["counts"], first.annotated["counts"])
-    torch.testing.assert_close(again.annotated["overall"], first.annotated["overall"])
-    assert again.annotated["ranking"] == first.annotated["ranking"]
+    torch.testing.assert_close(again.annotated.counts, first.annotated.counts)
+    torch.testing.assert_close(again.annotated.overall, first.annotated.overall)
+    assert again.annotated.ranking == first.annotated.ranking and again.annotated.darkening == first.annotated.darkening
     torch.testing.assert_close(again.report.confusion, first.report.confusion)
     assert loop_policies(again)[0] == loop_policies(first)[0]
     # Other settings or other weights (a retrained stage) are diagnosed afresh.
