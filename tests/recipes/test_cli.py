@@ -7,7 +7,8 @@ import json
 import pytest
 
 from debugger.report import ConceptReport
-from recipes.cli import fit_parser, main, resolve_recipe, shipped_recipes, suggest
+from recipes.cli import fit_parser, main, resolve_recipe, shipped_recipes
+from recipes.parsers import diagnose_parser, input_hints
 
 TINY_DATA = ["--data", "PlantedConceptsDataModule", "--data.train_size", "32", "--data.val_size", "16",
              "--data.test_size", "16", "--data.batch_size", "16"]
@@ -232,8 +233,17 @@ def test_unknown_recipe_name(capsys, tmp_path):
     _fails(["finetune", "--ckpt", "x.ckpt", "--recipe", "planted_shadow"], capsys, "Did you mean 'planted_shadows'")
 
 
-def test_suggest_leaves_other_messages_alone():
-    assert suggest("something else went wrong") == "something else went wrong"
+def test_hints_come_from_what_was_given_not_from_the_error_message(tmp_path):
+    assert input_hints(diagnose_parser(), ["--ckpt", "m.ckpt", "--data", "PlantedConceptsDataModule"]) == []
+    hints = input_hints(diagnose_parser(), ["--ckpt", "m.ckpt", "--data", "PlantedConceptsDataModule", "--data.trian_size=4",
+                                            "--probe_sise", "8", "--model", "recipes.models.Nope"])
+    assert hints == ["PlantedConceptsDataModule has no option 'trian_size'; did you mean 'train_size'?",
+                     "unknown option 'probe_sise'; did you mean 'probe_size'?",
+                     "no class 'recipes.models.Nope'; built-in models: ResNetClassifier, SegmentationNet"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("  init_args: {width: 4}", "  init_args: {widht: 4}"))
+    assert input_hints(fit_parser(), ["--config", str(recipe)]) == [
+        "ResNetClassifier has no option 'widht'; did you mean 'width'?"]
 
 
 # -- shipped recipes -----------------------------------------------------------------------------------------
@@ -289,14 +299,14 @@ def test_finetune_a_users_checkpoint_on_an_image_folder(tmp_path, capsys):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(fitted, tmp_path, capsys, monkeypatch):
-    import recipes.loop
+    import recipes.loop.closed_loop
 
     run = tmp_path / "run"
 
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipes.loop, "finetune", interrupted)
+    monkeypatch.setattr(recipes.loop.closed_loop, "finetune", interrupted)
     assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run)]) == 130
     assert "resume" in capsys.readouterr().err
     stages = json.loads((run / "state.json").read_text())["stages"]
@@ -350,9 +360,10 @@ def _same(a, b):
 def test_the_same_seed_builds_the_same_initial_weights_whatever_ran_before():
     import torch
 
-    from recipes.cli import build_demo, build_parser, build_recipe
+    from recipes.cli import build_demo, build_recipe
+    from recipes.parsers import demo_parser
 
-    demo = build_parser().parse_args(["demo", "--train_size", "8", "--val_size", "8", "--test_size", "8"]).demo
+    demo = demo_parser().parse_args(["--train_size", "8", "--val_size", "8", "--test_size", "8"])
     first = _weights(build_demo(demo)[1])
     torch.rand(100)  # the global RNG moved on, as it does between two invocations' imports
     assert _same(first, _weights(build_demo(demo)[1]))
