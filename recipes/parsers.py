@@ -283,7 +283,8 @@ def _given(argv: Sequence[str]) -> list[tuple[str, Any]]:
     for i, token in enumerate(argv):
         if not token.startswith("--"):
             continue
-        key, eq, value = token[2:].partition("=")
+        key, eq, written = token[2:].partition("=")
+        value: str | None = written
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             value = nxt if nxt is not None and not nxt.startswith("--") else None
@@ -345,12 +346,12 @@ def input_hints(parser: Any, argv: Sequence[str]) -> list[str]:
                 if isinstance(name, str) and _resolve_class(key, name) is None:
                     hints.append(_class_hint(key, name))
         elif key not in keys:
-            option = next((o for o in CLASS_OPTIONS if key.startswith(f"{o}.")), None)
-            if option is None:
+            owner = next((o for o in CLASS_OPTIONS if key.startswith(f"{o}.")), None)
+            if owner is None:
                 hints.append(_unknown_option_hint(key, keys))
                 continue
-            cls = chosen.get(option)
-            arg = key[len(option) + 1:].removeprefix("init_args.")
+            cls = chosen.get(owner)
+            arg = key[len(owner) + 1:].removeprefix("init_args.")
             if cls is not None and arg not in ("class_path", "init_args") and arg not in class_parameters(cls):
                 valid = class_parameters(cls)
                 near = difflib.get_close_matches(arg, valid, n=3, cutoff=0.5)

@@ -60,7 +60,7 @@ def _evidence_line(e: FailureEvidence, transform: str | None, policies: Mapping[
                    min_class_support: int) -> str:
     line = (f"{e.name}" + (f" (shows {e.matches})" if e.matches and e.matches != e.name else "")
             + f": lift {e.lift:.2f} → {transform or 'no transform'}")
-    params: Mapping[str, Any] = policies[transform].params if transform in policies else {}
+    params: Mapping[str, Any] = policies[transform].params if transform is not None and transform in policies else {}
     if e.darkening is not None and params:
         shown = ", ".join(f"{k} {v[0]:.2f}–{v[1]:.2f}" if isinstance(v, tuple) else f"{k} {v}"
                           for k, v in params.items())

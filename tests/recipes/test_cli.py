@@ -235,8 +235,9 @@ def test_unknown_recipe_name(capsys, tmp_path):
 
 def test_hints_come_from_what_was_given_not_from_the_error_message(tmp_path):
     assert input_hints(diagnose_parser(), ["--ckpt", "m.ckpt", "--data", "PlantedConceptsDataModule"]) == []
-    hints = input_hints(diagnose_parser(), ["--ckpt", "m.ckpt", "--data", "PlantedConceptsDataModule", "--data.trian_size=4",
-                                            "--probe_sise", "8", "--model", "recipes.models.Nope"])
+    given = ["--ckpt", "m.ckpt", "--data", "PlantedConceptsDataModule", "--data.trian_size=4", "--probe_sise", "8",
+             "--model", "recipes.models.Nope"]
+    hints = input_hints(diagnose_parser(), given)
     assert hints == ["PlantedConceptsDataModule has no option 'trian_size'; did you mean 'train_size'?",
                      "unknown option 'probe_sise'; did you mean 'probe_size'?",
                      "no class 'recipes.models.Nope'; built-in models: ResNetClassifier, SegmentationNet"]
