@@ -33,17 +33,15 @@ from recipes.loop.diagnosis import (
     diagnose,
     diagnose_once,
     diagnosis_markdown,
-    model_fingerprint,
     probe_loader,
 )
 from recipes.loop.finetuning import PolicyJointBatch, configure_transforms, default_transforms, finetune, with_params
-from recipes.loop.policy import DEFAULT_AUGMENTATIONS, loop_policies, mean_probability, uniform_policies
+from recipes.loop.policy import loop_policies, mean_probability, uniform_policies
 from recipes.loop.run import LoopError, RunDirectory, default_run_dir
 from recipes.loop.tables import format_before_after, format_metrics, headline
 from recipes.loop.training import monitors, train
 
 __all__ = [
-    "DEFAULT_AUGMENTATIONS",
     "KNOWN_MODELS",
     "AnnotatedRanking",
     "Diagnosis",
@@ -73,7 +71,6 @@ __all__ = [
     "load_model",
     "loop_policies",
     "mean_probability",
-    "model_fingerprint",
     "model_kind",
     "monitors",
     "probe_loader",

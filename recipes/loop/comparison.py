@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from debugger.confusion import concept_confusion, confusion_difference, ensemble_check
+from debugger.failures import annotated_membership
 from debugger.pipeline import ConceptAnalysis
 from debugger.report import ConceptReport
 from recipes.data.base import ContractDataModule
-from recipes.loop._analysis import annotated_membership
 from recipes.loop.checks import check_data
 from recipes.loop.diagnosis import diagnose, predict_probe, probe_loader
 from recipes.loop.run import LoopError, RunDirectory

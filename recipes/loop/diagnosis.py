@@ -4,7 +4,6 @@ resume when the weights and settings are the same."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +14,14 @@ from torch.utils.data import DataLoader, Subset
 
 from debugger.confusion import concept_confusion
 from debugger.contract import unpack_batch
+from debugger.failures import Darkening, annotated_membership, concept_darkening
+from debugger.fingerprint import model_fingerprint
 from debugger.pipeline import ConceptAnalysis
+from debugger.probes import select_probe_indices
 from debugger.ranking import ConceptFailure, rank_failures
 from debugger.report import ConceptReport
 from recipes.baseline import slice_metrics
 from recipes.data.base import ContractDataModule
-from recipes.loop._analysis import Darkening, annotated_membership, concept_darkening, select_probe_indices
 from recipes.loop.checks import check_data, check_layer, default_layer
 from recipes.loop.run import LoopError, RunDirectory
 from recipes.loop.tables import flat_metrics, format_metrics, number, percent
@@ -249,16 +250,6 @@ def diagnose(
         run.write_text(f"{name}.md", diagnosis_markdown(diagnosis))
         _log_diagnosis(run, name, diagnosis)
     return diagnosis
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A digest of every parameter and buffer: which weights a stored result was computed from."""
-    h = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(str(value.dtype).encode())
-        h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def diagnose_once(

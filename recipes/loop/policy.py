@@ -10,12 +10,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from augment import AugmentationPolicy
+from augment import DEFAULT_AUGMENTATIONS, AugmentationPolicy
+from augment.policy import derive_policies, why_no_rule
 from debugger.contract import unpack_batch
-from recipes.loop._analysis import FailureEvidence, derive_policies, evidence_from_report, why_no_rule
+from debugger.failures import FailureEvidence, evidence_from_report
 from recipes.loop.diagnosis import Diagnosis
-
-DEFAULT_AUGMENTATIONS: dict[str, str] = {"shadow": "SyntheticShadow", "occluder": "Cutout"}
 
 
 def loop_policies(

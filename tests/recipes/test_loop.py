@@ -11,6 +11,7 @@ import torch
 from augment import AugmentationPolicy, Cutout, OneOfUniform, SyntheticShadow
 from debugger.failures import Darkening
 from debugger.files import atomic_write
+from debugger.fingerprint import model_fingerprint
 from debugger.ranking import rank_failures
 from recipes.data import PlantedConceptsDataModule
 from recipes.data.base import ContractDataModule
@@ -32,7 +33,6 @@ from recipes.loop import (
     load_model,
     loop_policies,
     mean_probability,
-    model_fingerprint,
     probe_loader,
     save_model,
     train,
