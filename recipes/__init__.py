@@ -8,7 +8,8 @@
 - ``recipes/configs/*.yaml``: the shipped recipes.
 
 The names below are imported on first use, so that ``import recipes`` stays light (the command line sets up its
-environment before torch and albumentations load).
+environment before torch and albumentations load). Models and data modules are named by their own modules only, so
+that configurations keep writing ``recipes.models.ResNetClassifier``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ _HOME = {
                      "compare_models", "diagnose", "finetune", "load_model", "loop_policies", "run_loop",
                      "save_model", "train"], "recipes.loop"),
     **dict.fromkeys(["default_model", "fit_baseline", "slice_metrics"], "recipes.baseline"),
-    **dict.fromkeys(["ResNetClassifier", "SegmentationNet"], "recipes.models"),
-    **dict.fromkeys(["ContractDataModule"], "recipes.data"),
     "main": "recipes.cli",
 }
 
