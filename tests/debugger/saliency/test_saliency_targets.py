@@ -98,3 +98,6 @@ def test_perturbation_methods_explain_a_segmentation_region(seg):
     assert signal > 0 and occ[:, :, :, 6:].abs().max() <= 1e-4 * signal
     res = extremal_perturbation(seg, x, PixelTarget(torch.zeros(2, 8, 8, dtype=torch.long)), areas=[0.3], iterations=3)
     assert res.masks.shape == (2, 1, 8, 8) and torch.isfinite(res.scores).all()
+    # the clean score is the class-0 logit averaged over every pixel of each image
+    with torch.no_grad():
+        torch.testing.assert_close(res.clean_scores, seg(x)[:, 0].mean((1, 2)), atol=1e-5, rtol=1e-5)
