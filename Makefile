@@ -9,7 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Torch first, pinned, so the project's ranges are already satisfied and pip never fetches a CUDA build.
+# Torch first, pinned to the CPU wheel by constraints.txt (pyproject leaves torch uncapped for users' own builds),
+# so `torch>=2.2` is already satisfied when the project installs and pip never fetches a CUDA build.
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e .

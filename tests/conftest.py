@@ -1,7 +1,16 @@
-"""Suite-wide settings: no network checks, generated data cached in a per-session temporary folder."""
+"""Only test modules are collected under tests/: helper scripts (``_cbtiny.py``, the DDP runs) are imported by the
+tests that need them, never by ``--doctest-modules``, so a script's top level never runs at collection."""
 
-import os
-import tempfile
+from __future__ import annotations
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ["CONCEPTFIX_CACHE"] = tempfile.mkdtemp(prefix="conceptfix-test-cache-")
+from pathlib import Path
+
+import pytest
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path.suffix == ".py" and collection_path.name != "conftest.py":
+        patterns = config.getini("python_files")
+        if not any(collection_path.match(p) for p in patterns):
+            return True
+    return None

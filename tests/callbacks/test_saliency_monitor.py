@@ -58,8 +58,16 @@ def test_unknown_layer_fails_at_setup_with_nearest_names(tmp_path: Any) -> None:
 
 
 def test_overlays_and_drift_land_in_tensorboard_once_per_run(tmp_path: Any) -> None:
+    import pytorch_lightning as pl
+
     mon = SaliencyMonitor("layer1", num_images=3, probe_size=10, every_n_epochs=1)
-    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=3).fit(make_module("pytorch_lightning"))
+    kept: list[torch.Tensor] = []  # the maps the monitor keeps after each run, in probe order
+
+    class Keep(pl.Callback):  # runs after the monitor at each epoch end
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            kept.append(torch.stack([mon._previous[i] for i in sorted(mon._previous)]))
+
+    make_trainer("pytorch_lightning", tmp_path, [mon, Keep()], max_epochs=3).fit(make_module("pytorch_lightning"))
     acc = event_accumulator(tmp_path / "run" / "version_0")
     tags = acc.Tags()
     assert {f"saliency/overlay/probe_{i:02d}" for i in range(3)} | {"saliency/overlays"} <= set(tags["images"])
@@ -67,7 +75,10 @@ def test_overlays_and_drift_land_in_tensorboard_once_per_run(tmp_path: Any) -> N
     assert [e.step for e in acc.Images("saliency/overlay/probe_00")] == [3, 6, 9]  # one per epoch, slider-able
     assert {"saliency/drift/mean", "saliency/drift/max", "saliency/drift/probe_02"} <= set(tags["scalars"])
     drift = [e.value for e in acc.Scalars("saliency/drift/mean")]
-    assert len(drift) == 2 and all(0.0 <= d <= 1.0 for d in drift)
+    expected = [saliency_drift(a, b).mean().item() for a, b in zip(kept, kept[1:], strict=False)]
+    assert len(kept) == 3 and drift == pytest.approx(expected, abs=1e-6)
+    assert [e.value for e in acc.Scalars("saliency/drift/max")] == pytest.approx(
+        [saliency_drift(a, b).max().item() for a, b in zip(kept, kept[1:], strict=False)], abs=1e-6)
     assert len(mon._previous) == 10 and all(v.shape == (1, 16, 16) for v in mon._previous.values())
 
 

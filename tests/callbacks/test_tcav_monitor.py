@@ -63,7 +63,6 @@ def test_scores_and_p_values_land_in_tensorboard_and_the_run_dir(flavour: str, t
     assert expected <= scalars
     assert {"tcav/significant/stem", "tcav/significant/layer1"} <= scalars
     assert [e.step for e in acc.Scalars("tcav/score/layer1/bright/class_0")] == [3, 6]  # once per epoch
-    assert all(0.0 <= e.value <= 1.0 for e in acc.Scalars("tcav/p_value/stem/stripe/class_2"))
     assert "tcav/table/text_summary" in acc.Tags()["tensors"]  # how TensorBoard stores add_text
     history = json.loads((tmp_path / "run" / "version_0" / "conceptfix" / "tcav" / "tcav.json").read_text())
     assert [h["step"] for h in history] == [3, 6]
@@ -74,6 +73,12 @@ def test_scores_and_p_values_land_in_tensorboard_and_the_run_dir(flavour: str, t
     logged = {e.step: e.value for e in acc.Scalars("tcav/score/layer1/bright/class_1")}
     row = next(r for r in last["rows"] if (r["layer"], r["concept"], r["class"]) == ("layer1", "bright", 1))
     assert logged[6] == pytest.approx(row["score"], abs=1e-6)
+    # the logged p-values are Bonferroni-adjusted over the 2 layers x 2 concepts x 3 classes tested
+    for row in last["rows"]:
+        tag = f"tcav/p_value/{row['layer']}/{row['concept']}/class_{row['class']}"
+        assert {e.step: e.value for e in acc.Scalars(tag)}[6] == pytest.approx(row["p_adjusted"], abs=1e-6)
+        assert row["p_adjusted"] == pytest.approx(min(1.0, 12 * row["p_value"]))
+    assert min(r["p_value"] for r in last["rows"]) < 1 / 12  # so the product, not only the cap, is checked
     assert mon.runs[-1]["tcav_tests"] == 12
 
 

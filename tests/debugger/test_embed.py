@@ -137,9 +137,15 @@ def test_superpixel_roi_and_embedder_class():
     torch.manual_seed(0)
     net = Net()
     images = torch.rand(2, 3, 8, 8)
-    ps = slic_superpixels(images, n_segments=(4,), min_pixels=1)
+    ps = slic_superpixels(images, n_segments=(8,), min_pixels=1)  # 7 superpixels of 3 to 61 pixels
     emb = PatchEmbedder(net, "conv", mode="roi").embed(images, ps)
-    assert emb.shape == (len(ps), 4) and torch.isfinite(emb).all()
+    # `conv` keeps the 8x8 resolution, so each superpixel's embedding is the conv map's mean over its mask
+    with torch.no_grad():
+        fmap = net.conv(images)[ps.image_index]  # (N, 4, 8, 8)
+    masks = ps.masks.unsqueeze(1).float()
+    expected = (fmap * masks).sum((2, 3)) / masks.sum((2, 3))
+    assert emb.shape == (len(ps), 4) and len(ps) > 2
+    torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
     emb2 = PatchEmbedder(net, "conv", mode="resample", reduce="max").embed(images, ps)
     assert emb2.shape == (len(ps), 4)
 

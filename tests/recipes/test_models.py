@@ -1,5 +1,8 @@
+import math
+
 import pytest
 import torch
+import torchmetrics
 
 from recipes.baseline import fit_baseline, predict, slice_metrics
 from recipes.data import PlantedConceptsDataModule, RoadScenesDataModule
@@ -15,14 +18,73 @@ def test_classifier_trains_for_a_few_steps_and_loss_falls():
     after = torch.nn.functional.cross_entropy(model(x["image"]), x["target"]).item()
     assert after < before
     m = slice_metrics(model, dm.dataset("test"))
-    assert 0 <= m["all"] <= 1 and set(m["shadow"]) == {"with", "without", "n_with", "n_without"}
+    shadow = m["shadow"]
+    assert m["n"] == 64 and shadow["n_with"] + shadow["n_without"] == 64 and shadow["n_with"] > 0
+    # the accuracy over all images is the two slices' accuracies weighted by their sizes
+    pooled = (shadow["with"] * shadow["n_with"] + shadow["without"] * shadow["n_without"]) / 64
+    assert m["all"] == pytest.approx(pooled, abs=1e-6)
 
 
 def test_segmentation_net_trains_and_reports_iou_per_class():
     dm = RoadScenesDataModule(train_size=8, val_size=4, test_size=4, batch_size=4, cache_dir=None)
     model = fit_baseline(dm, SegmentationNet(width=4), max_epochs=1, seed=0)
     m = slice_metrics(model, dm.dataset("test"))
-    assert len(m["all"]["iou"]) == 3 and 0 <= m["all"]["pixel_acc"] <= 1
+    out = predict(model, dm.dataset("test"))
+    reference = torchmetrics.functional.jaccard_index(out["pred"], out["target"], task="multiclass", num_classes=3,
+                                                      average="none", zero_division=float("nan"))
+    torch.testing.assert_close(torch.tensor(m["all"]["iou"]), reference, equal_nan=True)
+    assert m["all"]["pixel_acc"] == pytest.approx((out["pred"] == out["target"]).float().mean().item())
+
+
+class _Lookup(torch.utils.data.Dataset):
+    """Contract samples whose image's first channel holds the class (per image or per pixel) a model will predict."""
+
+    concept_names = ("shadow", "occluder")
+
+    def __init__(self, predicted, target, concepts, num_classes):
+        self.predicted, self.target, self.concepts, self.num_classes = predicted, target, concepts, num_classes
+
+    def __len__(self):
+        return len(self.target)
+
+    def __getitem__(self, i):
+        shape = self.target[i].shape or (1, 1)
+        image = torch.zeros(1, *shape) + self.predicted[i].float()
+        return {"image": image, "target": self.target[i], "concepts": self.concepts[i]}
+
+
+class _Echo(torch.nn.Module):
+    """Predicts what the image's first channel says: a one-hot logit per image, or per pixel."""
+
+    def __init__(self, num_classes, per_pixel):
+        super().__init__()
+        self.num_classes, self.per_pixel = num_classes, per_pixel
+        self.unused = torch.nn.Linear(1, 1)  # predict() looks up the device of the first parameter
+
+    def forward(self, x):
+        if self.per_pixel:
+            return torch.nn.functional.one_hot(x[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).float()
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), self.num_classes).float()
+
+
+def test_slice_metrics_classification_accuracy_per_concept_slice_by_hand():
+    concepts = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    data = _Lookup(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), concepts, num_classes=3)
+    m = slice_metrics(_Echo(3, per_pixel=False), data, batch_size=3)
+    assert m["n"] == 4 and m["all"] == 0.75 and m["clean"] == 1.0  # only sample 2 is wrong
+    assert m["shadow"] == {"with": 0.5, "without": 1.0, "n_with": 2, "n_without": 2}
+    assert m["occluder"] == {"with": 0.0, "without": 1.0, "n_with": 1, "n_without": 3}
+
+
+def test_slice_metrics_segmentation_pixel_accuracy_and_iou_by_hand():
+    target = torch.tensor([[[0, 1], [2, 2]]])
+    predicted = torch.tensor([[[0, 1], [1, 2]]])
+    data = _Lookup(predicted, target, torch.tensor([[0.0, 0.0]]), num_classes=4)
+    m = slice_metrics(_Echo(4, per_pixel=True), data)
+    assert m["all"]["pixel_acc"] == 0.75
+    # class 1: predicted at 2 pixels, true at 1, overlapping at 1; class 3 is nowhere, so its IoU is undefined
+    assert m["all"]["iou"][:3] == [1.0, 0.5, 0.5] and math.isnan(m["all"]["iou"][3])
+    assert m["shadow"]["n_with"] == 0 and math.isnan(m["shadow"]["with"]["pixel_acc"])
 
 
 def test_models_take_plain_pairs_as_well_as_contract_dicts():

@@ -285,9 +285,12 @@ def test_meaningful_perturbation_batched_equals_one_at_a_time_with_jitter():
 
 
 @pytest.mark.parametrize("perturbation", ["constant", "fade"])
-def test_meaningful_perturbation_other_perturbations_run(perturbation):
+def test_meaningful_perturbation_other_perturbations_also_delete_the_evidence(perturbation):
     sal = meaningful_perturbation(Energy(), spot_images(), 0, iterations=5, perturbation=perturbation, score="logit")
-    assert torch.isfinite(sal).all() and sal.max() > 0
+    assert torch.isfinite(sal).all()
+    point = sal.flatten(1).argmax(1)
+    assert all(in_spot(i, int(point[i]), slack=3) for i in range(4))
+    assert all(sal[i, 0, SPOTS[i][0] + 2, SPOTS[i][1] + 2] > sal[i].mean() + 0.1 for i in range(4))
 
 
 def test_meaningful_perturbation_argument_errors():

@@ -92,7 +92,12 @@ def test_perturbation_methods_explain_a_segmentation_region(seg):
     left = torch.zeros(8, 8, dtype=torch.bool)
     left[:, :3] = True
     occ = occlusion(seg, x, RegionTarget(torch.tensor([0, 1]), left), window=2, stride=2)
-    # a 3x3 conv and a 1x1 head: occluding columns >= 6 cannot change the left region's score
-    assert occ[:, :, :, 6:].abs().max() == 0 and occ[:, :, :, :4].abs().sum() > 0
+    # a 3x3 conv and a 1x1 head: occluding columns >= 6 cannot change the left region's score (up to the last bits:
+    # the occluded copies run in a larger batch than the clean images)
+    signal = occ[:, :, :, :4].abs().max()
+    assert signal > 0 and occ[:, :, :, 6:].abs().max() <= 1e-4 * signal
     res = extremal_perturbation(seg, x, PixelTarget(torch.zeros(2, 8, 8, dtype=torch.long)), areas=[0.3], iterations=3)
     assert res.masks.shape == (2, 1, 8, 8) and torch.isfinite(res.scores).all()
+    # the clean score is the class-0 logit averaged over every pixel of each image
+    with torch.no_grad():
+        torch.testing.assert_close(res.clean_scores, seg(x)[:, 0].mean((1, 2)), atol=1e-5, rtol=1e-5)
