@@ -8,14 +8,27 @@ concept-targeted :class:`AugmentationPolicy` sit on top. Nothing here imports ``
 """
 
 from augment.batch import AugmentedBatch, BatchAugment, CropFlipParams, JointBatch, RandomCropFlip
+from augment.corruptions import (
+    SyntheticBrightness,
+    SyntheticCompression,
+    SyntheticContrast,
+    SyntheticDefocus,
+    SyntheticGamma,
+    SyntheticHaze,
+    SyntheticMotionBlur,
+    SyntheticNoise,
+    SyntheticTexture,
+    SyntheticTint,
+)
 from augment.modules import Cutout, HideAndSeek, OneOfParams, OneOfUniform, SaliencyOcclusion, SyntheticShadow
-from augment.params import OcclusionParams, ShadowParams
+from augment.params import CorruptionParams, OcclusionParams, ShadowParams
 from augment.policy import AugmentationPolicy, PolicyRule
 
 __all__ = [
     "AugmentationPolicy",
     "AugmentedBatch",
     "BatchAugment",
+    "CorruptionParams",
     "CropFlipParams",
     "Cutout",
     "HideAndSeek",
@@ -27,5 +40,15 @@ __all__ = [
     "RandomCropFlip",
     "SaliencyOcclusion",
     "ShadowParams",
+    "SyntheticBrightness",
+    "SyntheticCompression",
+    "SyntheticContrast",
+    "SyntheticDefocus",
+    "SyntheticGamma",
+    "SyntheticHaze",
+    "SyntheticMotionBlur",
+    "SyntheticNoise",
     "SyntheticShadow",
+    "SyntheticTexture",
+    "SyntheticTint",
 ]
