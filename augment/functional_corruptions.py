@@ -116,8 +116,11 @@ def motion_kernels(length: Tensor, angle: Tensor) -> Tensor:
     b = length.shape[0]
     r = math.ceil(float(length.max()) / 2) if b else 0
     k = 2 * r + 1
-    n = 2 * max(1, math.ceil(float(length.max()) if b else 0))
-    t = ((torch.arange(n, dtype=torch.float32) + 0.5) / n - 0.5).view(1, n) * length.float().view(b, 1)
+    # Each sample's own piece count, so a kernel never depends on the rest of its batch.
+    pieces = 2 * length.float().ceil().clamp_min(1.0).view(b, 1)
+    i = torch.arange(int(pieces.max()) if b else 0, dtype=torch.float32).view(1, -1)
+    valid = (i < pieces).float() / pieces
+    t = ((i + 0.5) / pieces - 0.5) * length.float().view(b, 1)
     px = r + t * torch.cos(angle.float()).view(b, 1)
     py = r + t * torch.sin(angle.float()).view(b, 1)
     x0, y0 = px.floor(), py.floor()
@@ -126,9 +129,8 @@ def motion_kernels(length: Tensor, angle: Tensor) -> Tensor:
     for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
         xi = (x0.long() + dx).clamp(0, k - 1)
         yi = (y0.long() + dy).clamp(0, k - 1)
-        out.scatter_add_(1, yi * k + xi, wgt)
-    out = out.view(b, k, k)
-    return out / out.sum(dim=(1, 2), keepdim=True)
+        out.scatter_add_(1, yi * k + xi, wgt * valid)
+    return out.view(b, k, k)
 
 
 def defocus_blur(images: Tensor, radius: Tensor) -> Tensor:
