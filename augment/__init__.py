@@ -8,6 +8,7 @@ concept-targeted :class:`AugmentationPolicy` sit on top. Nothing here imports ``
 """
 
 from augment.batch import AugmentedBatch, BatchAugment, CropFlipParams, JointBatch, RandomCropFlip
+from augment.catalog import CatalogEntry, PerSampleAlbumentations, PerSampleParams
 from augment.corruptions import (
     SyntheticBrightness,
     SyntheticCompression,
@@ -28,6 +29,7 @@ __all__ = [
     "AugmentationPolicy",
     "AugmentedBatch",
     "BatchAugment",
+    "CatalogEntry",
     "CorruptionParams",
     "CropFlipParams",
     "Cutout",
@@ -36,6 +38,8 @@ __all__ = [
     "OcclusionParams",
     "OneOfParams",
     "OneOfUniform",
+    "PerSampleAlbumentations",
+    "PerSampleParams",
     "PolicyRule",
     "RandomCropFlip",
     "SaliencyOcclusion",
