@@ -461,7 +461,7 @@ class SyntheticCompression(_Corruption):
     """JPEG-like compression artefacts at quality ``100 - strength · (100 - min_quality)``.
 
     Blockwise 8×8 DCT quantisation with JPEG's tables (see :func:`augment.functional_corruptions.jpeg_compress`).
-    Quality 100 still rounds DCT coefficients, so strength 0 changes pixels by up to about a grey level.
+    Strength 0 keeps the pixels (quality 100 would still round DCT coefficients).
 
     Args:
         p: probability that a sample is corrupted.
@@ -494,7 +494,9 @@ class SyntheticCompression(_Corruption):
 
     def corrupt(self, images: Tensor, params: CorruptionParams) -> Tensor:
         quality = 100.0 - params.strength.cpu() * (100.0 - self.min_quality)
-        return FC.jpeg_compress(images, quality)
+        # Quality 100 still rounds coefficients: strength 0 keeps the pixels, as it does for every corruption.
+        keep = (params.strength <= 0).view(-1, 1, 1, 1)
+        return torch.where(keep, images, FC.jpeg_compress(images, quality))
 
 
 class SyntheticHaze(_Corruption):

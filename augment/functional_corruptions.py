@@ -5,8 +5,9 @@ whole image, and is pure and deterministic (noise and texture come from per-samp
 separate: :func:`blend` mixes the corrupted image into the original through a region ``(B, 1, H, W)`` in
 ``[0, 1]``, the same convention as :mod:`augment.functional` (1 where a pixel changes).
 
-Every kernel is the identity at the parameter that a strength of 0 maps to (radius 0, standard deviation 0,
-gamma 1, quality 100 is the exception: JPEG-like rounding is never exactly lossless).
+Every kernel but compression is the identity at the parameter a strength of 0 maps to (radius 0, standard
+deviation 0, gamma 1, ...); JPEG-like rounding is never exactly lossless, so the compression module skips the
+kernel at strength 0.
 """
 
 from __future__ import annotations
