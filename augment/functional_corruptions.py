@@ -365,7 +365,8 @@ def jpeg_compress(images: Tensor, quality: Tensor) -> Tensor:
 
     Three-channel images go through YCbCr (luma table on Y, chroma table on Cb and Cr, no chroma subsampling);
     other channel counts use the luma table on every channel. Pixels are quantised in 0..255 units; images are
-    padded to a multiple of 8 by edge replication and cropped back.
+    padded to a multiple of 8 by edge replication and cropped back. A few samples at a time, so every pass
+    stays in cache.
 
     Shape:
         - images: ``(B, C, H, W)`` in ``[0, 1]``
@@ -378,30 +379,47 @@ def jpeg_compress(images: Tensor, quality: Tensor) -> Tensor:
         True
     """
     b, c, h, w = images.shape
-    dev, dt = images.device, images.dtype
+    dev = images.device
+    tables = jpeg_tables(quality.cpu()).to(dev)  # (B, 2, 8, 8)
+    if c == 3:
+        steps = torch.stack([tables[:, 0], tables[:, 1], tables[:, 1]], dim=1)  # (B, 3, 8, 8)
+    else:
+        steps = tables[:, :1].expand(b, c, 8, 8)
+    d = dct_matrix().to(dev)
+    # The 2-D DCT of a block flattened row-major is one product with kron(D, D): one GEMM for all blocks.
+    forward = torch.kron(d, d).T.contiguous()
+    inverse = forward.T.contiguous()
+    ycc = _YCC.to(dev)
+    ycc_inv = torch.linalg.inv(_YCC).to(dev)
+    out = torch.empty_like(images)
+    step = AF.chunk_rows(h, w)
+    for i in range(0, b, step):
+        rows = slice(i, i + step)
+        out[rows] = _jpeg_chunk(images[rows], steps[rows], forward, inverse, ycc, ycc_inv)
+    return out
+
+
+def _jpeg_chunk(images: Tensor, steps: Tensor, forward: Tensor, inverse: Tensor, ycc: Tensor,
+                ycc_inv: Tensor) -> Tensor:
+    b, c, h, w = images.shape
     ph, pw = (-h) % 8, (-w) % 8
     x = images.float() * 255.0
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     hh, ww = h + ph, w + pw
-    tables = jpeg_tables(quality.cpu()).to(dev)  # (B, 2, 8, 8)
     if c == 3:
-        ycc = _YCC.to(dev)
         x = torch.einsum("oc,bchw->bohw", ycc, x)
         x[:, 0] -= 128.0
-        q = torch.stack([tables[:, 0], tables[:, 1], tables[:, 1]], dim=1)  # (B, 3, 8, 8)
     else:
         x = x - 128.0
-        q = tables[:, :1].expand(b, c, 8, 8)
-    d = dct_matrix().to(dev)
-    blocks = x.reshape(b, c, hh // 8, 8, ww // 8, 8).transpose(3, 4)  # (B, C, by, bx, 8, 8)
-    coef = d @ blocks @ d.T
-    qq = q[:, :, None, None]
-    coef = torch.round(coef / qq) * qq
-    x = (d.T @ coef @ d).transpose(3, 4).reshape(b, c, hh, ww)
+    blocks = x.reshape(b, c, hh // 8, 8, ww // 8, 8).transpose(3, 4).reshape(b, c, -1, 64)
+    coef = blocks @ forward
+    q = steps.reshape(b, c, 1, 64)
+    coef = coef.div_(q).round_().mul_(q) @ inverse
+    x = coef.reshape(b, c, hh // 8, ww // 8, 8, 8).transpose(3, 4).reshape(b, c, hh, ww)
     if c == 3:
         x[:, 0] += 128.0
-        x = torch.einsum("oc,bchw->bohw", torch.linalg.inv(_YCC).to(dev), x)
+        x = torch.einsum("oc,bchw->bohw", ycc_inv, x)
     else:
         x = x + 128.0
-    return (x[:, :, :h, :w] / 255.0).to(dt)
+    return (x[:, :, :h, :w] / 255.0).to(images.dtype)
