@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from augment import functional as AF
 from augment import functional_corruptions as FC
 from augment import params as AP
 from augment.modules import _Augmentation, check_images
@@ -124,19 +125,22 @@ class _Corruption(_Augmentation):
         if params.family != self.family:
             raise ValueError(f"Expected `params` of family {self.family!r}, but got {params.family!r}.")
         p = params.to(images.device)
-        rows = p.applied.nonzero().flatten()
-        if rows.numel() == 0:
-            return images.clone()
-        every = rows.numel() == b
-        sub = p if every else p.select(rows)
-        x = images if every else images[rows]
-        corrupted = self.corrupt(x, sub)
-        if p.extent == "blob":
-            corrupted = FC.blend(x, corrupted, FC.ellipse_region(sub.blob, sub.softness, h, w))
-        if every:
-            return corrupted
-        out = images.clone()
-        out[rows] = corrupted
+        out = torch.empty_like(images)
+        # A few samples at a time into one output: the corruption, the region and the blend stay cache-sized,
+        # and the only full-batch allocation is the output.
+        step = AF.chunk_rows(h, w)
+        for i in range(0, b, step):
+            rows = slice(i, i + step)
+            sub, x = p.select(rows), images[rows]
+            if not bool(sub.applied.any()):
+                out[rows] = x
+                continue
+            y = self.corrupt(x, sub)
+            if sub.extent == "blob":
+                y = FC.blend(x, y, FC.ellipse_region(sub.blob, sub.softness, h, w))
+            if not bool(sub.applied.all()):
+                y = torch.where(sub.applied.view(-1, 1, 1, 1), y, x)
+            out[rows] = y
         return out
 
 
