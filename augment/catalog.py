@@ -187,7 +187,7 @@ def _ours() -> list[CatalogEntry]:
     def cutout(s: tuple[float, float], h: int, w: int) -> nn.Module:
         # The occluded side grows with the strength up to half the shorter side; strength 0 occludes nothing.
         size = round(0.5 * _mid(s) * _side(h, w))
-        return Cutout(p=1.0 if size > 0 else 0.0, size=max(size, 1), fill="noise", value=0.5, noise_std=0.2)
+        return Cutout(p=1.0 if size > 0 else 0.0, size=max(size, 1), fill="mean", value=0.5)
 
     def corruption(cls: type[C._Corruption]) -> Builder:
         return lambda s, h, w: cls(p=1.0, strength=s)
@@ -198,7 +198,7 @@ def _ours() -> list[CatalogEntry]:
         for k in ("line", "polygon", "canopy")
     ]
     entries.append(CatalogEntry("cutout", "occluder", "conceptfix", cutout, "albumentations.CoarseDropout",
-                                "a noise-filled square of side strength/2 of the shorter side"))
+                                "a grey square of side strength/2 of the shorter side"))
     for name, family, cls, counterpart in (
         ("defocus", "blur", C.SyntheticDefocus, "albumentations.Defocus"),
         ("motion-blur", "blur", C.SyntheticMotionBlur, "albumentations.MotionBlur"),
@@ -235,7 +235,7 @@ def _albumentations() -> list[CatalogEntry]:
             shadow_roi=(0, 0, 1, 1), num_shadows_limit=(1, 1), shadow_intensity_range=(s, s), p=1.0)),
         ("CoarseDropout", "occluder", lambda s, side: A.CoarseDropout(
             num_holes_range=(1, 1), hole_height_range=(0.5 * s, 0.5 * s), hole_width_range=(0.5 * s, 0.5 * s),
-            fill="random_uniform", p=1.0)),
+            fill=0.5, p=1.0)),
         ("Defocus", "blur", lambda s, side: A.Defocus(
             radius=(max(1, round(0.04 * s * side)),) * 2, alias_blur=(0.1, 0.1), p=1.0)),
         ("MotionBlur", "blur", lambda s, side: A.MotionBlur(blur_limit=(odd(0.08 * s * side),) * 2, p=1.0)),

@@ -65,7 +65,7 @@ def soft_edge(signed_distance: Tensor, softness: Tensor) -> Tensor:
         tensor([[[0.0000, 0.5000, 1.0000]]])
     """
     sigma = softness.clamp_min(_MIN_SOFTNESS).view(-1, 1, 1).to(signed_distance.dtype)
-    return 0.5 * (1.0 + torch.erf(signed_distance / (sigma * _SQRT2)))
+    return torch.div(signed_distance, sigma * _SQRT2).erf_().add_(1.0).mul_(0.5)
 
 
 def line_shadow_region(geometry: Tensor, softness: Tensor, height: int, width: int) -> Tensor:

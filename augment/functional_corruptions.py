@@ -49,7 +49,16 @@ def ellipse_region(blobs: Tensor, softness: Tensor, height: int, width: int) -> 
         >>> int((r >= 0.5).sum())
         5
     """
-    return AF.canopy_shadow_region(blobs[:, None, :], softness, height, width)
+    xs, ys = AF._grid(height, width, blobs.device, blobs.dtype)
+    cx, cy, rx, ry, angle = (blobs[:, j].view(-1, 1, 1) for j in range(5))
+    c, s = torch.cos(angle), torch.sin(angle)
+    inv_rx, inv_ry = 1.0 / rx.clamp_min(1e-6), 1.0 / ry.clamp_min(1e-6)
+    # The canopy region's maths for one ellipse, in place: each coordinate a row term plus a column term.
+    u = (xs - cx) * (c * inv_rx) + (ys - cy) * (s * inv_rx)
+    v = (ys - cy) * (c * inv_ry) - (xs - cx) * (s * inv_ry)
+    m = torch.minimum(rx, ry)
+    signed = torch.hypot(u, v).mul_(m.neg()).add_(m)
+    return AF.soft_edge(signed, softness).unsqueeze(1)
 
 
 def filter_per_sample(images: Tensor, kernels: Tensor) -> Tensor:
