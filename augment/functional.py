@@ -379,7 +379,8 @@ def occlude(
     else:
         raise ValueError(f"Expected `fill` to be one of {FILL_MODES}, but got {fill!r}.")
     r = region.to(images.dtype)
-    return images * (1.0 - r) + filler * r
+    # One full-size allocation: the kept pixels, then the fill added in place.
+    return (images * (1.0 - r)).addcmul_(filler, r)
 
 
 def box_sums(maps: Tensor, size: int) -> Tensor:

@@ -239,9 +239,16 @@ class _Occluder(_Augmentation):
         _, _, h, w = images.shape
         if len(params) != images.shape[0]:
             raise ValueError(f"Expected `params` for {images.shape[0]} samples, but got {len(params)}.")
-        region = self.region(params, h, w, images.device)
-        return AF.occlude(images, region, self.fill, self.value, params.noise_seeds,  # type: ignore[arg-type]
-                          self.noise_std, self.blur_sigma)
+        out = torch.empty_like(images)
+        # A few samples at a time: the region and the blend's temporaries stay chunk-sized.
+        step = AF.chunk_rows(h, w)
+        for i in range(0, images.shape[0], step):
+            rows = slice(i, i + step)
+            sub = params.select(rows)
+            region = self.region(sub, h, w, images.device)
+            out[rows] = AF.occlude(images[rows], region, self.fill, self.value,  # type: ignore[arg-type]
+                                   sub.noise_seeds, self.noise_std, self.blur_sigma)
+        return out
 
 
 _FILL_DOC = """fill: ``mean`` (the constant ``value``; 0 is the dataset mean after normalisation), ``noise``
