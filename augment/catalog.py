@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from augment import corruptions as C
 from augment import params as AP
@@ -139,7 +139,7 @@ def changed_region(images: Tensor, augmented: Tensor, tolerance: float = _CHANGE
     return ((augmented - images).abs().amax(dim=1, keepdim=True) > tolerance).float()
 
 
-Builder = Callable[[tuple[float, float], int, int], nn.Module]
+Builder = Callable[[tuple[float, float], int, int], _Augmentation]
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class CatalogEntry:
     counterpart: str | None = None
     description: str = ""
 
-    def make(self, strength: float | Sequence[float], height: int, width: int) -> nn.Module:
+    def make(self, strength: float | Sequence[float], height: int, width: int) -> _Augmentation:
         """The transform at ``strength`` (a number, or a range drawn per sample) for ``height × width`` images.
 
         Raises:
@@ -184,13 +184,13 @@ def _ours() -> list[CatalogEntry]:
     def shadow(kind: str) -> Builder:
         return lambda s, h, w: SyntheticShadow(p=1.0, kind=kind, intensity=s)  # type: ignore[arg-type]
 
-    def cutout(s: tuple[float, float], h: int, w: int) -> nn.Module:
+    def cutout(s: tuple[float, float], h: int, w: int) -> _Augmentation:
         # The occluded side grows with the strength up to half the shorter side; strength 0 occludes nothing.
         size = round(0.5 * _mid(s) * _side(h, w))
         return Cutout(p=1.0 if size > 0 else 0.0, size=max(size, 1), fill="mean", value=0.5)
 
     def corruption(cls: type[C._Corruption]) -> Builder:
-        return lambda s, h, w: cls(p=1.0, strength=s)
+        return lambda s, h, w: cls(p=1.0, strength=s)  # type: ignore[call-arg]
 
     entries = [
         CatalogEntry(f"shadow-{k}", "shadow", "conceptfix", shadow(k), "albumentations.RandomShadow",
@@ -220,7 +220,7 @@ def _albumentations() -> list[CatalogEntry]:
     def wrap(factory: Callable[[float, int], Any]) -> Builder:
         # Albumentations draws within its own ranges; the strength range is represented by its midpoint, and
         # strength 0 (which several of its transforms cannot express) by not applying the transform at all.
-        def build(s: tuple[float, float], h: int, w: int) -> nn.Module:
+        def build(s: tuple[float, float], h: int, w: int) -> _Augmentation:
             m = _mid(s)
             return PerSampleAlbumentations(factory(max(m, 1e-3), _side(h, w)), p=1.0 if m > 0 else 0.0)
         return build
@@ -311,8 +311,8 @@ def render(
     """Render one catalogue entry on ``images`` at ``strength``; return the result and the changed region.
 
     Every sample is transformed (``p = 1``). Our transforms report their own (soft) region (empty at strength 0,
-    which changes nothing); albumentations' are measured from the pixel difference (:func:`changed_region`). The same generator state gives the same
-    pixels.
+    which changes nothing); albumentations' are measured from the pixel difference (:func:`changed_region`).
+    The same generator state gives the same pixels.
 
     Shape:
         - images: ``(B, C, H, W)`` in ``[0, 1]``
@@ -337,13 +337,13 @@ def render(
     module = e.make(float(strength), h, w)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    params = module.sample(images, generator=generator)  # type: ignore[operator]
-    out = module.apply_params(images, params)  # type: ignore[operator]
+    params = module.sample(images, generator=generator)
+    out = module.apply_params(images, params)
     if isinstance(module, PerSampleAlbumentations):
         return out, changed_region(images, out)
     if strength == 0:
         return out, torch.zeros(images.shape[0], 1, h, w, device=images.device)
-    return out, module.region(params, h, w, images.device).float()  # type: ignore[operator]
+    return out, module.region(params, h, w, images.device).float()
 
 
 def untargeted_control(

@@ -144,7 +144,7 @@ class _Corruption(_Augmentation):
         return out
 
 
-_COMMON_DOC = """strength: the knob in ``[0, 1]`` (0 leaves the pixels unchanged), or a range it is drawn from per sample.
+_COMMON_DOC = """strength: the knob in ``[0, 1]`` (0 leaves the pixels unchanged), or a range drawn per sample.
         extent: ``blob`` (a soft random ellipse) or ``image`` (everywhere).
         blob_size: range of the ellipse's radii, as a fraction of the image's shorter side.
         softness: range of the ellipse boundary's blur sigma, as a fraction of the shorter side.
@@ -538,7 +538,7 @@ class SyntheticHaze(_Corruption):
         self.airlight = AP.check_value("airlight", airlight)
 
     def corrupt(self, images: Tensor, params: CorruptionParams) -> Tensor:
-        return FC.haze(images, params.strength * self.max_density, self.airlight)
+        return FC.haze(images, params.strength * self.max_density, torch.as_tensor(self.airlight))
 
 
 CORRUPTIONS: tuple[type[_Corruption], ...] = (
