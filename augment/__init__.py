@@ -8,8 +8,21 @@ concept-targeted :class:`AugmentationPolicy` sit on top. Nothing here imports ``
 """
 
 from augment.batch import AugmentedBatch, BatchAugment, CropFlipParams, JointBatch, RandomCropFlip
+from augment.catalog import CatalogEntry, PerSampleAlbumentations, PerSampleParams
+from augment.corruptions import (
+    SyntheticBrightness,
+    SyntheticCompression,
+    SyntheticContrast,
+    SyntheticDefocus,
+    SyntheticGamma,
+    SyntheticHaze,
+    SyntheticMotionBlur,
+    SyntheticNoise,
+    SyntheticTexture,
+    SyntheticTint,
+)
 from augment.modules import Cutout, HideAndSeek, OneOfParams, OneOfUniform, SaliencyOcclusion, SyntheticShadow
-from augment.params import OcclusionParams, ShadowParams
+from augment.params import CorruptionParams, OcclusionParams, ShadowParams
 from augment.policy import (
     DEFAULT_AUGMENTATIONS,
     STRENGTH_PARAMS,
@@ -28,6 +41,8 @@ __all__ = [
     "AugmentationPolicy",
     "AugmentedBatch",
     "BatchAugment",
+    "CatalogEntry",
+    "CorruptionParams",
     "CropFlipParams",
     "Cutout",
     "Failure",
@@ -36,11 +51,23 @@ __all__ = [
     "OcclusionParams",
     "OneOfParams",
     "OneOfUniform",
+    "PerSampleAlbumentations",
+    "PerSampleParams",
     "PolicyRule",
     "RandomCropFlip",
     "SaliencyOcclusion",
     "ShadowParams",
+    "SyntheticBrightness",
+    "SyntheticCompression",
+    "SyntheticContrast",
+    "SyntheticDefocus",
+    "SyntheticGamma",
+    "SyntheticHaze",
+    "SyntheticMotionBlur",
+    "SyntheticNoise",
     "SyntheticShadow",
+    "SyntheticTexture",
+    "SyntheticTint",
     "class_error_rates",
     "derive_policies",
     "policy_changes",

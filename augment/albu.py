@@ -16,6 +16,7 @@ Serialisation works like albumentations' own (``A.to_dict`` / ``A.from_dict``, p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from albumentations.core.transforms_interface import ImageOnlyTransform
 
+from augment import corruptions as _corruptions
 from augment import functional as AF
 from augment import functional_numpy as NF
 from augment import params as AP
@@ -283,3 +285,104 @@ class SaliencyOcclusion(_Occluder):
         rng = _torch_generator(self.random_generator)
         return AP.sample_saliency_occlusion(sal[None], h, w, rng, size=self.size, count=self.count,
                                             jitter=self.jitter).item(0)
+
+
+class _Corruption(ImageOnlyTransform):
+    """Albumentations twin of a catalogue corruption (:mod:`augment.corruptions`).
+
+    Configuration is the torch module's (same names, without ``seed``); the parameters are drawn by the same
+    sampler from a ``torch.Generator`` seeded by albumentations' ``random_generator``, and applied by the same
+    torch kernels on the one image (a zero-copy view), so both paths give the same pixels by construction.
+    uint8 images are read as ``value / 255`` and written back rounded.
+    """
+
+    _module: type[Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        sig = inspect.signature(cls._module)
+        params = [p for name, p in sig.parameters.items() if name != "seed"]
+        cls.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+
+    def __init__(self, p: float = 0.5, **config: Any) -> None:
+        super().__init__(p=AP.check_probability("p", p))
+        # The torch module validates and holds the configuration; its own p is irrelevant here.
+        self.transform = self._module(p=1.0, **config)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        shape = params["shape"]
+        channels = shape[2] if len(shape) == 3 else 1
+        like = torch.empty((1, channels, shape[0], shape[1]), device="meta")
+        return cast(dict[str, Any], self.transform.sample(like, generator=_torch_generator(self.random_generator))
+                    .item(0))
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        record = AP.CorruptionParams.from_dict(params["record"])
+        squeeze = img.ndim == 2
+        x = img[..., None] if squeeze else img
+        scale = 255.0 if img.dtype == np.uint8 else 1.0
+        x = x.astype(np.float32) / scale if img.dtype == np.uint8 else x
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
+        out = self.transform.apply_params(t, record)[0].permute(1, 2, 0).numpy() * scale
+        return _from_float(out, img, squeeze)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return tuple(n for n in inspect.signature(type(self)).parameters if n != "p")
+
+    def get_transform_init_args(self) -> dict[str, Any]:
+        return {k: _listify(getattr(self.transform, k)) for k in self.get_transform_init_args_names()}
+
+
+def _corruption_doc(module: type[Any]) -> str:
+    return (f"Albumentations twin of :class:`augment.{module.__name__}`, configured like it (without ``seed``).\n\n"
+            "    Targets:\n        image\n")
+
+
+class SyntheticDefocus(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticDefocus)
+    _module = _corruptions.SyntheticDefocus
+
+
+class SyntheticMotionBlur(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticMotionBlur)
+    _module = _corruptions.SyntheticMotionBlur
+
+
+class SyntheticNoise(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticNoise)
+    _module = _corruptions.SyntheticNoise
+
+
+class SyntheticBrightness(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticBrightness)
+    _module = _corruptions.SyntheticBrightness
+
+
+class SyntheticContrast(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticContrast)
+    _module = _corruptions.SyntheticContrast
+
+
+class SyntheticGamma(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticGamma)
+    _module = _corruptions.SyntheticGamma
+
+
+class SyntheticTint(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticTint)
+    _module = _corruptions.SyntheticTint
+
+
+class SyntheticTexture(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticTexture)
+    _module = _corruptions.SyntheticTexture
+
+
+class SyntheticCompression(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticCompression)
+    _module = _corruptions.SyntheticCompression
+
+
+class SyntheticHaze(_Corruption):
+    __doc__ = _corruption_doc(_corruptions.SyntheticHaze)
+    _module = _corruptions.SyntheticHaze

@@ -65,7 +65,7 @@ def soft_edge(signed_distance: Tensor, softness: Tensor) -> Tensor:
         tensor([[[0.0000, 0.5000, 1.0000]]])
     """
     sigma = softness.clamp_min(_MIN_SOFTNESS).view(-1, 1, 1).to(signed_distance.dtype)
-    return 0.5 * (1.0 + torch.erf(signed_distance / (sigma * _SQRT2)))
+    return torch.div(signed_distance, sigma * _SQRT2).erf_().add_(1.0).mul_(0.5)
 
 
 def line_shadow_region(geometry: Tensor, softness: Tensor, height: int, width: int) -> Tensor:
@@ -107,25 +107,24 @@ def polygon_shadow_region(vertices: Tensor, softness: Tensor, height: int, width
     """
     b, k, _ = vertices.shape
     xs, ys = _grid(height, width, vertices.device, vertices.dtype)
-    crossings = torch.zeros(b, height, width, dtype=torch.uint8, device=vertices.device)
-    dist2 = torch.full((b, height, width), float("inf"), dtype=vertices.dtype, device=vertices.device)
+    inside = torch.zeros(b, height, width, dtype=torch.bool, device=vertices.device)
+    dist = torch.full((b, height, width), float("inf"), dtype=vertices.dtype, device=vertices.device)
     # One edge at a time keeps every temporary at (B, H, W); the crossing abscissa depends on the row only.
     for i in range(k):
         ax, ay = vertices[:, i, 0].view(-1, 1, 1), vertices[:, i, 1].view(-1, 1, 1)
         bx, by = vertices[:, (i + 1) % k, 0].view(-1, 1, 1), vertices[:, (i + 1) % k, 1].view(-1, 1, 1)
-        # Even-odd crossing test for a ray towards +x.
+        # Even-odd crossing test for a ray towards +x; rows the edge does not straddle cross at -inf (never).
         straddles = (ay > ys) != (by > ys)  # (B, H, 1)
         x_cross = ax + (ys - ay) * (bx - ax) / torch.where(by == ay, torch.ones_like(by), by - ay)
-        crossings += straddles & (xs < x_cross)
-        # Squared distance to the edge segment; its projection parameter is a row term plus a column term.
+        inside ^= xs < torch.where(straddles, x_cross, float("-inf"))
+        # Distance to the edge segment; its projection parameter is a row term plus a column term.
         ex, ey = bx - ax, by - ay
         inv = 1.0 / (ex * ex + ey * ey).clamp_min(1e-12)
         t = ((xs - ax) * (ex * inv) + (ys - ay) * (ey * inv)).clamp_(0.0, 1.0)
         dx = (xs - ax) - t * ex
-        dy = (ys - ay) - t * ey
-        torch.minimum(dist2, dx.mul_(dx).add_(dy.mul_(dy)), out=dist2)
-    dist = dist2.sqrt_()
-    signed = torch.where((crossings % 2) == 1, dist, -dist)
+        dy = t.mul_(ey).neg_().add_(ys - ay)
+        torch.minimum(dist, torch.hypot(dx, dy), out=dist)
+    signed = torch.where(inside, dist, dist.neg())
     return soft_edge(signed, softness).unsqueeze(1)
 
 
@@ -155,8 +154,8 @@ def canopy_shadow_region(blobs: Tensor, softness: Tensor, height: int, width: in
         # Rotated, normalised coordinates: each a row term plus a column term.
         u = (xs - cx) * (c * inv_rx) + (ys - cy) * (s * inv_rx)
         v = (ys - cy) * (c * inv_ry) - (xs - cx) * (s * inv_ry)
-        rho = u.mul_(u).add_(v.mul_(v)).sqrt_()
-        torch.maximum(signed, (1.0 - rho).mul_(torch.minimum(rx, ry)), out=signed)
+        m = torch.minimum(rx, ry)
+        torch.maximum(signed, torch.hypot(u, v).mul_(m.neg()).add_(m), out=signed)
     return soft_edge(signed, softness).unsqueeze(1)
 
 
@@ -207,13 +206,15 @@ def darken(
     return scale_towards(images, 1.0 - weight, floor)
 
 
-def scale_towards(images: Tensor, factor: Tensor, floor: Tensor | float | tuple[float, ...] = 0.0) -> Tensor:
+def scale_towards(images: Tensor, factor: Tensor, floor: Tensor | float | tuple[float, ...] = 0.0,
+                  out: Tensor | None = None) -> Tensor:
     """``floor + factor · (x - floor)``: one pass over the images when ``floor`` is 0.
 
     Shape:
         - images: ``(B, C, H, W)``
         - factor: ``(B, 1, H, W)``
         - floor: scalar or ``(C,)``
+        - out: optional ``(B, C, H, W)`` tensor written in place and returned
         - output: like ``images``
 
     Raises:
@@ -221,9 +222,21 @@ def scale_towards(images: Tensor, factor: Tensor, floor: Tensor | float | tuple[
     """
     factor = factor.to(images.dtype)
     if isinstance(floor, int | float) and floor == 0:
-        return images * factor
+        return torch.mul(images, factor, out=out) if out is not None else images * factor
     floor_t = _per_channel("floor", floor, images)
+    if out is not None:
+        return torch.addcmul(floor_t, images - floor_t, factor, out=out)
     return torch.addcmul(floor_t, images - floor_t, factor)
+
+
+def chunk_rows(height: int, width: int, pixels: int = 1 << 18) -> int:
+    """How many ``height × width`` maps make about ``pixels`` pixels (at least one): a cache-sized batch chunk.
+
+    Example:
+        >>> chunk_rows(224, 224), chunk_rows(64, 64)
+        (5, 64)
+    """
+    return max(1, pixels // (height * width))
 
 
 def line_shadow_factor(geometry: Tensor, softness: Tensor, strength: Tensor, height: int, width: int) -> Tensor:
@@ -366,7 +379,8 @@ def occlude(
     else:
         raise ValueError(f"Expected `fill` to be one of {FILL_MODES}, but got {fill!r}.")
     r = region.to(images.dtype)
-    return images * (1.0 - r) + filler * r
+    # One full-size allocation: the kept pixels, then the fill added in place.
+    return (images * (1.0 - r)).addcmul_(filler, r)
 
 
 def box_sums(maps: Tensor, size: int) -> Tensor:

@@ -196,12 +196,19 @@ class SyntheticShadow(_Augmentation):
             raise ValueError(f"Expected `params` for {images.shape[0]} samples, but got {len(params)}.")
         p = params.to(images.device)
         strength = p.intensity * p.applied.to(p.intensity.dtype)
-        if p.kind == "line":
-            factor = AF.line_shadow_factor(p.geometry, p.softness, strength, h, w)
-        else:
-            region = AF.shadow_region(p.kind, p.geometry, p.softness, h, w)  # type: ignore[arg-type]
-            factor = 1.0 - region * strength.view(-1, 1, 1, 1)
-        return AF.scale_towards(images, factor, self.floor)
+        out = torch.empty_like(images)
+        # A few samples at a time: the brightness factor and the region's temporaries stay cache-sized and the
+        # peak memory is the output plus one chunk's maps, whatever the batch size.
+        step = AF.chunk_rows(h, w)
+        for i in range(0, images.shape[0], step):
+            rows = slice(i, i + step)
+            if p.kind == "line":
+                factor = AF.line_shadow_factor(p.geometry[rows], p.softness[rows], strength[rows], h, w)
+            else:
+                region = AF.shadow_region(p.kind, p.geometry[rows], p.softness[rows], h, w)  # type: ignore[arg-type]
+                factor = region.mul_(strength[rows].view(-1, 1, 1, 1).neg()).add_(1.0)
+            AF.scale_towards(images[rows], factor, self.floor, out=out[rows])
+        return out
 
 
 class _Occluder(_Augmentation):
@@ -232,9 +239,16 @@ class _Occluder(_Augmentation):
         _, _, h, w = images.shape
         if len(params) != images.shape[0]:
             raise ValueError(f"Expected `params` for {images.shape[0]} samples, but got {len(params)}.")
-        region = self.region(params, h, w, images.device)
-        return AF.occlude(images, region, self.fill, self.value, params.noise_seeds,  # type: ignore[arg-type]
-                          self.noise_std, self.blur_sigma)
+        out = torch.empty_like(images)
+        # A few samples at a time: the region and the blend's temporaries stay chunk-sized.
+        step = AF.chunk_rows(h, w)
+        for i in range(0, images.shape[0], step):
+            rows = slice(i, i + step)
+            sub = params.select(rows)
+            region = self.region(sub, h, w, images.device)
+            out[rows] = AF.occlude(images[rows], region, self.fill, self.value,  # type: ignore[arg-type]
+                                   sub.noise_seeds, self.noise_std, self.blur_sigma)
+        return out
 
 
 _FILL_DOC = """fill: ``mean`` (the constant ``value``; 0 is the dataset mean after normalisation), ``noise``

@@ -395,3 +395,86 @@ def sample_saliency_occlusion(
     offsets = torch.randint(-jitter, jitter + 1, (b, count, 2), generator=generator)
     boxes, valid = AF.saliency_boxes(saliency.detach(), height, width, size, offsets.to(saliency.device))
     return OcclusionParams(applied, boxes.cpu(), valid.cpu(), _noise_seeds(b, generator))
+
+
+EXTENTS: tuple[str, ...] = ("image", "blob")
+
+
+@dataclass(frozen=True)
+class CorruptionParams(_Record):
+    """One batch of draws of a catalogue corruption (:mod:`augment.corruptions`).
+
+    ``strength`` is the one knob in ``[0, 1]`` (0 leaves pixels as they are); ``draws`` are the family's own
+    uniform numbers in ``[0, 1)`` (a direction, a sign, a colour), turned into kernel parameters by the module.
+    ``extent`` says where the corruption lands: the whole ``image`` or a soft ellipse ``blob``
+    ``(cx, cy, rx, ry, angle)`` in pixels with boundary blur ``softness`` pixels.
+
+    Shape:
+        - applied: ``(B,)`` bool
+        - strength: ``(B,)``
+        - draws: ``(B, K)``
+        - blob: ``(B, 5)``
+        - softness: ``(B,)``
+        - seeds: ``(B,)`` int64, per-sample seeds of noise and texture
+    """
+
+    family: str
+    extent: str
+    applied: Tensor
+    strength: Tensor
+    draws: Tensor
+    blob: Tensor
+    softness: Tensor
+    seeds: Tensor
+
+    def item(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` as the keyword arguments of the albumentations corruptions' ``apply``."""
+        return {"record": self.select(index).to_dict()}
+
+
+def sample_corruption(
+    batch_size: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    *,
+    family: str,
+    draws: int = 0,
+    strength: tuple[float, float] = (0.5, 0.5),
+    extent: str = "blob",
+    blob_size: tuple[float, float] = (0.25, 0.5),
+    softness: tuple[float, float] = (0.02, 0.1),
+    probabilities: Tensor | float = 1.0,
+) -> CorruptionParams:
+    """Draw a corruption per sample: strength, ``draws`` uniform numbers, and a soft elliptical region.
+
+    The ellipse's centre is uniform over the image, its radii uniform in ``blob_size`` times the shorter side,
+    its orientation uniform; ``softness`` is a fraction of the shorter side, stored in pixels. The region is
+    drawn for ``extent="image"`` too (and ignored), so one generator state gives the same strengths and draws
+    whatever the extent.
+
+    Raises:
+        ValueError: if ``extent`` is unknown or ``draws`` is negative.
+
+    Example:
+        >>> p = sample_corruption(2, 8, 8, torch.Generator().manual_seed(0), family="haze", draws=1)
+        >>> tuple(p.draws.shape), p.strength.tolist()
+        ((2, 1), [0.5, 0.5])
+    """
+    if extent not in EXTENTS:
+        raise ValueError(f"Expected `extent` to be one of {EXTENTS}, but got {extent!r}.")
+    check_positive_int("draws", draws, 0)
+    b = batch_size
+    applied = sample_applied(b, probabilities, generator)
+    s = _uniform((b,), strength[0], strength[1], generator)
+    u = torch.rand(b, draws, generator=generator)
+    side = float(min(height, width))
+    cx = _uniform((b,), 0.0, float(width), generator)
+    cy = _uniform((b,), 0.0, float(height), generator)
+    rx = _uniform((b,), blob_size[0], blob_size[1], generator) * side
+    ry = _uniform((b,), blob_size[0], blob_size[1], generator) * side
+    angle = _uniform((b,), 0.0, math.pi, generator)
+    soft = _uniform((b,), softness[0], softness[1], generator) * side
+    blob = torch.stack([cx, cy, rx, ry, angle], dim=1)
+    return CorruptionParams(family, extent, applied, s.float(), u, blob.float(), soft.float(),
+                            _noise_seeds(b, generator))

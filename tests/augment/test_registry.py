@@ -17,9 +17,19 @@ TRANSFORMS = {
     "Cutout": (augment.Cutout, albu.Cutout),
     "HideAndSeek": (augment.HideAndSeek, albu.HideAndSeek),
     "SaliencyOcclusion": (augment.SaliencyOcclusion, albu.SaliencyOcclusion),
+    "SyntheticDefocus": (augment.SyntheticDefocus, albu.SyntheticDefocus),
+    "SyntheticMotionBlur": (augment.SyntheticMotionBlur, albu.SyntheticMotionBlur),
+    "SyntheticNoise": (augment.SyntheticNoise, albu.SyntheticNoise),
+    "SyntheticBrightness": (augment.SyntheticBrightness, albu.SyntheticBrightness),
+    "SyntheticContrast": (augment.SyntheticContrast, albu.SyntheticContrast),
+    "SyntheticGamma": (augment.SyntheticGamma, albu.SyntheticGamma),
+    "SyntheticTint": (augment.SyntheticTint, albu.SyntheticTint),
+    "SyntheticTexture": (augment.SyntheticTexture, albu.SyntheticTexture),
+    "SyntheticCompression": (augment.SyntheticCompression, albu.SyntheticCompression),
+    "SyntheticHaze": (augment.SyntheticHaze, albu.SyntheticHaze),
 }
-# Public nn.Modules that are not single transforms.
-OTHER_MODULES = {"JointBatch", "BatchAugment", "RandomCropFlip", "OneOfUniform"}
+# Public nn.Modules that are not single transforms of our own.
+OTHER_MODULES = {"JointBatch", "BatchAugment", "RandomCropFlip", "OneOfUniform", "PerSampleAlbumentations"}
 
 
 def test_every_public_module_is_listed():
@@ -49,6 +59,19 @@ def test_contract(name):
     torch_args = set(inspect.signature(module_cls).parameters) - {"seed"}
     twin_args = set(inspect.signature(twin_cls).parameters) - {"object_key", "saliency_key"}
     assert torch_args == twin_args
+
+
+def test_every_transform_of_ours_is_in_the_catalogue():
+    from augment.catalog import FAMILIES, catalog
+
+    ours = catalog(["conceptfix"])
+    built = {type(e.make(0.5, 16, 16)).__name__ for e in ours}
+    # Every single transform but the saliency-driven ones (they need a saliency map, not a strength).
+    assert built == set(TRANSFORMS) - {"HideAndSeek", "SaliencyOcclusion"}
+    assert {e.family for e in ours} == set(FAMILIES)
+    theirs = {e.name for e in catalog(["albumentations"])}
+    assert {e.counterpart for e in ours} <= theirs
+    assert len({e.name for e in catalog()}) == len(catalog())
 
 
 def test_augment_never_imports_debugger_or_lightning():
