@@ -99,15 +99,23 @@ class ConceptReport:
 
     @property
     def failures(self) -> list[ConceptFailure]:
-        """The ranking rows whose verdict is a failure concept, worst first."""
-        return [row for row in self.ranking if row.is_failure]
+        """The failure concepts, worst first: rows whose verdict is a failure, except those merged into another
+        (``merged_into``; the merged concept's row stands for them)."""
+        return [row for row in self.ranking if row.reported]
 
     @property
     def slice_thresholds(self) -> Tensor:
-        """``(C,)`` the score of each concept's weakest top patch: an image is in a concept's slice when one of its
-        patches scores at least this (how :meth:`score` results map onto slices of new images)."""
+        """``(C,)`` an image is in a concept's slice when one of its patches scores at least this (how :meth:`score`
+        results map onto slices of new images): the score of the concept's weakest member when the slices were
+        made of members (``config["slices"] == "members"``), else of its weakest top patch."""
         if not self.concepts or self.top_patches.numel() == 0:
             return torch.zeros(len(self.concepts))
+        if self.config.get("slices") == "members":
+            scores = self.scores
+            return torch.stack([
+                scores[i, c.members.long()].min() if c.members.numel() else scores.new_tensor(float("inf"))
+                for i, c in enumerate(self.concepts)
+            ])
         return self.scores.gather(1, self.top_patches[:, -1:].long()).squeeze(1)
 
     def score(self, embeddings: Tensor) -> Tensor:
@@ -118,7 +126,8 @@ class ConceptReport:
         are comparable with :attr:`scores` and :attr:`slice_thresholds`.
 
         Concepts the kept model did not produce (``extra_concepts`` of the analysis, appended after the discovered
-        ones) score NaN, so they are in no slice of new images.
+        ones) score NaN, so they are in no slice of new images; a merged concept (``meta["merged_from"]``) scores
+        the best of its parts, as it did in the analysis.
 
         Shape:
             - embeddings: ``(n, D)``; output: ``(C, n)``
@@ -143,6 +152,11 @@ class ConceptReport:
             )
         out = found.new_full((len(self.concepts), found.shape[1]), float("nan"))
         out[: found.shape[0]] = found
+        row = {c.id: i for i, c in enumerate(self.concepts)}
+        for i, c in enumerate(self.concepts):
+            parts = [row[j] for j in c.meta.get("merged_from", ()) if j in row]
+            if parts:
+                out[i] = torch.nan_to_num(out[parts], nan=-torch.inf).amax(0)
         return out
 
     def concept(self, key: int | str) -> Concept:
@@ -276,15 +290,18 @@ class ConceptReport:
             "",
             f"**Failure concepts:** {', '.join(f'`{f.name}`' for f in failures) if failures else 'none'}.",
             "",
-            "| rank | concept | failure | support | error in [95% CI] | error out | lift [95% CI] | p (adj.) |",
-            "|---:|---|:---:|---:|---|---|---|---:|",
+            "| rank | concept | failure | support | error in [95% CI] | error out | lift [95% CI] | p (adj.) "
+            "| expected from classes | lift within classes [95% CI] | p (adj.) |",
+            "|---:|---|:---:|---:|---|---|---|---:|---|---|---:|",
         ]
         for row in self.ranking[:max_rows]:
             lines.append(
-                f"| {row.rank} | {row.name} | {'yes' if row.is_failure else ''} | {row.support} "
+                f"| {row.rank} | {row.name} | {_verdict(row)} | {row.support} "
                 f"| {percent(row.error_in)} [{percent(row.error_in_low)}, {percent(row.error_in_high)}] "
                 f"| {percent(row.error_out)} | {number(row.lift)} [{number(row.lift_low)}, {number(row.lift_high)}] "
-                f"| {p_value(row.p_adjusted)} |"
+                f"| {p_value(row.p_adjusted)} | {percent(row.error_in_expected)} "
+                f"| {number(row.class_lift)} [{number(row.class_lift_low)}, {number(row.class_lift_high)}] "
+                f"| {p_value(row.class_p_adjusted)} |"
             )
         if len(self.ranking) > max_rows:
             lines.append(f"\n… {len(self.ranking) - max_rows} more concepts.")
@@ -486,3 +503,11 @@ def _decode_patches(d: dict[str, Any]) -> PatchSet:
         concept_names=tuple(d.get("concept_names", ())),
         method=str(d.get("method", "")),
     )
+
+
+def _verdict(row: ConceptFailure) -> str:
+    if row.merged_into is not None:
+        return f"merged into {row.merged_into}"
+    if row.is_failure:
+        return "yes"
+    return "class mix" if row.class_confounded else ""

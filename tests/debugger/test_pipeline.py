@@ -74,7 +74,7 @@ def test_planted_failure_found_with_the_built_in_discovery(embedding):
 def test_confusion_in_the_report_is_on_the_top_patches_source_images():
     batches = _shadow_batches()
     report = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_kmeans_by_sklearn, top_k=20,
-                             patch_kwargs=WINDOWS).run(batches)
+                             slices="top_k", patch_kwargs=WINDOWS).run(batches)
     image_index = report.patches.image_index
     target = torch.cat([b["target"] for b in batches])
     preds = DarknessNet()(torch.cat([b["image"] for b in batches])).argmax(1)
@@ -91,7 +91,8 @@ def test_confusion_in_the_report_is_on_the_top_patches_source_images():
 def test_segmentation_counts_pixels_inside_the_top_patches():
     batches = _shadow_batches(segmentation=True)
     report = ConceptAnalysis(DarknessNet(segmentation=True), "relu", patches="window", discovery=_kmeans_by_sklearn,
-                             top_k=20, min_support=5, patch_kwargs=WINDOWS).run(batches, concept_names=["shadow"])
+                             top_k=20, slices="top_k", min_support=5, patch_kwargs=WINDOWS).run(
+        batches, concept_names=["shadow"])
     assert report.task == "segmentation" and report.iou.shape == (2, 2)
     # 20 top windows of 8x8 pixels per concept, from distinct images or not, never more pixels than that
     assert (report.confusion.sum((1, 2)) <= 20 * 64).all()
