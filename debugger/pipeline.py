@@ -77,8 +77,8 @@ class ConceptAnalysis:
         class_control: also compare each slice with the rest within classes (Mantel–Haenszel, per-sample or
             per-pixel target class); a failure must pass that test too, so a slice hard only because it holds
             the hard classes is not one (:func:`debugger.ranking.rank_failures`).
-        merge_overlap: failure concepts whose slices overlap at least this much (Jaccard) are merged into one
-            concept for the report; None keeps them apart.
+        merge_overlap: failure concepts whose slices overlap at least this much (Jaccard; linked in chains) are
+            merged into one concept for the report; None keeps them apart (``docs/concepts.md``, "Defaults").
         min_support: probe images a slice needs for a failure verdict.
         alpha: significance level of the failure verdict.
         ignore_index: segmentation target value that is not counted.
@@ -122,7 +122,7 @@ class ConceptAnalysis:
         top_k: int = 50,
         slices: Slices = "members",
         class_control: bool = True,
-        merge_overlap: float | None = 0.5,
+        merge_overlap: float | None = 0.3,
         min_support: int = 10,
         alpha: float = 0.05,
         ignore_index: int | None = None,

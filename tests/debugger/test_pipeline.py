@@ -307,7 +307,8 @@ def test_member_slices_hold_every_image_of_a_common_failure():
     assert shadow_m.lift > 2 * shadow_t.lift and shadow_m.is_failure
     assert members.config["slices"] == "members" and members.top_patches.shape == (2, 20)
     # a new image is in a member slice when a patch scores at least the weakest member's score
-    assert members.slice_thresholds[0] == pytest.approx(float(members.concepts[0].scores[members.concepts[0].members].min()))
+    shadow = members.concepts[0]
+    assert members.slice_thresholds[0] == pytest.approx(float(shadow.scores[shadow.members].min()))
 
 
 def test_segmentation_member_slices_count_the_member_patches_pixels():
