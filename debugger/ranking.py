@@ -594,6 +594,27 @@ def probe_coverage(probe_size: int, rate: float, min_support: int = 10, confiden
                          p_enough >= confidence, message)
 
 
+def detectable_rate(probe_size: int, min_support: int = 10, confidence: float = 0.9) -> float:
+    """The smallest prevalence of a failure that ``probe_size`` probe images show in ``min_support`` images with
+    probability ``confidence``; ``inf`` when fewer than ``min_support`` images make the whole probe set.
+
+    Raises:
+        ValueError: as :func:`probe_coverage`.
+
+    Example:
+        >>> round(detectable_rate(128), 3), round(detectable_rate(500), 3)
+        (0.109, 0.028)
+    """
+    probe_coverage(probe_size, 1.0, min_support, confidence)  # validates the arguments
+    if _binomial_at_least(probe_size, 1.0, min_support) < confidence:
+        return math.inf
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _binomial_at_least(probe_size, mid, min_support) < confidence else (low, mid)
+    return high
+
+
 def _binomial_at_least(n: int, p: float, m: int) -> float:
     """P(Binomial(n, p) >= m), summed in log space."""
     if m <= 0:

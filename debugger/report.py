@@ -23,7 +23,7 @@ from torch import Tensor
 
 from debugger.confusion import EnsembleCheck, confusion_accuracy
 from debugger.files import atomic_write
-from debugger.ranking import ConceptFailure
+from debugger.ranking import ConceptFailure, detectable_rate
 from debugger.structures import Concept, PatchSet
 from debugger.text import number, p_value, percent
 
@@ -282,6 +282,7 @@ class ConceptReport:
         ]
         if self.image_accuracy is not None and self.image_accuracy.numel():
             lines.append(f"Probe accuracy: {float(self.image_accuracy.float().mean()):.3f}.")
+        lines += _coverage_line(int(self.membership.shape[1]), self.config.get("min_support"))
         for key in ("epoch", "global_step"):
             if key in self.meta:
                 lines.append(f"{key.replace('_', ' ').capitalize()}: {self.meta[key]}.")
@@ -503,6 +504,17 @@ def _decode_patches(d: dict[str, Any]) -> PatchSet:
         concept_names=tuple(d.get("concept_names", ())),
         method=str(d.get("method", "")),
     )
+
+
+def _coverage_line(probe_size: int, min_support: Any) -> list[str]:
+    """Which failures the probe set is too small to show (a failure concept needs ``min_support`` images)."""
+    if not isinstance(min_support, int) or min_support < 1 or probe_size < 1:
+        return []
+    rate = detectable_rate(probe_size, min_support)
+    if math.isinf(rate):
+        return [f"A failure concept needs {min_support} probe images; {probe_size} cannot show one."]
+    return [f"A failure concept needs {min_support} of the {probe_size} probe images: a failure in fewer than "
+            f"{100 * rate:.0f}% of images may go unseen (`debugger.probe_coverage`)."]
 
 
 def _verdict(row: ConceptFailure) -> str:

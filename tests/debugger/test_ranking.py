@@ -6,6 +6,7 @@ import torch
 from debugger.ranking import (
     ConceptFailure,
     adjust_p_values,
+    detectable_rate,
     failure_statistics,
     probe_coverage,
     rank_failures,
@@ -316,3 +317,10 @@ def test_probe_coverage_matches_the_binomial_tail():
 def test_probe_coverage_rejects_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=f"Expected `{match}`"):
         probe_coverage(**kwargs)
+
+
+def test_detectable_rate_is_where_the_probe_set_starts_to_be_enough():
+    rate = detectable_rate(128, 10)
+    assert probe_coverage(128, min(1.0, rate * 1.01)).enough and not probe_coverage(128, rate * 0.99).enough
+    assert detectable_rate(500) < rate < detectable_rate(64)
+    assert math.isinf(detectable_rate(5, 10))
