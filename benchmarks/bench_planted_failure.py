@@ -140,7 +140,7 @@ def run_seed(scenario: str, seed: int, args: argparse.Namespace) -> list[dict[st
             best_precision_at_50={n: round(float(v), 3) for n, v in zip(names, gt.max(0).values.tolist(), strict=True)},
             failures=len(report.failures),
             best_failure_precision_at_50=round(best_failure, 3),
-            top_class_lift=round(top.class_lift, 3),
+            top_class_lift=None if top.class_lift is None else round(top.class_lift, 3),
             passed=bool(top.is_failure and float(top_gt[target_idx]) >= 0.8),
             failure_found=best_failure >= 0.8,
         ))

@@ -380,7 +380,10 @@ def adjust_p_values(p_values: Tensor, correction: Correction = "holm") -> Tensor
 
 @dataclass(frozen=True)
 class ConceptFailure:
-    """One concept's row of the failure ranking (``rank`` 1 = worst)."""
+    """One concept's row of the failure ranking (``rank`` 1 = worst).
+
+    The within-class fields (``error_in_expected``, ``class_*``) are None when the ranking had no strata.
+    """
 
     rank: int
     concept: int
@@ -404,12 +407,12 @@ class ConceptFailure:
     p_value: float
     p_adjusted: float
     test: str
-    error_in_expected: float = math.nan
-    class_lift: float = math.nan
-    class_lift_low: float = math.nan
-    class_lift_high: float = math.nan
-    class_p_value: float = math.nan
-    class_p_adjusted: float = math.nan
+    error_in_expected: float | None = None
+    class_lift: float | None = None
+    class_lift_low: float | None = None
+    class_lift_high: float | None = None
+    class_p_value: float | None = None
+    class_p_adjusted: float | None = None
     class_confounded: bool = False
     merged_from: tuple[int, ...] = ()
     merged_into: int | None = None

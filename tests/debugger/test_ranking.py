@@ -282,11 +282,12 @@ def test_strata_are_validated():
 
 
 def test_failure_rows_of_older_reports_read_with_defaults():
-    row = rank_failures(*_planted())[0].to_dict()
+    errors, membership = _planted()
+    row = rank_failures(errors, membership, strata=torch.zeros(len(errors), dtype=torch.long))[0].to_dict()
     old = {k: v for k, v in row.items() if not k.startswith("class_") and k not in
            ("error_in_expected", "merged_from", "merged_into")}
     back = ConceptFailure.from_dict(old)
-    assert math.isnan(back.class_lift) and back.merged_into is None and back.merged_from == ()
+    assert back.class_lift is None and back.merged_into is None and back.merged_from == ()
     assert ConceptFailure.from_dict(dict(row, merged_from=[3, 5])).merged_from == (3, 5)
 
 
@@ -324,3 +325,9 @@ def test_detectable_rate_is_where_the_probe_set_starts_to_be_enough():
     assert probe_coverage(128, min(1.0, rate * 1.01)).enough and not probe_coverage(128, rate * 0.99).enough
     assert detectable_rate(500) < rate < detectable_rate(64)
     assert math.isinf(detectable_rate(5, 10))
+
+
+def test_without_strata_the_within_class_fields_are_not_computed():
+    row = rank_failures(*_planted())[0]
+    assert row.class_lift is None and row.class_p_adjusted is None and row.error_in_expected is None
+    assert not row.class_confounded
