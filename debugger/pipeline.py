@@ -65,8 +65,8 @@ class ConceptAnalysis:
         embedding: ``"roi"`` (pool from the image's feature map) or ``"resample"`` (the seed's: crop, resize,
             forward).
         n_concepts: concepts to find; None lets discovery choose (silhouette). Over-clustering (the default
-            32) splits a failure into a few pure clusters that the merge joins again; the silhouette's choice
-            on small probe sets is 2–3 mixed clusters (``docs/concepts.md``, "Defaults").
+            32) splits a failure into a few pure clusters that the merge joins again; the silhouette picks k = 2
+            on the planted probe sets, mixed clusters (``docs/concepts.md``, "Defaults").
         discovery: a :mod:`debugger.discovery` method name (``"kmeans"``, ``"nmf"``), or a callable
             ``(embeddings, patches) -> list[Concept]`` (e.g. a trained concept extractor's scores).
         top_k: a concept's top patches (seed 000: 50): the report's ``top_patches``, its galleries and
