@@ -118,6 +118,51 @@ class ConceptReport:
             ])
         return self.scores.gather(1, self.top_patches[:, -1:].long()).squeeze(1)
 
+    def slices_of(self, scores: Tensor, image_index: Tensor, num_images: int) -> Tensor:
+        """Which images fall in each concept's slice, from their patches' scores (:meth:`score`), as the analysis
+        made its slices.
+
+        Top-``k`` slices (``config["slices"] == "top_k"``): an image is in a slice when one of its patches reaches
+        :attr:`slice_thresholds`. Member slices: a patch is a member of the discovered concept it scores best on
+        (k-means / NMF assignment) when it also reaches that concept's weakest member's score (discovery's outlier
+        cut); a concept from another source (``extra_concepts``, or all of them without a kept discovery model)
+        takes the patches reaching its threshold, a merged concept its parts' members. On the analysis' own
+        patches this gives back :attr:`membership` (unless discovery dropped a cluster as too small, whose patches
+        may then join a neighbour here).
+
+        Shape:
+            - scores: ``(C, P)``; image_index: ``(P,)`` in ``[0, N)``; output: ``(C, N)`` bool
+
+        Raises:
+            ValueError: if ``scores`` does not have one row per concept and one column per entry of
+                ``image_index``.
+        """
+        num_concepts = len(self.concepts)
+        if scores.dim() != 2 or scores.shape[0] != num_concepts or image_index.shape != (scores.shape[1],):
+            raise ValueError(
+                f"Expected `scores` of shape ({num_concepts}, P) and `image_index` of shape (P,), but got "
+                f"{tuple(scores.shape)!r} and {tuple(image_index.shape)!r}."
+            )
+        scores = torch.nan_to_num(scores.float(), nan=-torch.inf)
+        threshold = self.slice_thresholds.to(scores).view(-1, 1)
+        member = scores >= threshold  # (C, P)
+        if self.config.get("slices") == "members":
+            merged = [i for i, c in enumerate(self.concepts) if c.meta.get("merged_from")]
+            extra = len(self.config.get("extra_concepts", ()))
+            found = num_concepts - len(merged) - extra if self.discovery is not None else 0
+            if found > 0:
+                best = scores[:found].argmax(0)
+                rows = torch.arange(found).view(-1, 1)
+                member[:found] &= best.view(1, -1) == rows
+            row = {c.id: i for i, c in enumerate(self.concepts)}
+            for i in merged:
+                parts = [row[j] for j in self.concepts[i].meta["merged_from"] if j in row]
+                member[i] = member[parts].any(0)
+        out = torch.zeros(num_concepts, num_images, dtype=torch.bool)
+        for c in range(num_concepts):
+            out[c, image_index.long()[member[c]]] = True
+        return out
+
     def score(self, embeddings: Tensor) -> Tensor:
         """Scores of new patch embeddings for this report's concepts, from the discovery model it kept.
 

@@ -364,3 +364,28 @@ def test_invalid_slices_and_merge_options_are_rejected():
         ConceptAnalysis(DarknessNet(), "relu", slices="images")
     with pytest.raises(ValueError, match="Expected `merge_overlap` to be None or in"):
         ConceptAnalysis(DarknessNet(), "relu", merge_overlap=0.0)
+
+
+def test_slices_of_the_analysis_own_patches_give_back_its_member_slices():
+    from debugger.pipeline import best_patch_scores
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    batches = [(b["image"], b["target"]) for b in _shadow_batches(n=60)]
+    images = torch.cat([x for x, _ in batches])
+    small = {"sizes": (4,), "strides": (4,)}
+    analysis = ConceptAnalysis(net, "1", patches="window", n_concepts=6, min_support=3, patch_kwargs=small, seed=1)
+    report = analysis.run(batches)
+    assert report.discovery is not None and report.config["slices"] == "members"
+    patches, scores = analysis.score(report, images)
+    assert torch.equal(report.slices_of(scores, patches.image_index, 60), report.membership)
+    # a threshold alone does not: an image's best patch for a concept may belong to a nearer one
+    ball = best_patch_scores(scores, patches.image_index, 60) >= report.slice_thresholds.view(-1, 1)
+    assert not torch.equal(ball, report.membership)
+    top_k = ConceptAnalysis(net, "1", patches="window", n_concepts=6, slices="top_k", min_support=3,
+                            patch_kwargs=small, seed=1).run(batches)
+    patches, scores = analysis.score(top_k, images)
+    assert torch.equal(top_k.slices_of(scores, patches.image_index, 60), top_k.membership)
+    with pytest.raises(ValueError, match="Expected `scores` of shape"):
+        report.slices_of(scores[:1], patches.image_index, 60)
