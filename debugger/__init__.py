@@ -65,6 +65,9 @@ _LAZY: dict[str, str] = {
     "evidence_from_ranking": "failures",
     # probe selection
     "select_probe_indices": "probes",
+    "ProbeCoverage": "ranking",
+    "probe_coverage": "ranking",
+    "member_slices": "slices",
     # the pipeline and its report
     "ConceptAnalysis": "pipeline",
     "ConceptReport": "report",
@@ -134,6 +137,9 @@ __all__ = [
     "evidence_from_report",
     "evidence_from_ranking",
     "select_probe_indices",
+    "ProbeCoverage",
+    "probe_coverage",
+    "member_slices",
     "ConceptAnalysis",
     "ConceptReport",
     "confusion_heatmap",
@@ -177,9 +183,10 @@ if TYPE_CHECKING:
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
     from debugger.probes import select_probe_indices
-    from debugger.ranking import ConceptFailure, rank_failures
+    from debugger.ranking import ConceptFailure, ProbeCoverage, probe_coverage, rank_failures
     from debugger.render import concept_gallery, confusion_heatmap, report_images, tsne_grid
     from debugger.report import ConceptReport
+    from debugger.slices import member_slices
     from debugger.structures import Concept, PatchSet
     from debugger.tcav import CAV, TCAV, CAVCache, ExampleSet, TCAVResult
 

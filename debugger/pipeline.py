@@ -7,9 +7,12 @@
 2. :func:`debugger.patches.extract_patches` — superpixels or multi-scale windows;
 3. :func:`debugger.embed.embed_patches` — patch embeddings at ``layer`` (``"roi"`` or ``"resample"``);
 4. discovery — :mod:`debugger.discovery` (k-means / NMF) or any callable ``(embeddings, patches) -> list[Concept]``;
-5. :func:`debugger.confusion.concept_membership` / :func:`~debugger.confusion.concept_confusion` — every
-   concept's top-``k`` patches → their images (or pixels) → confusion matrix;
-6. :func:`debugger.ranking.rank_failures` — error inside vs outside each slice, failure verdict.
+5. slices — every concept's member patches → their images (or pixels), :func:`debugger.slices.member_slices`
+   (or seed 000's top-``k`` patches, :func:`debugger.confusion.concept_membership`) → confusion matrix
+   (:func:`~debugger.confusion.concept_confusion`);
+6. :func:`debugger.ranking.rank_failures` — error inside vs outside each slice, also within classes, failure
+   verdict; near-duplicate failure concepts (slices mostly the same images) are merged into one
+   (:func:`debugger.slices.near_duplicate_groups`), ranked again, and the parts marked ``merged_into`` it.
 
 The model is left as it was found: train/eval flags restored, forwards without autograd, ``param.grad``
 untouched. :meth:`ConceptAnalysis.compare` adds a second model (or a later checkpoint) on the same concepts:
@@ -40,11 +43,13 @@ from debugger.structures import Concept, PatchSet
 
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
 Embedding = Literal["roi", "resample"]
+Slices = Literal["members", "top_k"]
 Discoverer = Callable[[Tensor, PatchSet], list[Concept]]
 ConceptSource = Callable[[Tensor, PatchSet], Concept]
 
 _PATCH_METHODS = ("superpixel", "slic", "quickshift", "window", "windows")
 _EMBEDDINGS = ("roi", "resample")
+_SLICES = ("members", "top_k")
 
 
 class ConceptAnalysis:
@@ -59,10 +64,21 @@ class ConceptAnalysis:
         patches: ``"superpixel"`` (= SLIC), ``"slic"``, ``"quickshift"`` or ``"window"`` (multi-scale windows).
         embedding: ``"roi"`` (pool from the image's feature map) or ``"resample"`` (the seed's: crop, resize,
             forward).
-        n_concepts: concepts to find; None lets discovery choose (silhouette).
+        n_concepts: concepts to find; None lets discovery choose (silhouette). Over-clustering (the default
+            32) splits a failure into a few pure clusters that the merge joins again; the silhouette picks k = 2
+            on the planted probe sets, mixed clusters (``docs/concepts.md``, "Defaults").
         discovery: a :mod:`debugger.discovery` method name (``"kmeans"``, ``"nmf"``), or a callable
             ``(embeddings, patches) -> list[Concept]`` (e.g. a trained concept extractor's scores).
-        top_k: patches per concept defining its slice (seed 000: 50).
+        top_k: a concept's top patches (seed 000: 50): the report's ``top_patches``, its galleries and
+            ground-truth precision, and the slice when ``slices="top_k"``.
+        slices: a concept's slice is the images (pixels) of its ``"members"`` (the patches discovery assigned
+            to it, so a common failure's slice holds all its images) or of its ``"top_k"`` patches (seed 000's;
+            at most ``top_k`` images, so a failure in half the probe set is mostly "outside" its own slice).
+        class_control: also compare each slice with the rest within classes (Mantel–Haenszel, per-sample or
+            per-pixel target class); a failure must pass that test too, so a slice hard only because it holds
+            the hard classes is not one (:func:`debugger.ranking.rank_failures`).
+        merge_overlap: failure concepts whose slices overlap at least this much (Jaccard; linked in chains) are
+            merged into one concept for the report; None keeps them apart (``docs/concepts.md``, "Defaults").
         min_support: probe images a slice needs for a failure verdict.
         alpha: significance level of the failure verdict.
         ignore_index: segmentation target value that is not counted.
@@ -101,9 +117,12 @@ class ConceptAnalysis:
         layer: str,
         patches: PatchMethod = "superpixel",
         embedding: Embedding = "roi",
-        n_concepts: int | None = None,
+        n_concepts: int | None = 32,
         discovery: str | Discoverer = "kmeans",
         top_k: int = 50,
+        slices: Slices = "members",
+        class_control: bool = True,
+        merge_overlap: float | None = 0.3,
         min_support: int = 10,
         alpha: float = 0.05,
         ignore_index: int | None = None,
@@ -124,6 +143,10 @@ class ConceptAnalysis:
             raise ValueError(f"Expected `n_concepts` to be None or a positive integer, but got {n_concepts!r}.")
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"Expected `top_k` to be a positive integer, but got {top_k!r}.")
+        if slices not in _SLICES:
+            raise ValueError(f"Expected `slices` to be one of {_SLICES!r}, but got {slices!r}.")
+        if merge_overlap is not None and not 0 < merge_overlap <= 1:
+            raise ValueError(f"Expected `merge_overlap` to be None or in (0, 1], but got {merge_overlap!r}.")
         if not (callable(discovery) or discovery in ("kmeans", "nmf")):
             raise ValueError(
                 "Expected `discovery` to be 'kmeans', 'nmf' or a callable (embeddings, patches) -> list[Concept], "
@@ -136,6 +159,9 @@ class ConceptAnalysis:
         self.n_concepts = n_concepts
         self.discovery = discovery
         self.top_k = top_k
+        self.slices = slices
+        self.class_control = class_control
+        self.merge_overlap = merge_overlap
         self.min_support = min_support
         self.alpha = alpha
         self.ignore_index = ignore_index
@@ -314,6 +340,9 @@ class ConceptAnalysis:
                 self.discovery, "__name__", type(self.discovery).__name__
             ),
             "top_k": self.top_k,
+            "slices": self.slices,
+            "class_control": self.class_control,
+            "merge_overlap": self.merge_overlap,
             "min_overlap": self.min_overlap,
             "min_support": self.min_support,
             "alpha": self.alpha,
@@ -402,20 +431,41 @@ class ConceptAnalysis:
 
     def _analyse(self, cap: CaptureResult, patches: PatchSet, concepts: list[Concept], num_classes: int,
                  segmentation: bool) -> ConceptReport:
+        report, region = self._slice_and_rank(cap, patches, concepts, num_classes, segmentation)
+        if self.merge_overlap is None:
+            return report
+        from debugger.slices import mark_merged, merge_concepts, near_duplicate_groups
+
+        position = {c.id: i for i, c in enumerate(concepts)}
+        failing = [position[row.concept] for row in report.ranking if row.is_failure]
+        groups = near_duplicate_groups(region, failing, self.merge_overlap)
+        if not groups:
+            return report
+        merged = merge_concepts(concepts, groups)
+        report, _ = self._slice_and_rank(cap, patches, concepts + merged, num_classes, segmentation)
+        report.ranking = mark_merged(report.ranking, merged)
+        return report
+
+    def _slice_and_rank(self, cap: CaptureResult, patches: PatchSet, concepts: list[Concept], num_classes: int,
+                        segmentation: bool) -> tuple[ConceptReport, Tensor]:
+        """The report of these concepts, and the slices it ranked (pixel regions for segmentation)."""
         scores = torch.stack([torch.nan_to_num(c.scores.float(), nan=-torch.inf) for c in concepts])
         n = len(cap)
         k = min(self.top_k, len(patches))
         top = torch.topk(scores, k, dim=1).indices
-        membership = concept_membership(scores, patches.image_index, n, self.top_k)
+        masks = _masks(patches, cap) if segmentation else None
+        membership = self._slices(concepts, scores, patches, n)
+        region = membership if masks is None else self._slices(concepts, scores, patches, n, masks)
         valid = None if self.ignore_index is None else cap.targets != self.ignore_index
-        region = membership
-        if segmentation:
-            region = concept_membership(scores, patches.image_index, n, self.top_k, masks=_masks(patches, cap))
         confusion = concept_confusion(cap.predictions, cap.targets, region, num_classes, self.ignore_index)
         everything = torch.ones(1, n, dtype=torch.bool)
         overall = concept_confusion(cap.predictions, cap.targets, everything, num_classes, self.ignore_index)[0]
         rank_kwargs: dict[str, Any] = {"min_support": self.min_support, "alpha": self.alpha,
                        "generator": torch.Generator().manual_seed(self.seed)}
+        if self.class_control:
+            # units the ranking does not count (ignore_index) may hold any value; they only need a valid stratum
+            strata = cap.targets if valid is None else torch.where(valid, cap.targets, torch.zeros_like(cap.targets))
+            rank_kwargs.update(strata=strata, num_strata=num_classes)
         rank_kwargs.update(self.rank_kwargs)
         ranking = rank_failures(~cap.correct, region, names=[c.name for c in concepts], ids=[c.id for c in concepts],
                                 valid=valid, **rank_kwargs)
@@ -425,7 +475,7 @@ class ConceptAnalysis:
             image_accuracy = (correct * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1)
         else:
             image_accuracy = correct
-        return ConceptReport(
+        report = ConceptReport(
             task="segmentation" if segmentation else "classification",
             layer=self.layer,
             num_classes=num_classes,
@@ -440,6 +490,15 @@ class ConceptAnalysis:
             image_accuracy=image_accuracy,
             ground_truth_precision=ground_truth_precision(patches, top, self.min_overlap),
         )
+        return report, region
+
+    def _slices(self, concepts: list[Concept], scores: Tensor, patches: PatchSet, n: int,
+                masks: Tensor | None = None) -> Tensor:
+        if self.slices == "top_k":
+            return concept_membership(scores, patches.image_index, n, self.top_k, masks=masks)
+        from debugger.slices import member_slices
+
+        return member_slices(concepts, patches.image_index, n, masks=masks)
 
     def _region(self, report: ConceptReport, segmentation: bool) -> Tensor:
         if not segmentation:
@@ -450,6 +509,10 @@ class ConceptAnalysis:
             from debugger.patches import patch_masks
 
             masks = patch_masks(report.patches, _image_size(report.patches))
+        if report.config.get("slices", "top_k") == "members":
+            from debugger.slices import member_slices
+
+            return member_slices(report.concepts, report.patches.image_index, n, masks=masks)
         scores = torch.stack([torch.nan_to_num(c.scores.float(), nan=-torch.inf) for c in report.concepts])
         top_k = max(1, int(report.top_patches.shape[1]))
         return concept_membership(scores, report.patches.image_index, n, top_k, masks=masks)

@@ -12,6 +12,14 @@ gets an interval and a one-sided p-value for "error inside > error outside", eit
 p-values are adjusted for testing many concepts at once (Holm by default). A concept is a **failure concept**
 only when its adjusted p-value is below ``alpha``, its lift is at least ``min_lift`` and its slice holds at
 least ``min_support`` probe images.
+
+**Class mix.** A slice can be wrong more often only because it holds the hard classes (a cluster of one hard
+class's texture). Given every unit's class (``strata``), the slice is also compared with the rest *within each
+class*: the Mantel–Haenszel risk ratio pools the per-class lifts (``class_lift``, with the Greenland–Robins
+interval), ``error_in_expected`` is the error the slice would have at the outside's per-class error rates, and
+the one-sided Cochran–Mantel–Haenszel test (or the cluster bootstrap of the Mantel–Haenszel ratio) gives
+``class_p_value``. With strata, a failure concept must pass both tests; one that passes only the crude test is
+``class_confounded``: hard because of which classes it holds, not because of what it shows.
 """
 
 from __future__ import annotations
@@ -56,24 +64,40 @@ def wilson_interval(successes: Tensor, trials: Tensor, confidence: float = 0.95)
     return torch.where(n > 0, centre - half, nan), torch.where(n > 0, centre + half, nan)
 
 
-def slice_counts(errors: Tensor, membership: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:
+def slice_counts(
+    errors: Tensor,
+    membership: Tensor,
+    valid: Tensor | None = None,
+    strata: Tensor | None = None,
+    num_strata: int | None = None,
+) -> dict[str, Tensor]:
     """Per concept and probe image: errors and counted units inside the slice, and the image's totals.
 
     Args:
         errors: True where the model is wrong (per sample, or per pixel for segmentation).
         membership: concept slices, ``(C, N)`` (whole images) or ``(C, N, H, W)`` (pixel regions).
         valid: units to count (e.g. ``target != ignore_index``); all when None.
+        strata: every unit's stratum (its class), in ``[0, num_strata)`` wherever ``valid``; counts are then
+            also split by stratum.
+        num_strata: number of strata; ``strata.max() + 1`` of the valid units when None.
 
     Returns:
-        ``in_errors``, ``in_count`` of shape ``(C, N)``; ``errors``, ``count`` of shape ``(N,)``.
+        ``in_errors``, ``in_count`` of shape ``(C, N)``; ``errors``, ``count`` of shape ``(N,)``; with
+        ``strata`` also ``in_errors_by``, ``in_count_by`` ``(C, N, S)`` and ``errors_by``, ``count_by`` ``(N, S)``.
 
     Shape:
         - errors: ``(N,)`` or ``(N, H, W)`` bool
         - membership: ``(C, N)`` or ``(C, N, H, W)`` bool
-        - valid: like ``errors``
+        - valid, strata: like ``errors``
 
     Raises:
-        ValueError: if the shapes disagree.
+        ValueError: if the shapes disagree or a valid unit's stratum is negative or not below ``num_strata``.
+
+    Example:
+        >>> counts = slice_counts(torch.tensor([True, False, True]), torch.tensor([[True, True, False]]),
+        ...                       strata=torch.tensor([0, 1, 1]))
+        >>> counts["in_errors_by"].tolist(), counts["count_by"].tolist()
+        ([[[1, 0], [0, 0], [0, 0]]], [[1, 0], [0, 1], [0, 1]])
     """
     if errors.dim() not in (1, 3):
         raise ValueError(f"Expected `errors` to have shape (N,) or (N, H, W), but got {tuple(errors.shape)!r}.")
@@ -92,6 +116,8 @@ def slice_counts(errors: Tensor, membership: Tensor, valid: Tensor | None = None
         )
     err = (errors.bool() & valid.bool()).long()
     cnt = valid.bool().long()
+    by = None if strata is None else _stratum_counts(err, cnt, membership.bool(), valid.bool(), strata, num_strata,
+                                                     pixel_level)
     if errors.dim() == 3:
         err, cnt = err.flatten(1), cnt.flatten(1)
         per_err, per_cnt = err.sum(1), cnt.sum(1)
@@ -106,7 +132,39 @@ def slice_counts(errors: Tensor, membership: Tensor, valid: Tensor | None = None
         per_err, per_cnt = err, cnt
         m = membership.bool().long()
         in_err, in_cnt = m * err, m * cnt
-    return {"in_errors": in_err, "in_count": in_cnt, "errors": per_err, "count": per_cnt}
+    out = {"in_errors": in_err, "in_count": in_cnt, "errors": per_err, "count": per_cnt}
+    return out if by is None else dict(out, **by)
+
+
+def _stratum_counts(err: Tensor, cnt: Tensor, membership: Tensor, valid: Tensor, strata: Tensor,
+                    num_strata: int | None, pixel_level: bool) -> dict[str, Tensor]:
+    """The counts of :func:`slice_counts` split by every unit's stratum (one-hot over strata, then sums)."""
+    if strata.shape != err.shape:
+        raise ValueError(
+            f"Expected `strata` to have the shape of `errors` {tuple(err.shape)!r}, but got {tuple(strata.shape)!r}."
+        )
+    s = strata.long().where(valid, torch.zeros_like(strata, dtype=torch.long))
+    top = int(s.max()) + 1 if s.numel() else 1
+    num = top if num_strata is None else int(num_strata)
+    if bool((s < 0).any()) or top > num:
+        raise ValueError(
+            f"Expected every counted unit's stratum to lie in [0, {num}), but got values in "
+            f"[{int(s.min())}, {top - 1}]."
+        )
+    n = err.shape[0]
+    onehot = torch.nn.functional.one_hot(s.reshape(n, -1), num).long() * valid.reshape(n, -1, 1).long()  # (N, U, S)
+    e = err.reshape(n, -1, 1) * onehot
+    c = onehot
+    errors_by, count_by = e.sum(1), c.sum(1)  # (N, S)
+    if pixel_level:
+        # One image at a time: (C, U) @ (U, S) keeps memory at one image's pixels (exact in float32 below 2^24).
+        m = membership.reshape(membership.shape[0], n, -1)
+        in_err = torch.stack([(m[:, i].float() @ e[i].float()).round().long() for i in range(n)], 1)
+        in_cnt = torch.stack([(m[:, i].float() @ c[i].float()).round().long() for i in range(n)], 1)
+    else:
+        m = membership.long().unsqueeze(2)  # (C, N, 1)
+        in_err, in_cnt = m * errors_by.unsqueeze(0), m * count_by.unsqueeze(0)
+    return {"in_errors_by": in_err, "in_count_by": in_cnt, "errors_by": errors_by, "count_by": count_by}
 
 
 def failure_statistics(
@@ -118,6 +176,8 @@ def failure_statistics(
     correction: Correction = "holm",
     n_bootstrap: int = 1000,
     generator: torch.Generator | None = None,
+    strata: Tensor | None = None,
+    num_strata: int | None = None,
 ) -> dict[str, Tensor]:
     """Error rate inside vs outside every concept's slice, lift, intervals and p-values, all concepts at once.
 
@@ -131,11 +191,15 @@ def failure_statistics(
         correction: multiple-testing adjustment of the p-values across concepts.
         n_bootstrap: bootstrap resamples.
         generator: randomness of the bootstrap; a fixed seed 0 when None, so results are reproducible.
+        strata: every unit's class (or other stratum), like ``errors``; adds the within-class comparison.
+        num_strata: number of strata (see :func:`slice_counts`).
 
     Returns:
         A dict of ``(C,)`` tensors: ``support`` / ``support_out`` (probe images with units inside / outside the
         slice), ``count_in``, ``errors_in``, ``count_out``, ``errors_out``, ``error_in`` (+ ``_low``/``_high``),
-        ``error_out`` (+ ``_low``/``_high``), ``lift`` (+ ``_low``/``_high``), ``p_value``, ``p_adjusted``.
+        ``error_out`` (+ ``_low``/``_high``), ``lift`` (+ ``_low``/``_high``), ``p_value``, ``p_adjusted``; with
+        ``strata`` also ``error_in_expected`` (the slice's error at the outside's per-class rates), ``class_lift``
+        (+ ``_low``/``_high``: Mantel–Haenszel risk ratio), ``class_p_value`` and ``class_p_adjusted``.
 
     Shape:
         - errors: ``(N,)`` or ``(N, H, W)`` bool
@@ -160,7 +224,7 @@ def failure_statistics(
         raise ValueError(f"Expected `n_bootstrap` to be a positive integer, but got {n_bootstrap!r}.")
     if errors.numel() == 0 or errors.shape[0] == 0:
         raise ValueError(f"Expected `errors` to cover at least one probe image, but got shape {tuple(errors.shape)!r}.")
-    counts = slice_counts(errors, membership, valid)
+    counts = slice_counts(errors, membership, valid, strata, num_strata)
     if test == "auto":
         test = "bootstrap" if errors.dim() == 3 else "ztest"
     in_err, in_cnt = counts["in_errors"].double(), counts["in_count"].double()
@@ -178,7 +242,10 @@ def failure_statistics(
         p_value, lift_low, lift_high = _bootstrap(in_err, in_cnt, out_err, out_cnt, confidence, n_bootstrap, generator)
     empty = (n_in == 0) | (n_out == 0)
     p_value = torch.where(empty, torch.full_like(p_value, float("nan")), p_value)
-    return {
+    by_class: dict[str, Tensor] = {}
+    if strata is not None:
+        by_class = _within_strata(counts, test, confidence, correction, n_bootstrap, generator)
+    return by_class | {
         "support": (counts["in_count"] > 0).sum(1),
         "support_out": (out_cnt > 0).sum(1),
         "count_in": n_in.long(),
@@ -197,6 +264,81 @@ def failure_statistics(
         "p_value": p_value,
         "p_adjusted": adjust_p_values(p_value, correction),
     }
+
+
+def _within_strata(counts: dict[str, Tensor], test: str, confidence: float, correction: Correction,
+                   n_bootstrap: int, generator: torch.Generator | None) -> dict[str, Tensor]:
+    """Mantel–Haenszel comparison of inside vs outside within strata (see the module docstring)."""
+    a_n = counts["in_errors_by"].double()  # (C, N, S)
+    n1_n = counts["in_count_by"].double()
+    b_n = counts["errors_by"].double().unsqueeze(0) - a_n
+    n0_n = counts["count_by"].double().unsqueeze(0) - n1_n
+    a, n1, b, n0 = a_n.sum(1), n1_n.sum(1), b_n.sum(1), n0_n.sum(1)  # (C, S)
+    observed = n0 > 0
+    expected = torch.where(observed, n1 * b / n0.clamp_min(1), torch.zeros_like(a)).sum(1)
+    error_in_expected = _rate(expected, torch.where(observed, n1, torch.zeros_like(n1)).sum(1))
+    r, q, var_log = _mantel_haenszel(a, n1, b, n0)
+    lift = _ratio(r, q)
+    z = _z(confidence)
+    if test == "ztest":
+        total = n1 + n0
+        m1 = a + b
+        informative = total > 1
+        e = torch.where(informative, n1 * m1 / total.clamp_min(1), torch.zeros_like(a))
+        v = torch.where(informative, n1 * n0 * m1 * (total - m1) / (total.square() * (total - 1)).clamp_min(1),
+                        torch.zeros_like(a))
+        v_sum = v.sum(1)
+        stat = (a.sum(1) - e.sum(1)) / v_sum.clamp_min(1e-300).sqrt()
+        p_value = torch.where(v_sum > 0, 0.5 * torch.erfc(stat / math.sqrt(2.0)), torch.full_like(v_sum, float("nan")))
+        finite = (r > 0) & (q > 0)
+        se = var_log.clamp_min(0).sqrt()
+        nan = torch.full_like(lift, float("nan"))
+        low = torch.where(finite, torch.exp(torch.log(lift) - z * se), nan)
+        high = torch.where(finite, torch.exp(torch.log(lift) + z * se), nan)
+    else:
+        p_value, low, high = _bootstrap_strata(a_n, n1_n, b_n, n0_n, confidence, n_bootstrap, generator)
+        p_value = torch.where((n1.sum(1) > 0) & (n0.sum(1) > 0), p_value, torch.full_like(p_value, float("nan")))
+    return {
+        "error_in_expected": error_in_expected,
+        "class_lift": lift,
+        "class_lift_low": low,
+        "class_lift_high": high,
+        "class_p_value": p_value,
+        "class_p_adjusted": adjust_p_values(p_value, correction),
+    }
+
+
+def _mantel_haenszel(a: Tensor, n1: Tensor, b: Tensor, n0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Numerator and denominator of the Mantel–Haenszel risk ratio over the last dim (strata), and the
+    Greenland–Robins variance of its log."""
+    total = (n1 + n0).clamp_min(1)
+    r = (a * n0 / total).sum(-1)
+    q = (b * n1 / total).sum(-1)
+    p = (((a + b) * n1 * n0 - a * b * total) / total.square()).sum(-1)
+    return r, q, p / (r * q).clamp_min(1e-300)
+
+
+def _bootstrap_strata(a: Tensor, n1: Tensor, b: Tensor, n0: Tensor, confidence: float, n_bootstrap: int,
+                      generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Cluster bootstrap over probe images of the Mantel–Haenszel ratio: p = share of resamples with ratio <= 1."""
+    tail = (1 - confidence) / 2
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    c, n, s = a.shape
+    draws = torch.randint(0, n, (n_bootstrap, n), generator=generator)
+    weights = torch.zeros(n_bootstrap, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(n_bootstrap, n, dtype=torch.float64)
+    )
+
+    def resampled(t: Tensor) -> Tensor:
+        return (weights @ t.permute(1, 0, 2).reshape(n, c * s)).reshape(n_bootstrap, c, s)
+
+    r, q, _ = _mantel_haenszel(resampled(a), resampled(n1), resampled(b), resampled(n0))  # (B, C)
+    defined = (r > 0) | (q > 0)
+    not_greater = ((r <= q) & defined).sum(0).double()
+    p_value = (1 + not_greater) / (1 + defined.sum(0).double())
+    lift = torch.where(defined, _ratio(r, q), torch.full_like(r, float("nan")))
+    return p_value, _nan_percentile(lift, tail), _nan_percentile(lift, 1 - tail)
 
 
 def adjust_p_values(p_values: Tensor, correction: Correction = "holm") -> Tensor:
@@ -238,7 +380,10 @@ def adjust_p_values(p_values: Tensor, correction: Correction = "holm") -> Tensor
 
 @dataclass(frozen=True)
 class ConceptFailure:
-    """One concept's row of the failure ranking (``rank`` 1 = worst)."""
+    """One concept's row of the failure ranking (``rank`` 1 = worst).
+
+    The within-class fields (``error_in_expected``, ``class_*``) are None when the ranking had no strata.
+    """
 
     rank: int
     concept: int
@@ -262,13 +407,33 @@ class ConceptFailure:
     p_value: float
     p_adjusted: float
     test: str
+    error_in_expected: float | None = None
+    class_lift: float | None = None
+    class_lift_low: float | None = None
+    class_lift_high: float | None = None
+    class_p_value: float | None = None
+    class_p_adjusted: float | None = None
+    class_confounded: bool = False
+    merged_from: tuple[int, ...] = ()
+    merged_into: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["merged_from"] = list(self.merged_from)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConceptFailure:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        """Read :meth:`to_dict` output; fields added after a report was written take their defaults."""
+        values = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "merged_from" in values:
+            values["merged_from"] = tuple(int(i) for i in values["merged_from"])
+        return cls(**values)
+
+    @property
+    def reported(self) -> bool:
+        """A failure concept in its own right: a failure not merged into another concept."""
+        return self.is_failure and self.merged_into is None
 
 
 def rank_failures(
@@ -284,12 +449,18 @@ def rank_failures(
     correction: Correction = "holm",
     n_bootstrap: int = 1000,
     generator: torch.Generator | None = None,
+    strata: Tensor | None = None,
+    num_strata: int | None = None,
 ) -> list[ConceptFailure]:
     """Rank concepts by how much more often the model fails inside their slices, with a failure verdict.
 
     Order: failure concepts first, then by the lower end of the lift's interval (a large, well-supported lift
     beats a larger lift measured on three images), then by the lift itself; concepts whose lift is undefined
     (an empty inside or outside) come last.
+
+    With ``strata`` (every unit's class) a failure must also be one within classes: its adjusted
+    ``class_p_value`` below ``alpha`` and its ``class_lift`` at least ``min_lift``. A concept that passes the
+    crude test only is marked ``class_confounded``.
 
     Args:
         errors: True where the model is wrong, per sample or per pixel.
@@ -304,6 +475,8 @@ def rank_failures(
         correction: see :func:`adjust_p_values`.
         n_bootstrap: bootstrap resamples.
         generator: randomness of the bootstrap.
+        strata: every unit's class, like ``errors`` (see :func:`failure_statistics`).
+        num_strata: number of classes.
 
     Returns:
         One :class:`ConceptFailure` per concept, worst first.
@@ -336,12 +509,17 @@ def rank_failures(
     if min_support < 0:
         raise ValueError(f"Expected `min_support` to be a non-negative integer, but got {min_support!r}.")
     chosen = ("bootstrap" if errors.dim() == 3 else "ztest") if test == "auto" else test
-    stats = failure_statistics(errors, membership, valid, test, 0.95, correction, n_bootstrap, generator)
-    verdict = (stats["p_adjusted"] < alpha) & (stats["lift"] >= min_lift) & (stats["support"] >= min_support)
+    stats = failure_statistics(errors, membership, valid, test, 0.95, correction, n_bootstrap, generator,
+                               strata, num_strata)
+    crude = (stats["p_adjusted"] < alpha) & (stats["lift"] >= min_lift) & (stats["support"] >= min_support)
+    verdict = crude
+    if strata is not None:
+        verdict = crude & (stats["class_p_adjusted"] < alpha) & (stats["class_lift"] >= min_lift)
     rows = []
     for c in range(num_concepts):
         values = {key: _scalar(t[c]) for key, t in stats.items()}
-        rows.append(dict(values, concept=ids[c], name=names[c], is_failure=bool(verdict[c]), test=chosen))
+        rows.append(dict(values, concept=ids[c], name=names[c], is_failure=bool(verdict[c]), test=chosen,
+                         class_confounded=bool(crude[c] and not verdict[c])))
 
     def key(row: dict[str, Any]) -> tuple[float, ...]:
         undefined = math.isnan(row["lift"])
@@ -351,6 +529,107 @@ def rank_failures(
 
     rows.sort(key=key)
     return [ConceptFailure(rank=i + 1, **row) for i, row in enumerate(rows)]
+
+
+@dataclass(frozen=True)
+class ProbeCoverage:
+    """How many probe images a failure of a given prevalence can be expected to reach (:func:`probe_coverage`).
+
+    ``enough``: the probe set holds ``min_support`` images of the failure with the asked confidence.
+    """
+
+    probe_size: int
+    rate: float
+    min_support: int
+    expected: float
+    p_enough: float
+    needed: int
+    enough: bool
+    message: str
+
+
+def probe_coverage(probe_size: int, rate: float, min_support: int = 10, confidence: float = 0.9) -> ProbeCoverage:
+    """Can a probe set of ``probe_size`` images show a failure present in a fraction ``rate`` of images?
+
+    A failure concept needs ``min_support`` images in its slice for a verdict (:func:`rank_failures`). The number
+    of probe images showing the failure is binomial; ``p_enough`` is the chance it reaches ``min_support``, and
+    ``needed`` the smallest probe size reaching it with probability ``confidence``.
+
+    Raises:
+        ValueError: if ``probe_size`` is not positive, ``rate`` is not in (0, 1], ``min_support`` is negative or
+            ``confidence`` is not in (0, 1).
+
+    Example:
+        >>> cover = probe_coverage(64, 0.03)
+        >>> print(cover.message)  # doctest: +NORMALIZE_WHITESPACE
+        64 probe images: a failure in 3% of images shows in ~2, fewer than the 10 a failure concept needs;
+        471 probe images hold 10 with 90% probability.
+        >>> probe_coverage(300, 0.5).enough
+        True
+    """
+    if not isinstance(probe_size, int) or probe_size < 1:
+        raise ValueError(f"Expected `probe_size` to be a positive integer, but got {probe_size!r}.")
+    if not 0 < rate <= 1:
+        raise ValueError(f"Expected `rate` to be in (0, 1], but got {rate!r}.")
+    if not isinstance(min_support, int) or min_support < 0:
+        raise ValueError(f"Expected `min_support` to be a non-negative integer, but got {min_support!r}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"Expected `confidence` to be in (0, 1), but got {confidence!r}.")
+    p_enough = _binomial_at_least(probe_size, rate, min_support)
+    needed = max(min_support, 1)
+    step = 1
+    while _binomial_at_least(needed, rate, min_support) < confidence:  # doubling, then bisection
+        needed += step
+        step *= 2
+    low = max(needed - step // 2, min_support, 1)
+    while low < needed:
+        mid = (low + needed) // 2
+        low, needed = (low, mid) if _binomial_at_least(mid, rate, min_support) >= confidence else (mid + 1, needed)
+    expected = probe_size * rate
+    shown = f"{expected:.0f}" if expected >= 1 else f"{expected:.1f}"
+    message = f"{probe_size} probe images: a failure in {100 * rate:.3g}% of images shows in ~{shown}"
+    if p_enough >= confidence:
+        message += f", enough for the {min_support} a failure concept needs."
+    else:
+        message += (f", fewer than the {min_support} a failure concept needs; {needed} probe images hold "
+                    f"{min_support} with {100 * confidence:.0f}% probability.")
+    return ProbeCoverage(probe_size, float(rate), min_support, float(expected), p_enough, needed,
+                         p_enough >= confidence, message)
+
+
+def detectable_rate(probe_size: int, min_support: int = 10, confidence: float = 0.9) -> float:
+    """The smallest prevalence of a failure that ``probe_size`` probe images show in ``min_support`` images with
+    probability ``confidence``; ``inf`` when fewer than ``min_support`` images make the whole probe set.
+
+    Raises:
+        ValueError: as :func:`probe_coverage`.
+
+    Example:
+        >>> round(detectable_rate(128), 3), round(detectable_rate(500), 3)
+        (0.109, 0.028)
+    """
+    probe_coverage(probe_size, 1.0, min_support, confidence)  # validates the arguments
+    if _binomial_at_least(probe_size, 1.0, min_support) < confidence:
+        return math.inf
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _binomial_at_least(probe_size, mid, min_support) < confidence else (low, mid)
+    return high
+
+
+def _binomial_at_least(n: int, p: float, m: int) -> float:
+    """P(Binomial(n, p) >= m), summed in log space."""
+    if m <= 0:
+        return 1.0
+    if m > n:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    below = sum(math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p
+                         + (n - k) * log_q) for k in range(m))
+    return max(0.0, 1.0 - below)
 
 
 def _scalar(t: Tensor) -> Any:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from debugger.confusion import EnsembleCheck, confusion_accuracy
 from debugger.files import atomic_write
-from debugger.ranking import ConceptFailure
+from debugger.ranking import ConceptFailure, detectable_rate
 from debugger.structures import Concept, PatchSet
 from debugger.text import number, p_value, percent
 
@@ -99,16 +99,69 @@ class ConceptReport:
 
     @property
     def failures(self) -> list[ConceptFailure]:
-        """The ranking rows whose verdict is a failure concept, worst first."""
-        return [row for row in self.ranking if row.is_failure]
+        """The failure concepts, worst first: rows whose verdict is a failure, except those merged into another
+        (``merged_into``; the merged concept's row stands for them)."""
+        return [row for row in self.ranking if row.reported]
 
     @property
     def slice_thresholds(self) -> Tensor:
-        """``(C,)`` the score of each concept's weakest top patch: an image is in a concept's slice when one of its
-        patches scores at least this (how :meth:`score` results map onto slices of new images)."""
+        """``(C,)`` an image is in a concept's slice when one of its patches scores at least this (how :meth:`score`
+        results map onto slices of new images): the score of the concept's weakest member when the slices were
+        made of members (``config["slices"] == "members"``), else of its weakest top patch."""
         if not self.concepts or self.top_patches.numel() == 0:
             return torch.zeros(len(self.concepts))
+        if self.config.get("slices") == "members":
+            scores = self.scores
+            return torch.stack([
+                scores[i, c.members.long()].min() if c.members.numel() else scores.new_tensor(float("inf"))
+                for i, c in enumerate(self.concepts)
+            ])
         return self.scores.gather(1, self.top_patches[:, -1:].long()).squeeze(1)
+
+    def slices_of(self, scores: Tensor, image_index: Tensor, num_images: int) -> Tensor:
+        """Which images fall in each concept's slice, from their patches' scores (:meth:`score`), as the analysis
+        made its slices.
+
+        Top-``k`` slices (``config["slices"] == "top_k"``): an image is in a slice when one of its patches reaches
+        :attr:`slice_thresholds`. Member slices: a patch is a member of the discovered concept it scores best on
+        (k-means / NMF assignment) when it also reaches that concept's weakest member's score (discovery's outlier
+        cut); a concept from another source (``extra_concepts``, or all of them without a kept discovery model)
+        takes the patches reaching its threshold, a merged concept its parts' members. On the analysis' own
+        patches this gives back :attr:`membership` (unless discovery dropped a cluster as too small, whose patches
+        may then join a neighbour here).
+
+        Shape:
+            - scores: ``(C, P)``; image_index: ``(P,)`` in ``[0, N)``; output: ``(C, N)`` bool
+
+        Raises:
+            ValueError: if ``scores`` does not have one row per concept and one column per entry of
+                ``image_index``.
+        """
+        num_concepts = len(self.concepts)
+        if scores.dim() != 2 or scores.shape[0] != num_concepts or image_index.shape != (scores.shape[1],):
+            raise ValueError(
+                f"Expected `scores` of shape ({num_concepts}, P) and `image_index` of shape (P,), but got "
+                f"{tuple(scores.shape)!r} and {tuple(image_index.shape)!r}."
+            )
+        scores = torch.nan_to_num(scores.float(), nan=-torch.inf)
+        threshold = self.slice_thresholds.to(scores).view(-1, 1)
+        member = scores >= threshold  # (C, P)
+        if self.config.get("slices") == "members":
+            merged = [i for i, c in enumerate(self.concepts) if c.meta.get("merged_from")]
+            extra = len(self.config.get("extra_concepts", ()))
+            found = num_concepts - len(merged) - extra if self.discovery is not None else 0
+            if found > 0:
+                best = scores[:found].argmax(0)
+                rows = torch.arange(found).view(-1, 1)
+                member[:found] &= best.view(1, -1) == rows
+            row = {c.id: i for i, c in enumerate(self.concepts)}
+            for i in merged:
+                parts = [row[j] for j in self.concepts[i].meta["merged_from"] if j in row]
+                member[i] = member[parts].any(0)
+        out = torch.zeros(num_concepts, num_images, dtype=torch.bool)
+        for c in range(num_concepts):
+            out[c, image_index.long()[member[c]]] = True
+        return out
 
     def score(self, embeddings: Tensor) -> Tensor:
         """Scores of new patch embeddings for this report's concepts, from the discovery model it kept.
@@ -118,7 +171,8 @@ class ConceptReport:
         are comparable with :attr:`scores` and :attr:`slice_thresholds`.
 
         Concepts the kept model did not produce (``extra_concepts`` of the analysis, appended after the discovered
-        ones) score NaN, so they are in no slice of new images.
+        ones) score NaN, so they are in no slice of new images; a merged concept (``meta["merged_from"]``) scores
+        the best of its parts, as it did in the analysis.
 
         Shape:
             - embeddings: ``(n, D)``; output: ``(C, n)``
@@ -143,6 +197,11 @@ class ConceptReport:
             )
         out = found.new_full((len(self.concepts), found.shape[1]), float("nan"))
         out[: found.shape[0]] = found
+        row = {c.id: i for i, c in enumerate(self.concepts)}
+        for i, c in enumerate(self.concepts):
+            parts = [row[j] for j in c.meta.get("merged_from", ()) if j in row]
+            if parts:
+                out[i] = torch.nan_to_num(out[parts], nan=-torch.inf).amax(0)
         return out
 
     def concept(self, key: int | str) -> Concept:
@@ -268,6 +327,7 @@ class ConceptReport:
         ]
         if self.image_accuracy is not None and self.image_accuracy.numel():
             lines.append(f"Probe accuracy: {float(self.image_accuracy.float().mean()):.3f}.")
+        lines += _coverage_line(int(self.membership.shape[1]), self.config.get("min_support"))
         for key in ("epoch", "global_step"):
             if key in self.meta:
                 lines.append(f"{key.replace('_', ' ').capitalize()}: {self.meta[key]}.")
@@ -276,15 +336,18 @@ class ConceptReport:
             "",
             f"**Failure concepts:** {', '.join(f'`{f.name}`' for f in failures) if failures else 'none'}.",
             "",
-            "| rank | concept | failure | support | error in [95% CI] | error out | lift [95% CI] | p (adj.) |",
-            "|---:|---|:---:|---:|---|---|---|---:|",
+            "| rank | concept | failure | support | error in [95% CI] | error out | lift [95% CI] | p (adj.) "
+            "| expected from classes | lift within classes [95% CI] | p (adj.) |",
+            "|---:|---|:---:|---:|---|---|---|---:|---|---|---:|",
         ]
         for row in self.ranking[:max_rows]:
             lines.append(
-                f"| {row.rank} | {row.name} | {'yes' if row.is_failure else ''} | {row.support} "
+                f"| {row.rank} | {row.name} | {_verdict(row)} | {row.support} "
                 f"| {percent(row.error_in)} [{percent(row.error_in_low)}, {percent(row.error_in_high)}] "
                 f"| {percent(row.error_out)} | {number(row.lift)} [{number(row.lift_low)}, {number(row.lift_high)}] "
-                f"| {p_value(row.p_adjusted)} |"
+                f"| {p_value(row.p_adjusted)} | {percent(row.error_in_expected)} "
+                f"| {number(row.class_lift)} [{number(row.class_lift_low)}, {number(row.class_lift_high)}] "
+                f"| {p_value(row.class_p_adjusted)} |"
             )
         if len(self.ranking) > max_rows:
             lines.append(f"\n… {len(self.ranking) - max_rows} more concepts.")
@@ -486,3 +549,22 @@ def _decode_patches(d: dict[str, Any]) -> PatchSet:
         concept_names=tuple(d.get("concept_names", ())),
         method=str(d.get("method", "")),
     )
+
+
+def _coverage_line(probe_size: int, min_support: Any) -> list[str]:
+    """Which failures the probe set is too small to show (a failure concept needs ``min_support`` images)."""
+    if not isinstance(min_support, int) or min_support < 1 or probe_size < 1:
+        return []
+    rate = detectable_rate(probe_size, min_support)
+    if math.isinf(rate):
+        return [f"A failure concept needs {min_support} probe images; {probe_size} cannot show one."]
+    return [f"A failure concept needs {min_support} of the {probe_size} probe images: a failure in fewer than "
+            f"{100 * rate:.0f}% of images may go unseen (`debugger.probe_coverage`)."]
+
+
+def _verdict(row: ConceptFailure) -> str:
+    if row.merged_into is not None:
+        return f"merged into {row.merged_into}"
+    if row.is_failure:
+        return "yes"
+    return "class mix" if row.class_confounded else ""

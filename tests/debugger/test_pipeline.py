@@ -74,7 +74,7 @@ def test_planted_failure_found_with_the_built_in_discovery(embedding):
 def test_confusion_in_the_report_is_on_the_top_patches_source_images():
     batches = _shadow_batches()
     report = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_kmeans_by_sklearn, top_k=20,
-                             patch_kwargs=WINDOWS).run(batches)
+                             slices="top_k", patch_kwargs=WINDOWS).run(batches)
     image_index = report.patches.image_index
     target = torch.cat([b["target"] for b in batches])
     preds = DarknessNet()(torch.cat([b["image"] for b in batches])).argmax(1)
@@ -91,7 +91,8 @@ def test_confusion_in_the_report_is_on_the_top_patches_source_images():
 def test_segmentation_counts_pixels_inside_the_top_patches():
     batches = _shadow_batches(segmentation=True)
     report = ConceptAnalysis(DarknessNet(segmentation=True), "relu", patches="window", discovery=_kmeans_by_sklearn,
-                             top_k=20, min_support=5, patch_kwargs=WINDOWS).run(batches, concept_names=["shadow"])
+                             top_k=20, slices="top_k", min_support=5, patch_kwargs=WINDOWS).run(
+        batches, concept_names=["shadow"])
     assert report.task == "segmentation" and report.iou.shape == (2, 2)
     # 20 top windows of 8x8 pixels per concept, from distinct images or not, never more pixels than that
     assert (report.confusion.sum((1, 2)) <= 20 * 64).all()
@@ -268,3 +269,123 @@ def test_extra_concepts_score_nan_on_new_images_as_the_kept_model_does_not_know_
     _, scores = analysis.score(report, torch.cat([b["image"] for b in _shadow_batches(seed=1)]))
     assert scores.shape[0] == len(report.concepts)
     assert torch.isnan(scores[-1]).all() and torch.isfinite(scores[:-1]).all()
+
+
+# -- slices from members, class control, merges (issue 16) ------------------------------------------------------
+
+
+def _by_darkness(parts=1, overlapping=False):
+    """Discovery finding the dark patches (one per shadowed image) as ``parts`` concepts, plus one for the rest.
+
+    Shadowed images are the even ones; part ``p`` takes those with ``(i // 2) % parts == p`` (disjoint slices), or
+    with ``(i // 2) % (parts + 1) != p`` when ``overlapping`` (each pair shares a third of the images).
+    """
+
+    def discover(embeddings, patches):
+        dark = embeddings[:, 0] > 0.5
+        step = patches.image_index // 2
+        if overlapping:
+            groups = [dark & (step % (parts + 1) != p) for p in range(parts)]
+        else:
+            groups = [dark & (step % parts == p) for p in range(parts)]
+        groups.append(~dark)
+        return [Concept(i, f"cluster-{i}", g.nonzero().squeeze(1), torch.where(g, embeddings[:, 0], -1.0 - i))
+                for i, g in enumerate(groups)]
+
+    return discover
+
+
+def test_member_slices_hold_every_image_of_a_common_failure():
+    batches = _shadow_batches(n=120)  # 60 shadowed images; the top 20 patches reach at most 20 of them
+    common = {"patches": "window", "discovery": _by_darkness(1), "top_k": 20, "patch_kwargs": WINDOWS}
+    members = ConceptAnalysis(DarknessNet(), "relu", **common).run(batches, concept_names=["shadow"])
+    top_k = ConceptAnalysis(DarknessNet(), "relu", slices="top_k", **common).run(batches, concept_names=["shadow"])
+    shadow_m = {r.concept: r for r in members.ranking}[0]
+    shadow_t = {r.concept: r for r in top_k.ranking}[0]
+    assert shadow_m.support == 60 and shadow_t.support == 20
+    assert shadow_m.error_out < shadow_t.error_out  # the other 40 shadowed images are no longer "outside"
+    assert shadow_m.lift > 2 * shadow_t.lift and shadow_m.is_failure
+    assert members.config["slices"] == "members" and members.top_patches.shape == (2, 20)
+    # a new image is in a member slice when a patch scores at least the weakest member's score
+    shadow = members.concepts[0]
+    assert members.slice_thresholds[0] == pytest.approx(float(shadow.scores[shadow.members].min()))
+
+
+def test_segmentation_member_slices_count_the_member_patches_pixels():
+    batches = _shadow_batches(segmentation=True)
+    report = ConceptAnalysis(DarknessNet(segmentation=True), "relu", patches="window", discovery=_by_darkness(1),
+                             top_k=5, min_support=5, patch_kwargs=WINDOWS).run(batches, concept_names=["shadow"])
+    shadow = report.concepts[0]
+    assert report.confusion[0].sum() == 64 * shadow.members.numel()  # 8x8 windows, one per shadowed image
+    assert report.confusion[0, 0, 1] == 64 * 20
+
+
+def test_near_duplicate_failure_concepts_are_merged_into_one():
+    batches = _shadow_batches(n=120)
+    analysis = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_by_darkness(2, overlapping=True),
+                               top_k=20, patch_kwargs=WINDOWS, merge_overlap=0.3)  # the two slices' Jaccard: 1/3
+    report = analysis.run(batches, concept_names=["shadow"])
+    (merged,) = report.failures
+    assert merged.merged_from == (0, 1) and merged.name == "cluster-0+cluster-1" and merged.support == 60
+    parts = [r for r in report.ranking if r.merged_into is not None]
+    assert sorted(r.concept for r in parts) == [0, 1] and all(r.is_failure for r in parts)
+    assert [r.rank for r in report.ranking] == list(range(1, len(report.ranking) + 1))
+    concept = report.concept(merged.concept)
+    assert concept.meta == {"merged_from": [0, 1]}
+    assert torch.equal(concept.members, torch.cat([report.concept(0).members, report.concept(1).members]).unique())
+    back = ConceptReport.from_json(report.to_json())
+    assert [r.merged_into for r in back.ranking] == [r.merged_into for r in report.ranking]
+    assert "merged into" in report.to_markdown()
+    # slices that share no image are not merged
+    apart = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_by_darkness(2), top_k=20,
+                            patch_kwargs=WINDOWS).run(batches)
+    assert sorted(r.concept for r in apart.failures) == [0, 1]
+
+
+def test_a_concept_of_one_hard_class_is_not_a_failure_with_class_control():
+    batches = _shadow_batches(n=80)
+    for b in batches:  # the shadowed images are exactly class 0, the rest class 1
+        b["target"] = torch.where(b["concept_masks"].flatten(1).any(1), 0, 1)
+    model = DarknessNet()
+    with torch.no_grad():  # always predicts class 1: wrong on every image of class 0, whatever it shows
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 1.0]))
+    common = {"patches": "window", "discovery": _by_darkness(1), "top_k": 20, "patch_kwargs": WINDOWS}
+    crude = ConceptAnalysis(model, "relu", class_control=False, **common).run(batches)
+    controlled = ConceptAnalysis(model, "relu", **common).run(batches)
+    assert [r.concept for r in crude.failures] == [0] and crude.ranking[0].class_lift is None
+    row = {r.concept: r for r in controlled.ranking}[0]
+    assert not controlled.failures and row.class_confounded and math.isnan(row.class_p_value)
+    assert "class mix" in controlled.to_markdown()
+
+
+def test_invalid_slices_and_merge_options_are_rejected():
+    with pytest.raises(ValueError, match="Expected `slices` to be one of"):
+        ConceptAnalysis(DarknessNet(), "relu", slices="images")
+    with pytest.raises(ValueError, match="Expected `merge_overlap` to be None or in"):
+        ConceptAnalysis(DarknessNet(), "relu", merge_overlap=0.0)
+
+
+def test_slices_of_the_analysis_own_patches_give_back_its_member_slices():
+    from debugger.pipeline import best_patch_scores
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    batches = [(b["image"], b["target"]) for b in _shadow_batches(n=60)]
+    images = torch.cat([x for x, _ in batches])
+    small = {"sizes": (4,), "strides": (4,)}
+    analysis = ConceptAnalysis(net, "1", patches="window", n_concepts=6, min_support=3, patch_kwargs=small, seed=1)
+    report = analysis.run(batches)
+    assert report.discovery is not None and report.config["slices"] == "members"
+    patches, scores = analysis.score(report, images)
+    assert torch.equal(report.slices_of(scores, patches.image_index, 60), report.membership)
+    # a threshold alone does not: an image's best patch for a concept may belong to a nearer one
+    ball = best_patch_scores(scores, patches.image_index, 60) >= report.slice_thresholds.view(-1, 1)
+    assert not torch.equal(ball, report.membership)
+    top_k = ConceptAnalysis(net, "1", patches="window", n_concepts=6, slices="top_k", min_support=3,
+                            patch_kwargs=small, seed=1).run(batches)
+    patches, scores = analysis.score(top_k, images)
+    assert torch.equal(top_k.slices_of(scores, patches.image_index, 60), top_k.membership)
+    with pytest.raises(ValueError, match="Expected `scores` of shape"):
+        report.slices_of(scores[:1], patches.image_index, 60)

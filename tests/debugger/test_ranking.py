@@ -6,7 +6,9 @@ import torch
 from debugger.ranking import (
     ConceptFailure,
     adjust_p_values,
+    detectable_rate,
     failure_statistics,
+    probe_coverage,
     rank_failures,
     slice_counts,
     wilson_interval,
@@ -180,3 +182,152 @@ def test_rank_errors(kwargs, match):
         rank_failures(torch.tensor([True, False]), torch.ones(2, 2, dtype=torch.bool), **kwargs)
     with pytest.raises(ValueError, match="`correction` to be one of"):
         adjust_p_values(torch.tensor([0.5]), "fdr")  # type: ignore[arg-type]
+
+
+# -- within classes (Mantel–Haenszel) -------------------------------------------------------------------------
+
+
+def _hard_class_case(raise_within: bool, n: int = 400, seed: int = 0):
+    """Class 0 is hard (error 0.6), class 1 easy (0.1). Concept 0 holds class 0 only (hard only by its class);
+    concept 1 holds half of each class and, when ``raise_within``, raises the error inside both classes."""
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.arange(n) % 2
+    membership = torch.zeros(2, n, dtype=torch.bool)
+    membership[0] = classes == 0
+    membership[1] = torch.rand(n, generator=gen) < 0.5
+    p = torch.where(classes == 0, 0.6, 0.1)
+    if raise_within:
+        p = torch.where(membership[1], p + 0.3, p)
+    errors = torch.rand(n, generator=gen) < p
+    return errors, membership, classes
+
+
+def test_a_slice_hard_only_by_its_classes_is_not_a_failure():
+    errors, membership, classes = _hard_class_case(raise_within=False)
+    crude = {r.concept: r for r in rank_failures(errors, membership)}
+    assert crude[0].is_failure and crude[0].lift > 3  # the old verdict: every image of the hard class
+    rows = {r.concept: r for r in rank_failures(errors, membership, strata=classes)}
+    assert not rows[0].is_failure and rows[0].class_confounded
+    assert math.isnan(rows[0].class_p_value)  # no image of class 1 inside: nothing to compare within classes
+    assert not rows[1].is_failure and not rows[1].class_confounded
+
+
+def test_a_slice_that_raises_error_within_classes_is_a_failure_with_both_lifts():
+    errors, membership, classes = _hard_class_case(raise_within=True)
+    rows = {r.concept: r for r in rank_failures(errors, membership, strata=classes)}
+    assert rows[1].is_failure and not rows[1].class_confounded
+    assert rows[1].class_p_adjusted < 0.001
+    assert 1.3 < rows[1].class_lift_low < rows[1].class_lift < rows[1].class_lift_high
+    assert rows[1].error_in_expected < rows[1].error_in
+
+
+def test_mantel_haenszel_matches_a_hand_computation():
+    errors, membership, classes = _hard_class_case(raise_within=True, seed=3)
+    out = failure_statistics(errors, membership, strata=classes, test="ztest", correction="none")
+    c = 1
+    num_r = num_q = num_p = e_sum = v_sum = a_sum = expected = n_in = 0.0
+    for s in (0, 1):
+        cls = classes == s
+        inside, outside = cls & membership[c], cls & ~membership[c]
+        a, n1 = float(errors[inside].sum()), float(inside.sum())
+        b, n0 = float(errors[outside].sum()), float(outside.sum())
+        t, m1 = n1 + n0, a + b
+        num_r += a * n0 / t
+        num_q += b * n1 / t
+        num_p += (m1 * n1 * n0 - a * b * t) / t**2
+        a_sum += a
+        e_sum += n1 * m1 / t
+        v_sum += n1 * n0 * m1 * (t - m1) / (t**2 * (t - 1))
+        expected += n1 * b / n0
+        n_in += n1
+    rr = num_r / num_q
+    se = math.sqrt(num_p / (num_r * num_q))
+    assert out["class_lift"][c].item() == pytest.approx(rr, rel=1e-9)
+    assert out["class_lift_low"][c].item() == pytest.approx(rr * math.exp(-1.959964 * se), rel=1e-5)
+    assert out["class_lift_high"][c].item() == pytest.approx(rr * math.exp(1.959964 * se), rel=1e-5)
+    z = (a_sum - e_sum) / math.sqrt(v_sum)
+    assert out["class_p_value"][c].item() == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-6)
+    assert out["error_in_expected"][c].item() == pytest.approx(expected / n_in, rel=1e-9)
+
+
+def test_one_stratum_gives_the_crude_lift():
+    errors, membership = _planted()
+    out = failure_statistics(errors, membership, strata=torch.zeros(len(errors), dtype=torch.long))
+    assert torch.allclose(out["class_lift"], out["lift"], rtol=1e-9)
+    assert torch.allclose(out["error_in_expected"], out["error_out"], rtol=1e-9)
+
+
+def test_bootstrap_within_classes_on_pixels_flags_the_raising_region_only():
+    gen = torch.Generator().manual_seed(0)
+    n, h, w = 60, 4, 4
+    classes = torch.zeros(n, h, w, dtype=torch.long)
+    classes[:, :, 2:] = 1  # right half is the hard class
+    membership = torch.zeros(2, n, h, w, dtype=torch.bool)
+    membership[0, :, :, 2:] = True  # the hard class's pixels, nothing else
+    membership[1, : n // 2, :2, :] = True  # top rows of half the images, both classes
+    p = torch.where(classes == 1, 0.6, 0.1)
+    p = torch.where(membership[1], p + 0.3, p)
+    errors = torch.rand(n, h, w, generator=gen) < p
+    rows = {r.concept: r for r in rank_failures(errors, membership, strata=classes, n_bootstrap=300)}
+    assert rows[0].class_confounded and not rows[0].is_failure
+    assert rows[1].is_failure and rows[1].test == "bootstrap" and rows[1].class_lift_low > 1
+
+
+def test_strata_are_validated():
+    errors, membership = _planted()
+    with pytest.raises(ValueError, match="Expected `strata` to have the shape"):
+        slice_counts(errors, membership, strata=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"stratum to lie in \[0, 2\)"):
+        slice_counts(errors, membership, strata=torch.full(errors.shape, 2), num_strata=2)
+
+
+def test_failure_rows_of_older_reports_read_with_defaults():
+    errors, membership = _planted()
+    row = rank_failures(errors, membership, strata=torch.zeros(len(errors), dtype=torch.long))[0].to_dict()
+    old = {k: v for k, v in row.items() if not k.startswith("class_") and k not in
+           ("error_in_expected", "merged_from", "merged_into")}
+    back = ConceptFailure.from_dict(old)
+    assert back.class_lift is None and back.merged_into is None and back.merged_from == ()
+    assert ConceptFailure.from_dict(dict(row, merged_from=[3, 5])).merged_from == (3, 5)
+
+
+# -- probe coverage -----------------------------------------------------------------------------------------------
+
+
+def test_probe_coverage_names_a_probe_set_too_small_for_a_rare_failure():
+    small = probe_coverage(64, 0.03)
+    assert not small.enough and small.expected == pytest.approx(1.92)
+    assert small.message.startswith("64 probe images: a failure in 3% of images shows in ~2")
+    assert probe_coverage(small.needed, 0.03).enough and not probe_coverage(small.needed - 1, 0.03).enough
+    assert probe_coverage(300, 0.5).enough
+
+
+def test_probe_coverage_matches_the_binomial_tail():
+    stats = pytest.importorskip("scipy.stats")
+    for n, rate, m in ((64, 0.03, 10), (200, 0.05, 10), (128, 0.2, 5)):
+        want = float(stats.binom.sf(m - 1, n, rate))
+        assert probe_coverage(n, rate, m).p_enough == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"probe_size": 0, "rate": 0.1}, "probe_size"),
+    ({"probe_size": 10, "rate": 0.0}, "rate"),
+    ({"probe_size": 10, "rate": 0.1, "min_support": -1}, "min_support"),
+    ({"probe_size": 10, "rate": 0.1, "confidence": 1.0}, "confidence"),
+])
+def test_probe_coverage_rejects_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=f"Expected `{match}`"):
+        probe_coverage(**kwargs)
+
+
+def test_detectable_rate_is_where_the_probe_set_starts_to_be_enough():
+    rate = detectable_rate(128, 10)
+    assert probe_coverage(128, min(1.0, rate * 1.01)).enough and not probe_coverage(128, rate * 0.99).enough
+    assert detectable_rate(500) < rate < detectable_rate(64)
+    assert math.isinf(detectable_rate(5, 10))
+
+
+def test_without_strata_the_within_class_fields_are_not_computed():
+    row = rank_failures(*_planted())[0]
+    assert row.class_lift is None and row.class_p_adjusted is None and row.error_in_expected is None
+    assert not row.class_confounded
