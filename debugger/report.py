@@ -58,6 +58,8 @@ class ConceptReport:
         - ground_truth_precision: ``(C, G)`` float, fraction of each concept's top patches that overlap each
           ground-truth concept mask (``patches.concept_names``), or None without ground truth
         - diffs: name → ``(C, K, K)`` float, normalized ``second - first`` confusion differences
+        - centroids: ``(C, D)`` float32, the mean embedding of each concept's members (how new patches are
+          assigned to the concepts, :mod:`debugger.matching`), or None (reports written before they were kept)
 
     ``discovery`` is the fitted k-means/NMF model behind the concepts (:meth:`ConceptDiscovery.to_dict
     <debugger.discovery.ConceptDiscovery.to_dict>`), so :meth:`score` can score patches of images the analysis
@@ -83,6 +85,7 @@ class ConceptReport:
     config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     discovery: dict[str, Any] | None = None
+    centroids: Tensor | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -181,6 +184,7 @@ class ConceptReport:
             "config": _encode_value(self.config),
             "meta": _encode_value(self.meta),
             "discovery": None if self.discovery is None else _encode_value(self.discovery),
+            "centroids": _maybe(self.centroids),
         }
 
     @classmethod
@@ -219,6 +223,7 @@ class ConceptReport:
             config=_decode_value(d.get("config", {})),
             meta=_decode_value(d.get("meta", {})),
             discovery=_decode_value(d.get("discovery")),
+            centroids=_maybe_decode(d.get("centroids")),
             schema_version=version,
         )
 
