@@ -160,7 +160,8 @@ def run(scenario: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     analysis_s = time.perf_counter() - clock
     images, objects = clean_probe(seed, args.clean_size)
     matcher = TransformMatcher(renderers(objects, int(images.shape[-1])), strengths=args.strengths,
-                               min_patches=args.min_patches, min_contrast=args.min_contrast, seed=seed)
+                               min_patches=args.min_patches, min_contrast=args.min_contrast, within=args.within,
+                               seed=seed)
     clock = time.perf_counter()
     result = matcher.match(analysis, report, images)
     match_s = time.perf_counter() - clock
@@ -170,7 +171,8 @@ def run(scenario: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     lifts = {r.name: float(r.lift) for r in report.ranking}
     shows = {m.concept: (m.shows, m.shows_precision) for m in result.matches if m.shows is not None}
     catalogue = match_transforms(without(result.table, ORACLE), [m.concept for m in result.matches],
-                                 args.min_contrast, args.min_patches, lifts=lifts, shows=shows)
+                                 args.min_contrast, args.min_patches, lifts=lifts, shows=shows,
+                                 ids={c.name: c.id for c in report.concepts})
     rows = [dict(m.to_dict(), rank=ranks[m.concept], with_oracle=o.to_dict())
             for m, o in zip(catalogue, result.matches, strict=True)]
     target = [r for r in rows if r["shows"] == scenario and (r["shows_precision"] or 0) >= args.min_precision]
@@ -219,6 +221,8 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0])
     parser.add_argument("--min-patches", type=int, default=30)
     parser.add_argument("--min-contrast", type=float, default=0.1)
+    parser.add_argument("--within", type=lambda v: None if v == "none" else float(v), default=1.0,
+                        help="a concept claims patches only within this many of its radii ('none': no limit)")
     parser.add_argument("--min-precision", type=float, default=0.5,
                         help="share of a concept's top patches on a planted concept for it to 'show' that concept")
     parser.add_argument("--baseline-cache", default="/tmp/match/baselines",

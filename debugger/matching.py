@@ -118,12 +118,15 @@ def changed_fraction(patches: PatchSet, changed: Tensor) -> Tensor:
     return box_concept_overlap(patches.boxes, patches.image_index, masks)[:, 0]
 
 
-def centroid_claims(embeddings: Tensor, centroids: Tensor) -> Tensor:
+def centroid_claims(embeddings: Tensor, centroids: Tensor, radii: Tensor | None = None) -> Tensor:
     """Assign each embedding to the concept with the nearest centroid (Euclidean; NaN centroids never win).
 
+    With ``radii``, the nearest concept claims the embedding only when it lies within that concept's radius: a
+    patch unlike every concept is claimed by none, instead of by whichever is least unlike it.
+
     Shape:
-        - embeddings: ``(n, D)`` (more dims are flattened); centroids: ``(C, D)``
-        - output: ``(C, n)`` bool, exactly one True per column (none when every centroid is NaN)
+        - embeddings: ``(n, D)`` (more dims are flattened); centroids: ``(C, D)``; radii: ``(C,)``
+        - output: ``(C, n)`` bool, at most one True per column
 
     Raises:
         ValueError: if the embedding and centroid dimensions differ.
@@ -145,7 +148,12 @@ def centroid_claims(embeddings: Tensor, centroids: Tensor) -> Tensor:
         return out
     d = torch.cdist(x, c.nan_to_num(0.0))
     d[:, ~valid] = torch.inf
-    out[d.argmin(1), torch.arange(x.shape[0], device=x.device)] = True
+    nearest = d.argmin(1)
+    cols = torch.arange(x.shape[0], device=x.device)
+    inside = torch.ones_like(nearest, dtype=torch.bool)
+    if radii is not None:
+        inside = d[cols, nearest] <= radii.float().to(x.device).nan_to_num(torch.inf)[nearest]
+    out[nearest[inside], cols[inside]] = True
     return out
 
 
@@ -559,6 +567,9 @@ class TransformMatcher:
         range_fraction: strengths whose contrast is at least this fraction of the best form the strength range.
         rule: ``"centroid"`` (nearest concept centroid, exclusive; the report's ``centroids``) or ``"threshold"``
             (score ≥ slice threshold, by the report's kept discovery model).
+        within: with ``rule="centroid"``, the nearest concept claims a patch only within ``within`` times its
+            radius (the report's ``radii``: the 95th percentile of its own members' distances); None: no limit (a
+            patch unlike every concept still goes to the least unlike one).
         bind: concept name → transform chosen by a person; overrides the measured choice.
         seed: seeds the renderers' generators.
 
@@ -575,6 +586,7 @@ class TransformMatcher:
         min_contrast: float = 0.1,
         range_fraction: float = 0.5,
         rule: Rule = "centroid",
+        within: float | None = 1.0,
         bind: Mapping[str, str] | None = None,
         seed: int = 0,
     ) -> None:
@@ -599,15 +611,19 @@ class TransformMatcher:
         self.min_patches = min_patches
         self.min_contrast = min_contrast
         self.range_fraction = range_fraction
+        if within is not None and not (isinstance(within, int | float) and within > 0):
+            raise ValueError(f"Expected `within` to be None or a positive number, but got {within!r}.")
         self.rule: Rule = rule
+        self.within = within
         self.bind = dict(bind or {})
         self.seed = seed
 
     def measure(self, analysis: ConceptAnalysis, images: Tensor, centroids: Tensor | None = None,
                 concepts: Sequence[str] = (), score: Callable[[Tensor], Tensor] | None = None,
-                thresholds: Tensor | None = None) -> ClaimTable:
-        """The claim table for concepts given by ``centroids`` (``rule="centroid"``) or by ``score`` and
-        ``thresholds`` (``rule="threshold"``), patches made and embedded by ``analysis``.
+                thresholds: Tensor | None = None, radii: Tensor | None = None) -> ClaimTable:
+        """The claim table for concepts given by ``centroids`` (``rule="centroid"``; with ``radii``, claims reach
+        ``within`` radii, without them they are unlimited) or by ``score`` and ``thresholds``
+        (``rule="threshold"``), patches made and embedded by ``analysis``.
 
         Raises:
             ValueError: if what the rule needs is missing, or the names do not match the concepts.
@@ -617,9 +633,10 @@ class TransformMatcher:
                 raise ValueError("Expected concept `centroids` for rule='centroid', but got None.")
             cents = centroids.float()
             count = int(cents.shape[0])
+            reach = None if self.within is None or radii is None else radii.float() * self.within
 
             def claim(emb: Tensor) -> Tensor:
-                return centroid_claims(emb, cents)
+                return centroid_claims(emb, cents, reach)
         else:
             if score is None or thresholds is None:
                 raise ValueError("Expected `score` and `thresholds` for rule='threshold', but got None.")
@@ -674,7 +691,10 @@ class TransformMatcher:
             if report.centroids is None:
                 raise ValueError("Expected a report with concept `centroids` (rule='centroid'), but got one without: "
                                  "it was written before they were kept; re-run the analysis or use rule='threshold'.")
-            table = self.measure(runner, images, centroids=report.centroids, concepts=names)
+            if self.within is not None and report.radii is None:
+                raise ValueError("Expected a report with concept `radii` (`within` is set), but got one without: it "
+                                 "was written before they were kept; re-run the analysis or use within=None.")
+            table = self.measure(runner, images, centroids=report.centroids, concepts=names, radii=report.radii)
         else:
             table = self.measure(runner, images, concepts=names, score=lambda e: report.score(e),
                                  thresholds=report.slice_thresholds)
@@ -687,7 +707,8 @@ class TransformMatcher:
         """The configuration as JSON-ready values (stored in every result)."""
         return {"transforms": list(self.renderers), "strengths": list(self.strengths),
                 "min_changed": self.min_changed, "min_patches": self.min_patches, "min_contrast": self.min_contrast,
-                "range_fraction": self.range_fraction, "rule": self.rule, "bind": dict(self.bind), "seed": self.seed}
+                "range_fraction": self.range_fraction, "rule": self.rule, "within": self.within,
+                "bind": dict(self.bind), "seed": self.seed}
 
 
 def analysis_for(report: ConceptReport, model: nn.Module) -> ConceptAnalysis:

@@ -210,6 +210,7 @@ class ConceptAnalysis:
         report.config = self.config()
         report.discovery = fitted
         report.centroids = concept_centroids(embeddings, concepts)
+        report.radii = concept_radii(embeddings, concepts, report.centroids)
         report.meta = dict(meta or {}, timings=timings, num_patches=len(patch_set),
                            embedding_dim=int(embeddings.shape[1]))
         return report
@@ -534,6 +535,31 @@ def concept_centroids(embeddings: Tensor, concepts: Sequence[Concept]) -> Tensor
         if c.members.numel():
             out[i] = flat[c.members.long().to(flat.device)].mean(0)
     return out.cpu()
+
+
+def concept_radii(embeddings: Tensor, concepts: Sequence[Concept], centroids: Tensor, quantile: float = 0.95
+                  ) -> Tensor:
+    """How far each concept's members lie from its centroid: the ``quantile`` of their distances (NaN without members).
+
+    A new patch nearer to a concept's centroid than to any other is one of its kind only when it also lies within
+    this radius (:mod:`debugger.matching`): a Voronoi cell reaches to infinity, a concept does not.
+
+    Shape:
+        - embeddings: ``(P, D)`` (or ``(P, D, h, w)``, flattened); centroids: ``(C, D)``; output: ``(C,)`` float32
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]])
+        >>> c = [Concept(0, "a", torch.tensor([0, 1]), torch.zeros(3))]
+        >>> concept_radii(emb, c, concept_centroids(emb, c), quantile=1.0).tolist()
+        [1.0]
+    """
+    flat = embeddings.detach().float().flatten(1).cpu()
+    out = torch.full((len(concepts),), float("nan"))
+    for i, c in enumerate(concepts):
+        if c.members.numel():
+            d = (flat[c.members.long()] - centroids[i].float()).norm(dim=1)
+            out[i] = torch.quantile(d, quantile)
+    return out
 
 
 def ground_truth_precision(patches: PatchSet, top: Tensor, min_overlap: float = 0.0) -> Tensor | None:

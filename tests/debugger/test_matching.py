@@ -232,6 +232,14 @@ def test_centroid_claims_are_exclusive_and_skip_missing_centroids():
         centroid_claims(torch.zeros(1, 3), cents)
 
 
+def test_centroid_claims_within_radii_leave_far_patches_unclaimed():
+    cents = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    far = torch.tensor([[0.5, 0.0], [0.0, 2.0], [3.0, 0.2]])
+    assert centroid_claims(far, cents).tolist() == [[True, True, False], [False, False, True]]
+    within = centroid_claims(far, cents, torch.tensor([1.0, float("nan")]))  # NaN radius: no limit
+    assert within.tolist() == [[True, False, False], [False, False, True]]
+
+
 def test_measure_claims_rejects_bad_renderers_and_grids():
     a = analysis(TextureNet())
     images = textured(2)
@@ -274,6 +282,8 @@ def test_transform_matcher_validates_its_settings():
         TransformMatcher(RENDERERS, min_changed=1.5)
     with pytest.raises(ValueError, match="Expected `range_fraction` to be in"):
         TransformMatcher(RENDERERS, range_fraction=-0.1)
+    with pytest.raises(ValueError, match="Expected `within` to be None or a positive number"):
+        TransformMatcher(RENDERERS, within=0.0)
 
 
 # -- end to end: discovered concepts, matched from the report -------------------------------------------------------
@@ -300,10 +310,12 @@ def discovered() -> tuple[TextureNet, ConceptReport]:
 def test_report_keeps_concept_centroids_through_json(discovered: tuple[TextureNet, ConceptReport]):
     _, report = discovered
     assert report.centroids is not None and report.centroids.shape == (3, 3)
+    assert report.radii is not None and report.radii.shape == (3,) and bool((report.radii >= 0).all())
     again = ConceptReport.from_json(report.to_json())
     assert again.centroids is not None and torch.equal(again.centroids, report.centroids)
+    assert again.radii is not None and torch.equal(again.radii, report.radii)
     old = report.to_dict()
-    del old["centroids"]  # a report written before centroids were kept still reads
+    del old["centroids"], old["radii"]  # a report written before they were kept still reads
     assert ConceptReport.from_dict(old).centroids is None
 
 
@@ -341,6 +353,9 @@ def test_match_defaults_to_failure_concepts_and_checks_the_report(discovered: tu
 
     with pytest.raises(ValueError, match="Expected a report with concept `centroids`"):
         matcher.match(model, replace(report, centroids=None), textured(2), concepts=["cluster-0"])
+    with pytest.raises(ValueError, match="Expected a report with concept `radii`"):
+        TransformMatcher(RENDERERS, within=1.0).match(model, replace(report, radii=None), textured(2),
+                                                      concepts=["cluster-0"])
     with pytest.raises(ValueError, match="names its `patches` and `embedding`"):
         analysis_for(replace(report, config={}), model)
 
