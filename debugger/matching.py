@@ -417,7 +417,6 @@ def measure_claims(
     changed_share = torch.full((c, t, s), float("nan"))
     clean_share = torch.full((c, t, s), float("nan"))
     counts = torch.zeros(t, s, dtype=torch.long)
-    n, _, h, w = images.shape
     for j, (name, render) in enumerate(renderers.items()):
         for k, strength in enumerate(grid):
             with torch.no_grad():
@@ -502,55 +501,53 @@ def _match_one(table: ClaimTable, i: int, contrast: Tensor, min_contrast: float,
     name = table.concepts[i]
     head = name + (f" (lift {lift:.2f})" if math.isfinite(lift) else "")
     tail = f" Its top patches show ground-truth `{shows[0]}` ({shows[1]:.0%})." if shows else ""
-    common = {"concept_id": concept_id, "lift": lift, "shows": shows[0] if shows else None,
-              "shows_precision": shows[1] if shows else float("nan")}
-    flat = int(contrast.flatten().argmax())
-    j, k = divmod(flat, contrast.shape[1])
-    measured = math.isfinite(float(contrast[j, k]))
 
-    def cell(j: int, k: int) -> dict[str, Any]:
-        return {"claim_changed": float(table.changed[i, j, k]), "claim_clean": float(table.clean[i, j, k]),
-                "n_changed": int(table.counts[j, k]), "strength": table.strengths[k]}
+    def result(transform: str | None, rng: tuple[float, float] | None, at: tuple[int, int] | None, source: Source,
+               text: str) -> TransformMatch:
+        """The match, its claims read at cell ``at`` (none: unmeasured)."""
+        nan = float("nan")
+        changed, clean, count, strength = (nan, nan, 0, None) if at is None else (
+            float(table.changed[i][at]), float(table.clean[i][at]), int(table.counts[at]), table.strengths[at[1]])
+        return TransformMatch(name, transform, rng, changed, clean, text + tail, concept_id, strength, count, source,
+                              lift, shows[0] if shows else None, shows[1] if shows else nan)
 
     def said(j: int, k: int) -> str:
         return (f"{float(table.changed[i, j, k]):.0%} of the patches {table.transforms[j]} changed at strength "
                 f"{table.strengths[k]:g} fall in {name}, {float(table.clean[i, j, k]):.0%} of the same patches clean "
                 f"(n={int(table.counts[j, k])})")
 
+    j, k = divmod(int(contrast.flatten().argmax()), contrast.shape[1])
+    best = float(contrast[j, k])  # -inf when no cell has enough changed patches
     if bound is not None:
-        if bound in table.transforms:
-            jb = table.transforms.index(bound)
-            row = contrast[jb]
-            kb = int(row.argmax())
-            if math.isfinite(float(row[kb])):
-                rng = strength_range(row, table.strengths, kb, range_fraction)
-                text = (f"{head} ↔ {bound} strength {_range(rng)}, bound by a person (`bind`): {said(jb, kb)}."
-                        + (f" Unbound, it would match {table.transforms[j]}." if j != jb and measured
-                           and float(contrast[j, k]) >= min_contrast else ""))
-                return TransformMatch(name, bound, rng, evidence=text + tail, source="bound", **cell(jb, kb), **common)
+        jb = table.transforms.index(bound) if bound in table.transforms else -1
+        kb = int(contrast[jb].argmax()) if jb >= 0 else 0
+        if jb >= 0 and math.isfinite(float(contrast[jb, kb])):
+            rng = strength_range(contrast[jb], table.strengths, kb, range_fraction)
+            unbound = (f" Unbound, it would match {table.transforms[j]}." if j != jb and best >= min_contrast
+                       else "")
+            text = f"{head} ↔ {bound} strength {_range(rng)}, bound by a person (`bind`): {said(jb, kb)}.{unbound}"
+            return result(bound, rng, (jb, kb), "bound", text)
         text = (f"{head} ↔ {bound}, bound by a person (`bind`); its strength was not measured "
                 f"({bound} changed fewer than {min_patches} patches or is not in the catalogue measured).")
-        return TransformMatch(name, bound, None, float("nan"), float("nan"), text + tail, source="bound", **common)
-    if not measured:
+        return result(bound, None, None, "bound", text)
+    if not math.isfinite(best):
         text = (f"{head}: no match — no transform changed {min_patches} or more patches at any strength "
                 f"(at least {table.min_changed:.0%} of a patch's pixels); the policy's fallback applies.")
-        return TransformMatch(name, None, None, float("nan"), float("nan"), text + tail, source="none", **common)
-    best = float(contrast[j, k])
+        return result(None, None, None, "none", text)
     if best < min_contrast:
         text = (f"{head}: no match — the strongest claim is {said(j, k)}: a contrast of {best:.2f}, below "
                 f"{min_contrast:.2f}; the policy's fallback applies.")
-        return TransformMatch(name, None, None, evidence=text + tail, source="none", **cell(j, k), **common)
+        return result(None, None, (j, k), "none", text)
     rng = strength_range(contrast[j], table.strengths, k, range_fraction)
     others = [(float(contrast[o].max()), o) for o in range(contrast.shape[0]) if o != j]
     runner = ""
     if others and math.isfinite(max(others)[0]):
-        _, o = max(others)
+        o = max(others)[1]
         ko = int(contrast[o].argmax())
         runner = (f"; next best {table.transforms[o]}: {float(table.changed[i, o, ko]):.0%} vs "
                   f"{float(table.clean[i, o, ko]):.0%}")
-    text = f"{head} ↔ {table.transforms[j]} strength {_range(rng)}: {said(j, k)}{runner}."
-    return TransformMatch(name, table.transforms[j], rng, evidence=text + tail, source="matched", **cell(j, k),
-                          **common)
+    return result(table.transforms[j], rng, (j, k), "matched",
+                  f"{head} ↔ {table.transforms[j]} strength {_range(rng)}: {said(j, k)}{runner}.")
 
 
 class TransformMatcher:
@@ -575,6 +572,13 @@ class TransformMatcher:
 
     Raises:
         ValueError: for an unknown rule, no renderers, an invalid grid or threshold.
+
+    Example:
+        >>> def untouched(images, strength, generator):
+        ...     return images, torch.zeros_like(images[:, 0], dtype=torch.bool)
+        >>> matcher = TransformMatcher({"untouched": untouched}, strengths=(0.5, 1.0), bind={"cluster-2": "Cutout"})
+        >>> matcher.settings()["strengths"], matcher.settings()["within"]
+        ([0.5, 1.0], 1.0)
     """
 
     def __init__(
