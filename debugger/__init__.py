@@ -71,6 +71,13 @@ _LAZY: dict[str, str] = {
     # the pipeline and its report
     "ConceptAnalysis": "pipeline",
     "ConceptReport": "report",
+    # failure concept → transform, without labels
+    "TransformMatcher": "matching",
+    "TransformMatch": "matching",
+    "MatchResult": "matching",
+    "ClaimTable": "matching",
+    "match_transforms": "matching",
+    "measure_claims": "matching",
     # renderers
     "confusion_heatmap": "render",
     "concept_gallery": "render",
@@ -142,6 +149,12 @@ __all__ = [
     "member_slices",
     "ConceptAnalysis",
     "ConceptReport",
+    "TransformMatcher",
+    "TransformMatch",
+    "MatchResult",
+    "ClaimTable",
+    "match_transforms",
+    "measure_claims",
     "confusion_heatmap",
     "concept_gallery",
     "tsne_grid",
@@ -180,6 +193,14 @@ if TYPE_CHECKING:
         slice_quality,
     )
     from debugger.fingerprint import model_fingerprint
+    from debugger.matching import (
+        ClaimTable,
+        MatchResult,
+        TransformMatch,
+        TransformMatcher,
+        match_transforms,
+        measure_claims,
+    )
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
     from debugger.probes import select_probe_indices

@@ -235,6 +235,8 @@ class ConceptAnalysis:
         report.class_names = tuple(class_names) if class_names is not None else ()
         report.config = self.config()
         report.discovery = fitted
+        report.centroids = concept_centroids(embeddings, concepts)
+        report.radii = concept_radii(embeddings, concepts, report.centroids)
         report.meta = dict(meta or {}, timings=timings, num_patches=len(patch_set),
                            embedding_dim=int(embeddings.shape[1]))
         return report
@@ -321,13 +323,50 @@ class ConceptAnalysis:
             raise ValueError(f"Expected `images` of shape (N, C, H, W) with N > 0, but got {tuple(images.shape)!r}.")
         if report.discovery is None:
             report.score(images.new_zeros(1, 1))  # raises the report's own error
+        patch_set, embeddings = self.embed(images)
+        return patch_set, report.score(embeddings.float().cpu())
+
+    def embed(self, images: Tensor, patches: PatchSet | None = None) -> tuple[PatchSet, Tensor]:
+        """The patches of ``images`` and their embeddings, made exactly as :meth:`run` makes them.
+
+        ``patches`` embeds given patches instead (e.g. patches cut from other images, laid on these): how
+        :mod:`debugger.matching` embeds the same patches of an image before and after a transform.
+
+        Shape:
+            - images: ``(N, C, H, W)``
+            - output: the ``P`` patches, and their embeddings ``(P, D)`` (float32, CPU)
+
+        Raises:
+            ValueError: for images that are not ``(N, C, H, W)`` with ``N > 0``, patches that do not fit them, or
+                an unknown layer.
+
+        Example:
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            >>> analysis = ConceptAnalysis(net, "1", patches="window", patch_kwargs={"sizes": (4,), "strides": (4,)})
+            >>> patches, emb = analysis.embed(torch.rand(2, 3, 8, 8))
+            >>> len(patches), tuple(emb.shape)
+            (8, (8, 4))
+        """
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise ValueError(f"Expected `images` of shape (N, C, H, W) with N > 0, but got {tuple(images.shape)!r}.")
         from debugger.embed import embed_patches
 
-        patch_set = self._patches(images, None, ())
+        patch_set = self.make_patches(images) if patches is None else patches
         with torch.no_grad():
             embeddings = embed_patches(self.model, self.layer, images, patch_set, mode=self.embedding,
                                        **self.embed_kwargs)
-        return patch_set, report.score(embeddings.float().cpu())
+        return patch_set, embeddings
+
+    def make_patches(self, images: Tensor) -> PatchSet:
+        """The patches :meth:`run` cuts ``images`` into (this analysis' patch method and settings).
+
+        Shape:
+            - images: ``(N, C, H, W)``
+
+        Raises:
+            ValueError: for an empty probe set or settings the patch method rejects.
+        """
+        return self._patches(images, None, ())
 
     def config(self) -> dict[str, Any]:
         """The configuration as JSON-ready values (stored in every report)."""
@@ -536,6 +575,54 @@ def best_patch_scores(scores: Tensor, image_index: Tensor, num_images: int) -> T
     out = scores.new_full((scores.shape[0], num_images), -torch.inf)
     index = image_index.to(scores.device).long().view(1, -1).expand_as(scores)
     return out.scatter_reduce(1, index, scores, reduce="amax", include_self=True)
+
+
+def concept_centroids(embeddings: Tensor, concepts: Sequence[Concept]) -> Tensor:
+    """The mean embedding of each concept's members (NaN for a concept without members).
+
+    For k-means concepts this is the cluster centre without the outliers discovery dropped; for any other
+    concept (NMF, a callable, an extractor) it places the concept in embedding space all the same, so new
+    patches can be assigned to the nearest concept (:mod:`debugger.matching`).
+
+    Shape:
+        - embeddings: ``(P, D)`` (or ``(P, D, h, w)``, flattened); output: ``(C, D)`` float32
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]])
+        >>> concept_centroids(emb, [Concept(0, "a", torch.tensor([0, 1]), torch.zeros(3))]).tolist()
+        [[1.0, 0.0]]
+    """
+    flat = embeddings.detach().float().flatten(1)
+    out = flat.new_full((len(concepts), flat.shape[1]), float("nan"))
+    for i, c in enumerate(concepts):
+        if c.members.numel():
+            out[i] = flat[c.members.long().to(flat.device)].mean(0)
+    return out.cpu()
+
+
+def concept_radii(embeddings: Tensor, concepts: Sequence[Concept], centroids: Tensor, quantile: float = 0.95
+                  ) -> Tensor:
+    """How far each concept's members lie from its centroid: the ``quantile`` of their distances (NaN without members).
+
+    A new patch nearer to a concept's centroid than to any other is one of its kind only when it also lies within
+    this radius (:mod:`debugger.matching`): a Voronoi cell reaches to infinity, a concept does not.
+
+    Shape:
+        - embeddings: ``(P, D)`` (or ``(P, D, h, w)``, flattened); centroids: ``(C, D)``; output: ``(C,)`` float32
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]])
+        >>> c = [Concept(0, "a", torch.tensor([0, 1]), torch.zeros(3))]
+        >>> concept_radii(emb, c, concept_centroids(emb, c), quantile=1.0).tolist()
+        [1.0]
+    """
+    flat = embeddings.detach().float().flatten(1).cpu()
+    out = torch.full((len(concepts),), float("nan"))
+    for i, c in enumerate(concepts):
+        if c.members.numel():
+            d = (flat[c.members.long()] - centroids[i].float()).norm(dim=1)
+            out[i] = torch.quantile(d, quantile)
+    return out
 
 
 def ground_truth_precision(patches: PatchSet, top: Tensor, min_overlap: float = 0.0) -> Tensor | None:

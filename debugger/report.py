@@ -59,6 +59,9 @@ class ConceptReport:
         - ground_truth_precision: ``(C, G)`` float, fraction of each concept's top patches that overlap each
           ground-truth concept mask (``patches.concept_names``), or None without ground truth
         - diffs: name → ``(C, K, K)`` float, normalized ``second - first`` confusion differences
+        - centroids: ``(C, D)`` float32, the mean embedding of each concept's members (how new patches are
+          assigned to the concepts, :mod:`debugger.matching`), or None (reports written before they were kept)
+        - radii: ``(C,)`` float32, the 95th percentile of the members' distances to their centroid, or None
 
     ``discovery`` is the fitted k-means/NMF model behind the concepts (:meth:`ConceptDiscovery.to_dict
     <debugger.discovery.ConceptDiscovery.to_dict>`), so :meth:`score` can score patches of images the analysis
@@ -84,6 +87,8 @@ class ConceptReport:
     config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     discovery: dict[str, Any] | None = None
+    centroids: Tensor | None = None
+    radii: Tensor | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -241,6 +246,8 @@ class ConceptReport:
             "config": _encode_value(self.config),
             "meta": _encode_value(self.meta),
             "discovery": None if self.discovery is None else _encode_value(self.discovery),
+            "centroids": _maybe(self.centroids),
+            "radii": _maybe(self.radii),
         }
 
     @classmethod
@@ -279,6 +286,8 @@ class ConceptReport:
             config=_decode_value(d.get("config", {})),
             meta=_decode_value(d.get("meta", {})),
             discovery=_decode_value(d.get("discovery")),
+            centroids=_maybe_decode(d.get("centroids")),
+            radii=_maybe_decode(d.get("radii")),
             schema_version=version,
         )
 

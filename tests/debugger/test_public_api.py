@@ -12,6 +12,7 @@ import debugger
 
 
 def test_every_exported_name_resolves_to_the_submodule_object():
+    from debugger.matching import TransformMatcher
     from debugger.pipeline import ConceptAnalysis
     from debugger.report import ConceptReport
 
@@ -19,6 +20,7 @@ def test_every_exported_name_resolves_to_the_submodule_object():
     assert missing == []
     assert debugger.ConceptAnalysis is ConceptAnalysis
     assert debugger.ConceptReport is ConceptReport
+    assert debugger.TransformMatcher is TransformMatcher
 
 
 def test_failure_evidence_and_probe_selection_are_public():
