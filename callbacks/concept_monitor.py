@@ -341,8 +341,8 @@ class ConceptMonitor(Monitor):
         store). Runs under :func:`~debugger.capture.preserve_training_mode`: training is not disturbed.
 
         Returns:
-            Each image's best patch score per concept, and whether it reaches the concept's slice threshold (the
-            score of the concept's weakest top patch in the report), i.e. which images fall in each slice.
+            Each image's best patch score per concept, and which images fall in each concept's slice, as the
+            analysis made its slices (:meth:`~debugger.report.ConceptReport.slices_of`).
 
         Shape:
             - images: ``(N, C, H, W)``; outputs: ``(num concepts, N)`` float and bool
@@ -359,7 +359,7 @@ class ConceptMonitor(Monitor):
         with preserve_training_mode(model, enable_grad=True, fork_rng=True):
             patches, scores = self.make_analysis(model).score(report, images.to(device))
         best = best_patch_scores(scores, patches.image_index, int(images.shape[0]))
-        return best, best >= report.slice_thresholds.view(-1, 1)
+        return best, report.slices_of(scores, patches.image_index, int(images.shape[0]))
 
 
 def _probe_batches(probe: ProbeSet, size: int) -> list[dict[str, Tensor]]:

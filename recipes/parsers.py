@@ -241,7 +241,9 @@ def known_classes(option: str) -> list[str]:
     base = _import(base_path)
     names = []
     for name, obj in vars(importlib.import_module(module)).items():
-        if (inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not name.startswith("_")
+        # Only the package's own classes: a base it imports (the two-flavour LightningModule) is no choice.
+        own = inspect.isclass(obj) and (obj.__module__ == module or obj.__module__.startswith(module + "."))
+        if (own and issubclass(obj, base) and obj is not base and not name.startswith("_")
                 and not inspect.isabstract(obj)):
             names.append(name)
     return sorted(names)
