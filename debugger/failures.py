@@ -183,7 +183,7 @@ def evidence_from_ranking(
     overall: Tensor,
     annotated: bool = True,
 ) -> list[FailureEvidence]:
-    """The failing slices of a failure ranking as evidence (the ``clean`` slice never counts).
+    """The failing slices of a failure ranking as evidence (the ``clean`` slice and merged parts never count).
 
     ``ranking`` rows index ``counts`` by their ``concept`` field. Annotated slices are ground-truth concepts, so
     each ``matches`` its own name; discovered ones (``annotated=False``) match nothing.
@@ -202,7 +202,8 @@ def evidence_from_ranking(
     """
     out = []
     for row in ranking:
-        if not row.is_failure or row.name == "clean":
+        # a part merged into another failure concept is counted once, through the merged concept
+        if not row.reported or row.name == "clean":
             continue
         out.append(FailureEvidence(row.name, row.name if annotated else None, float(row.lift),
                                    counts[row.concept], overall))

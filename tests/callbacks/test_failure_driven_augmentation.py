@@ -37,7 +37,8 @@ def test_failure_driven_augmentation_rejects_bad_configuration(kwargs: dict[str,
 
 def _row(concept: int, name: str, is_failure: bool, lift: float) -> ConceptFailure:
     fields: dict[str, Any] = dict.fromkeys(ConceptFailure.__dataclass_fields__, 0)
-    fields.update(rank=concept + 1, concept=concept, name=name, is_failure=is_failure, lift=lift, test="fisher")
+    fields.update(rank=concept + 1, concept=concept, name=name, is_failure=is_failure, lift=lift, test="fisher",
+                  merged_from=(), merged_into=None)
     return ConceptFailure(**fields)
 
 

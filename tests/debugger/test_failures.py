@@ -133,6 +133,10 @@ def test_evidence_from_a_ranking_keeps_failing_slices_but_never_clean() -> None:
     assert e.lift == next(r.lift for r in rows if r.name == "shadow")
     (d,) = evidence_from_ranking(rows, counts, overall, annotated=False)
     assert d.matches is None
+    # a failure merged into another concept is evidence only through that concept
+    rows = [replace(r, is_failure=r.name in {"shadow", "stripes"}, merged_into=0 if r.name == "stripes" else None)
+            for r in rows]
+    assert [e.name for e in evidence_from_ranking(rows, counts, overall)] == ["shadow"]
 
 
 def test_failure_evidence_drives_the_augment_policy_rule() -> None:
