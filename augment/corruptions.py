@@ -377,7 +377,9 @@ class SyntheticGamma(_Exposure):
         self.max_gamma = float(max_gamma)
 
     def corrupt(self, images: Tensor, params: CorruptionParams) -> Tensor:
-        return FC.adjust_gamma(images, self.max_gamma ** self._signed(params))
+        # exp(log x) is not exactly x: strength 0 keeps the pixels, as it does for every corruption.
+        keep = (params.strength <= 0).view(-1, 1, 1, 1)
+        return torch.where(keep, images, FC.adjust_gamma(images, self.max_gamma ** self._signed(params)))
 
 
 class SyntheticTint(_Corruption):
