@@ -38,6 +38,7 @@ __all__ = [
     "first_tensor",
     "layer_names",
     "model_device",
+    "model_input",
     "predictions_from_logits",
     "preserve_training_mode",
     "reduce_activation",
@@ -55,6 +56,9 @@ def layer_names(model: nn.Module) -> list[str]:
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return the submodule of ``model`` called ``name`` (a dotted name from ``named_modules()``).
 
+    Every ``layer=`` / ``layers=`` option of the debugger and the callbacks resolves here, so the error names
+    ``layer``, the option the user set.
+
     Raises:
         ValueError: if no submodule has that name; the message lists the nearest valid names.
 
@@ -64,7 +68,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         ReLU()
     """
     if not isinstance(name, str):
-        raise ValueError(f"Expected `name` to be a dotted layer name (str), but got {name!r}.")
+        raise ValueError(f"Expected `layer` to be a dotted layer name (str), but got {name!r}.")
     modules = dict(model.named_modules())
     if name and name in modules:
         return modules[name]
@@ -72,7 +76,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     near = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
     hint = near if near else valid[:10]
     raise ValueError(
-        f"Expected `name` to be a layer of {type(model).__name__} (a dotted name from named_modules()), "
+        f"Expected `layer` to be a layer of {type(model).__name__} (a dotted name from named_modules()), "
         f"but got {name!r}. Nearest valid names: {hint!r}."
     )
 
@@ -133,8 +137,15 @@ def first_tensor(output: Any, where: str) -> Tensor:
         for key in ("logits", "out"):
             if isinstance(output.get(key), Tensor):
                 return output[key]
+    if isinstance(output, dict):
+        got = f"a dict with keys {sorted(map(str, output))!r}"
+    elif isinstance(output, (tuple, list)):
+        got = f"a {type(output).__name__} of {[type(o).__name__ for o in output]!r}"
+    else:
+        got = type(output).__name__
     raise ValueError(
-        f"Expected {where} to be a Tensor (or a tuple starting with one), but got {type(output).__name__}."
+        f"Expected {where} to be a Tensor, a tuple/list starting with one, or a dict with a 'logits' or 'out' "
+        f"tensor, but got {got}; return the class scores first (or under 'logits') to analyse them."
     )
 
 
@@ -294,7 +305,7 @@ def capture(
     """
     with preserve_training_mode(model, eval_mode), ActivationCapture(model, layers, reduce, dtype) as cap:
         with torch.no_grad():
-            output = first_tensor(model(images), "the model's output")
+            output = first_tensor(model(model_input(model, images)), "the model's output")
         acts = dict(cap.activations)
     return output, acts
 
@@ -361,6 +372,27 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_input(model: nn.Module, x: Tensor, copy: bool = False) -> Tensor:
+    """``x`` on ``model``'s device and in its floating-point parameter dtype, ready to be forwarded.
+
+    Every forward of probe images in the debugger goes through here, so a model trained with
+    ``precision="bf16-true"`` (bf16 weights) or in half precision takes the float32 probes a dataset gives.
+    Non-float inputs (token ids, masks) only move device.
+
+    Shape:
+        - x: any; output: like ``x``
+
+    Example:
+        >>> net = nn.Linear(2, 2).to(torch.bfloat16)
+        >>> model_input(net, torch.zeros(1, 2)).dtype
+        torch.bfloat16
+    """
+    device = model_device(model)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is None or not x.is_floating_point():
+        return x.to(device=device, copy=copy)
+    return x.to(device=device, dtype=dtype, copy=copy)
+
 
 def stream_capture(
     model: nn.Module,
@@ -396,7 +428,6 @@ def stream_capture(
         raise ValueError(f"Expected `chunk_size` to be a positive integer, but got {chunk_size!r}.")
     if max_samples is not None and max_samples < 0:
         raise ValueError(f"Expected `max_samples` to be None or non-negative, but got {max_samples!r}.")
-    device = model_device(model)
     cap = ActivationCapture(model, layers, reduce, dtype)
     seen = 0
     with preserve_training_mode(model, eval_mode), cap:
@@ -412,7 +443,7 @@ def stream_capture(
                 images = batch.images[start:stop]
                 cap.clear()
                 with torch.no_grad():
-                    logits = first_tensor(model(images.to(device)), "the model's output")
+                    logits = first_tensor(model(model_input(model, images)), "the model's output")
                 missing = [name for name in cap.layers if name not in cap.activations]
                 if missing:
                     raise ValueError(

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.capture import first_tensor, model_device, preserve_training_mode, resolve_layer
+from debugger.capture import first_tensor, model_device, model_input, preserve_training_mode, resolve_layer
 from debugger.structures import PatchSet
 
 Mode = Literal["resample", "roi"]
@@ -75,7 +75,7 @@ def forward_to_layer(model: nn.Module, layer: str | nn.Module, x: Tensor) -> Ten
     handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model(x)
+            model(model_input(model, x))
     except _Stop:
         pass
     finally:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.capture import resolve_layer
+from debugger.capture import first_tensor, model_input, resolve_layer
 from debugger.saliency.targets import TargetLike, resolve_target
 
 
@@ -70,7 +70,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 def prepare_input(x: Tensor, model: nn.Module | None = None) -> Tensor:
     """A normal (non-inference) copy of ``x`` on the model's device that may enter an autograd graph.
 
-    Call inside :func:`attribution_mode`. Maps are computed, and returned, on the model's device.
+    Call inside :func:`attribution_mode`. Maps are computed, and returned, on the model's device, in the model's
+    parameter dtype (:func:`debugger.capture.model_input`: float32 probes into a bf16 model work).
 
     Raises:
         ValueError: if ``x`` is not a floating-point ``(B, C, H, W)`` tensor.
@@ -78,8 +79,9 @@ def prepare_input(x: Tensor, model: nn.Module | None = None) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"Expected `inputs` to be a float tensor of shape (B, C, H, W), but got {shape!r}.")
-    device = next((p.device for p in model.parameters()), x.device) if model is not None else x.device
-    return x.detach().to(device=device, copy=True)
+    if model is None:
+        return x.detach().clone()
+    return model_input(model, x.detach(), copy=True)
 
 
 class LayerCapture:
@@ -138,8 +140,10 @@ class LayerCapture:
         self._remove()
 
 
-def scores_of(target: TargetLike, output: Tensor) -> Tensor:
-    """``(B,)`` scores of ``output`` for ``target`` (see :mod:`debugger.saliency.targets`)."""
+def scores_of(target: TargetLike, output: Any) -> Tensor:
+    """``(B,)`` scores of ``output`` for ``target`` (see :mod:`debugger.saliency.targets`); a model returning a
+    tuple or dict is explained through its first tensor (:func:`debugger.capture.first_tensor`)."""
+    output = first_tensor(output, "the model's output")
     scores = resolve_target(target, output)(output)
     if scores.dim() != 1 or scores.shape[0] != output.shape[0]:
         raise ValueError(
@@ -153,11 +157,11 @@ def fix_target(model: nn.Module, x: Tensor, target: TargetLike) -> TargetLike:
     """Resolve ``"predicted"`` once on the clean input so perturbed copies keep explaining the same class."""
     if isinstance(target, str):
         with torch.no_grad():
-            return resolve_target(target, model(x))
+            return resolve_target(target, first_tensor(model(x), "the model's output"))
     return target
 
 
-def copy_scores(target: TargetLike, output: Tensor, copies: int) -> Tensor:
+def copy_scores(target: TargetLike, output: Any, copies: int) -> Tensor:
     """Scores of a batch made of ``copies`` stacked copies of a ``B``-sample batch (copy-major layout).
 
     The target is called once per copy on a ``B``-sample output, so per-sample targets (tensors, regions)
@@ -167,6 +171,7 @@ def copy_scores(target: TargetLike, output: Tensor, copies: int) -> Tensor:
         - output: ``(copies * B, ...)``
         - return: ``(copies * B,)``
     """
+    output = first_tensor(output, "the model's output")
     chunks = output.chunk(copies, 0) if copies > 1 else (output,)
     return torch.cat([scores_of(target, c) for c in chunks])
 

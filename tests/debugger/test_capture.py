@@ -45,9 +45,9 @@ def test_resolve_layer_finds_dotted_names():
 
 
 def test_resolve_layer_unknown_name_lists_nearest():
-    with pytest.raises(ValueError, match=r"Expected `name` to be a layer.*'features\.1'"):
+    with pytest.raises(ValueError, match=r"Expected `layer` to be a layer.*'features\.1'"):
         resolve_layer(TinyNet(), "features.l")
-    with pytest.raises(ValueError, match="Expected `name`"):
+    with pytest.raises(ValueError, match="Expected `layer`"):
         resolve_layer(TinyNet(), "")
 
 
@@ -216,3 +216,33 @@ def test_first_tensor_finds_the_tensor_in_common_output_forms_and_rejects_others
         first_tensor({"scores": t}, "the head's output")
     assert model_device(nn.Linear(2, 2)) == torch.device("cpu")
     assert model_device(nn.ReLU()) == torch.device("cpu")
+
+
+def test_first_tensor_error_says_what_the_output_holds_and_which_output_to_use():
+    from debugger.capture import first_tensor
+
+    with pytest.raises(ValueError, match=r"dict with keys \['aux', 'scores'\]; return the class scores first"):
+        first_tensor({"scores": torch.zeros(1), "aux": 1}, "the model's output")
+    with pytest.raises(ValueError, match=r"a tuple of \['str', 'Tensor'\]"):
+        first_tensor(("aux", torch.zeros(1)), "the model's output")
+
+
+def test_model_input_casts_floats_to_the_parameter_dtype_and_leaves_integers():
+    from debugger.capture import model_input
+
+    net = TinyNet().to(torch.bfloat16)
+    x = torch.rand(2, 3, 4, 4)
+    assert model_input(net, x).dtype == torch.bfloat16
+    assert model_input(net, torch.ones(2, dtype=torch.long)).dtype == torch.long
+    assert model_input(nn.ReLU(), x) is x  # no parameters: nothing to match
+    copied = model_input(TinyNet(), x, copy=True)
+    assert copied.dtype == torch.float32 and copied.data_ptr() != x.data_ptr()
+
+
+def test_capture_and_stream_feed_float32_probes_to_a_bf16_model():
+    net = TinyNet().to(torch.bfloat16)
+    data = [(torch.randn(4, 3, 5, 5), torch.zeros(4, dtype=torch.long))]
+    result = run_capture(net, "features", data, reduce="mean")
+    assert result.activations["features"].dtype == torch.bfloat16 and len(result) == 4
+    out, acts = capture(net, "fc", torch.randn(2, 3, 5, 5))
+    assert out.dtype == torch.bfloat16 and acts["fc"].shape == (2, 3)
