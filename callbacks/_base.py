@@ -21,8 +21,15 @@ Each monitor's own file holds only its analysis and what it logs; :class:`Monito
   text tag ``<tag_prefix>/error`` say what failed and why, and training goes on as without the monitor
   (``strict=True`` raises instead). Under DDP a sharded monitor's error must happen on every rank alike (same
   model, same code), or the other ranks wait in its collective.
-- **Logging**: TensorBoard through the trainer's ``TensorBoardLogger`` (scalars go to every logger); with no
-  TensorBoard logger, images and files are written under the run directory and one log line says where.
+- **Degrading**: what a monitor can still analyse, it analyses, and says what it left out: probe images with NaN or
+  infinite values are dropped from the probe set (named by dataset index); a model whose parameters or outputs are
+  not finite (training diverged) is not analysed. Both are said in a warning and the text tag
+  ``<tag_prefix>/warning`` (degradations) or ``<tag_prefix>/error`` (skips), in the user's terms.
+- **Logging**: TensorBoard through the trainer's ``TensorBoardLogger`` (scalars go to every logger). Files (reports,
+  histories, images without TensorBoard) go to ``<logger's log_dir>/conceptfix/<tag_prefix>/``; with
+  ``logger=False`` to ``<default_root_dir>/conceptfix/<tag_prefix>/`` when the trainer was given a
+  ``default_root_dir`` other than the working directory, and nowhere otherwise (findings still flow between
+  callbacks in memory). One info line says which.
 - **Both Lightning flavours**: :class:`Monitor` subclasses the ``Callback`` of ``pytorch_lightning`` and, when
   installed, of ``lightning.pytorch``, so the same object passes either Trainer's type check.
 """
@@ -48,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from callbacks.findings import F, Finding, Need, Publisher, find_producers
-from debugger.capture import preserve_training_mode
+from debugger.capture import first_tensor, model_input, preserve_training_mode
 from debugger.contract import Batch, unpack_batch
 from debugger.files import atomic_write, json_default
 from debugger.probes import select_probe_indices
@@ -151,6 +158,44 @@ def to_display(images: Tensor) -> Tensor:
     return ((images.detach().float() - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
 
 
+class AnalysisSkipped(Exception):
+    """Raised by an analysis that cannot run on what it was given; the message says why in the user's terms
+    (``"3 probe images, need ≥ 8 for 8 concepts"``) and is shown as is, without an exception type."""
+
+
+def non_finite_images(images: Tensor) -> list[tuple[int, str]]:
+    """``(row, "NaN" | "infinite values")`` for every image of the batch holding NaN or infinite values.
+
+    Shape:
+        - images: ``(N, C, H, W)``
+
+    Example:
+        >>> x = torch.zeros(3, 1, 2, 2)
+        >>> x[1, 0, 0, 0], x[2, 0, 1, 1] = float("nan"), float("inf")
+        >>> non_finite_images(x)
+        [(1, 'NaN'), (2, 'infinite values')]
+    """
+    if not images.is_floating_point() or images.numel() == 0:
+        return []
+    flat = images.detach().flatten(1)
+    nan, inf = flat.isnan().any(1), flat.isinf().any(1)
+    return [(int(i), "NaN" if bool(nan[i]) else "infinite values") for i in torch.nonzero(nan | inf).flatten()]
+
+
+def describe_rows(rows: Sequence[tuple[int, str]], limit: int = 5) -> str:
+    """``"NaN in validation image 17"``-style text for ``(dataset index, what)`` pairs, the first ``limit`` named.
+
+    Example:
+        >>> describe_rows([(17, "NaN")])
+        'NaN in validation image 17'
+        >>> describe_rows([(3, "NaN"), (5, "infinite values"), (9, "NaN")], limit=2)
+        'NaN in validation image 3, infinite values in validation image 5 and 1 more'
+    """
+    named = [f"{what} in validation image {index}" for index, what in rows[:limit]]
+    more = len(rows) - len(named)
+    return ", ".join(named) + (f" and {more} more" if more else "")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Probe set and run context
 # --------------------------------------------------------------------------------------------------------------
@@ -218,7 +263,7 @@ class RunContext:
     global_step: int
     run_index: int
     deadline: float
-    run_dir: Path
+    run_dir: Path | None  # None: the trainer has no logger and no default_root_dir of its own (nothing written)
     writer: Any | None
     is_global_zero: bool
     rank: int
@@ -350,6 +395,7 @@ class Monitor(Publisher, _CallbackBase):
         self._probe: ProbeSet | None = None
         self._run_dir: Path | None = None
         self._warned_no_tb = False
+        self._dropped: list[tuple[int, str]] = []  # probe images left out as not finite, not yet announced
         self._last_run_at: tuple[int, int] | None = None
         self._producers: dict[type[Finding], Any] = {}
 
@@ -420,8 +466,7 @@ class Monitor(Publisher, _CallbackBase):
                     "its own `name=`."
                 )
         self._producers = find_producers(getattr(trainer, "callbacks", []), self, self.needs())
-        # trainer.log_dir broadcasts, so every rank must ask for it here, never inside a rank-zero-only branch.
-        self._run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "conceptfix" / self.tag_prefix
+        self._run_dir = run_directory(trainer, self.tag_prefix)
         if stage != "fit" or not self.needs_probe:
             return
         self._dataset = self.probe_dataset if self.probe_dataset is not None else self._validation_dataset(trainer)
@@ -457,7 +502,13 @@ class Monitor(Publisher, _CallbackBase):
         if self._dataset is None or self.probe_indices is None:
             return None
         if self._probe is None:
-            self._probe = materialise_probe(self._dataset, self.probe_indices, self.probe_extras)
+            probe = materialise_probe(self._dataset, self.probe_indices, self.probe_extras)
+            bad = non_finite_images(probe.batch.images)
+            if bad:  # the rest of the probe set is still worth analysing; the dropped images are named once
+                rows = {row for row, _ in bad}
+                probe = probe._select([i for i in range(len(probe)) if i not in rows])
+                self._dropped = [(self.probe_indices[row], what) for row, what in bad]
+            self._probe = probe
         return self._probe.to(device)
 
     # -- scheduling ------------------------------------------------------------------------------------------
@@ -515,7 +566,7 @@ class Monitor(Publisher, _CallbackBase):
 
     def _skip(self, trainer: Any, err: Exception) -> None:
         epoch, step = int(trainer.current_epoch), int(trainer.global_step)
-        what = f"{type(err).__name__}: {err}"
+        what = str(err) if isinstance(err, AnalysisSkipped) else f"{type(err).__name__}: {err}"
         self.runs.append({"epoch": epoch, "step": step, "error": what})
         if not bool(getattr(trainer, "is_global_zero", True)):
             return
@@ -527,9 +578,43 @@ class Monitor(Publisher, _CallbackBase):
         log.debug("%s failed", type(self).__name__, exc_info=err)
         writer = self._tensorboard(trainer)
         if writer is not None:
-            where = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
-            text = f"Analysis skipped at epoch {epoch}, step {step}: `{what}`\n\n```\n{where}```"
+            text = f"Analysis skipped at epoch {epoch}, step {step}: `{what}`"
+            if not isinstance(err, AnalysisSkipped):
+                where = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
+                text += f"\n\n```\n{where}```"
             writer.add_text(f"{self.tag_prefix}/error", text, global_step=step)
+
+    def notice(self, trainer: Any, what: str) -> None:
+        """Say that this run analyses less than asked, and why (a warning and the text tag
+        ``<tag_prefix>/warning``, on rank zero); the analysis goes on. ``strict`` monitors raise instead."""
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        if self.strict:
+            raise AnalysisSkipped(what)
+        if not bool(getattr(trainer, "is_global_zero", True)):
+            return
+        warnings.warn(f"{type(self).__name__} at epoch {epoch}, step {step}: {what}.", stacklevel=3)
+        writer = self._tensorboard(trainer)
+        if writer is not None:
+            writer.add_text(f"{self.tag_prefix}/warning", f"Epoch {epoch}, step {step}: {what}.", global_step=step)
+
+    def _check_finite(self, trainer: Any, pl_module: Any, probe: ProbeSet) -> None:
+        """Skip a diverged model; announce probe images dropped as not finite (once per probe set)."""
+        if self._dropped:
+            dropped, self._dropped = self._dropped, []
+            total = len(dropped) + (len(self._probe) if self._probe is not None else 0)
+            self.notice(trainer, f"{describe_rows(dropped)}: left out of the probe set ({len(dropped)} of {total} "
+                                 "images)")
+        if not self.needs_probe:
+            return
+        if len(probe) == 0:
+            raise AnalysisSkipped("no probe image is finite (every one holds NaN or infinite values)")
+        if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters() if p.is_floating_point()):
+            raise AnalysisSkipped("the model's parameters are not finite (NaN or infinite): training has diverged")
+        with torch.no_grad():  # a few images show whether the outputs are usable at all
+            out = first_tensor(pl_module(model_input(pl_module, probe.take(4).batch.images)), "the model's output")
+        if not bool(torch.isfinite(out).all()):
+            raise AnalysisSkipped("the model's outputs are not finite (NaN or infinite) on the probe images: "
+                                  "training has diverged or overflows")
 
     def _run(self, trainer: Any, pl_module: Any) -> None:
         probe = self.probe(pl_module.device) if self.needs_probe else _empty_probe(pl_module.device)
@@ -543,7 +628,7 @@ class Monitor(Publisher, _CallbackBase):
             n = int(trainer.strategy.broadcast(n, src=0))  # every rank joins the same collectives
         elif not zero and not self.all_ranks:
             return
-        probe = probe.take(n)
+        probe = whole = probe.take(n)
         if self.sharded and world > 1:
             probe = probe.shard(rank, world)
         start = time.perf_counter()
@@ -555,7 +640,7 @@ class Monitor(Publisher, _CallbackBase):
             global_step=int(trainer.global_step),
             run_index=len(self.runs),
             deadline=start + (self.max_seconds if self.max_seconds is not None else math.inf),
-            run_dir=self._run_dir or Path(trainer.default_root_dir) / "conceptfix" / self.tag_prefix,
+            run_dir=self._run_dir,
             writer=self._tensorboard(trainer) if zero else None,
             is_global_zero=zero,
             rank=rank,
@@ -563,6 +648,7 @@ class Monitor(Publisher, _CallbackBase):
             full_size=n,
         )
         with preserve_training_mode(pl_module, enable_grad=True, fork_rng=True):
+            self._check_finite(trainer, pl_module, whole)  # the whole probe: every rank decides alike
             summary = self.analyse(ctx) or {}
         seconds = time.perf_counter() - start
         record = {"epoch": ctx.epoch, "step": ctx.global_step, "seconds": round(seconds, 4), "probe": n, **summary}
@@ -589,11 +675,13 @@ class Monitor(Publisher, _CallbackBase):
                 return getattr(logger, "experiment", None)
         if not self._warned_no_tb:
             self._warned_no_tb = True
-            log.info(
-                "%s: no TensorBoardLogger on the trainer; images and artifacts are written to %s",
-                type(self).__name__,
-                self._run_dir,
-            )
+            if self._run_dir is None:
+                where = ("nothing is written (the trainer has no logger and no `default_root_dir` of its own); "
+                         "pass a TensorBoardLogger or `default_root_dir` to keep them")
+            else:
+                where = f"they are written to {self._run_dir}"
+            _rank_zero_info(f"{type(self).__name__}: no TensorBoardLogger on the trainer, so images, reports and "
+                            f"histories are not in TensorBoard; {where}.")
         return None
 
     def log_scalars(self, ctx: RunContext, scalars: Mapping[str, float]) -> None:
@@ -629,13 +717,35 @@ class Monitor(Publisher, _CallbackBase):
         Raises:
             TypeError: if ``content`` is not bytes, text or JSON-serialisable.
         """
-        if not ctx.is_global_zero:
+        if not ctx.is_global_zero or ctx.run_dir is None:
             return None
         if isinstance(content, bytes | str):
             data: str | bytes = content
         else:  # serialise first: a value that cannot be written never touches the disk
             data = json.dumps(content, indent=1, default=json_default)
         return atomic_write(ctx.run_dir / relpath, data)
+
+
+def run_directory(trainer: Any, tag_prefix: str) -> Path | None:
+    """Where a monitor's files go: ``<log_dir>/conceptfix/<tag_prefix>`` with a logger; with ``logger=False``,
+    under ``default_root_dir`` when the trainer was given one other than the working directory (Lightning's own
+    default), else None (nothing written: no surprise folder in the working directory)."""
+    # trainer.log_dir broadcasts, so every rank must ask for it here, never inside a rank-zero-only branch.
+    log_dir = trainer.log_dir
+    if getattr(trainer, "loggers", None):
+        return Path(log_dir or trainer.default_root_dir) / "conceptfix" / tag_prefix
+    root = Path(trainer.default_root_dir)
+    if root.resolve() == Path.cwd().resolve():
+        return None
+    return root / "conceptfix" / tag_prefix
+
+
+def _rank_zero_info(message: str) -> None:
+    """An info line Lightning shows by default (its rank-zero logger), not only to those who configured ours."""
+    from pytorch_lightning.utilities import rank_zero_info
+
+    rank_zero_info(message)
+    log.debug(message)
 
 
 def _empty_probe(device: torch.device | str) -> ProbeSet:

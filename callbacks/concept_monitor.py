@@ -26,13 +26,14 @@ callbacks after it: :class:`~callbacks.ConfusionMonitor` ranks its concepts, and
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from callbacks._base import Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
+from callbacks._base import AnalysisSkipped, Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
 from callbacks.findings import ConceptReportFinding
 from debugger.capture import preserve_training_mode
 
@@ -40,6 +41,9 @@ Layout = Literal["pca", "tsne"]
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
 SPRITE_LIMIT = 8192  # px per side the TensorBoard projector can load
 PROJECTOR_LIMIT = 10_000  # points the projector shows before it subsamples on its own
+# debugger.discovery's and debugger.pipeline's words for "the probe set cannot hold that many concepts"
+_DISTINCT = re.compile(r"Expected at least \d+ distinct embeddings for \d+ concepts, but got (\d+)\.")
+_NO_CONCEPT = "Expected discovery to return at least one concept"
 
 
 def sprite_thumbnail_size(num_points: int, wanted: int, limit: int = SPRITE_LIMIT) -> int:
@@ -212,12 +216,7 @@ class ConceptMonitor(Monitor):
 
         probe = ctx.probe
         analysis = self.make_analysis(ctx.pl_module)
-        report = analysis.run(
-            _probe_batches(probe, self.chunk_size),
-            class_names=self._class_names(),
-            concept_names=probe.concept_names or None,
-            meta={"epoch": ctx.epoch, "global_step": ctx.global_step, "probe_indices": list(probe.indices)},
-        )
+        report = self._discover(ctx, analysis)
         summary: dict[str, Any] = {
             "concepts": len(report.concepts),
             "failures": [f.name for f in report.failures],
@@ -250,6 +249,42 @@ class ConceptMonitor(Monitor):
             if self.projector and ctx.writer is not None and not ctx.out_of_time():
                 summary["projector_points"] = self._projector(ctx, report, embeddings, images, patch_correct, probe)
         return summary
+
+    def _discover(self, ctx: RunContext, analysis: Any) -> Any:
+        """Run the analysis, with fewer concepts than ``n_concepts`` when the probe set cannot hold that many
+        (said in a notice), or skip it with the cause in the user's terms."""
+        from debugger.report import ConceptReport
+
+        probe, k = ctx.probe, analysis.n_concepts
+        if k is not None and len(probe) < k:
+            self.notice(ctx.trainer, f"{len(probe)} probe images, need ≥ {k} for {k} concepts: discovering "
+                                     f"{len(probe)} this run")
+            analysis.n_concepts = k = len(probe)
+
+        def run() -> ConceptReport:
+            return analysis.run(
+                _probe_batches(probe, self.chunk_size),
+                class_names=self._class_names(),
+                concept_names=probe.concept_names or None,
+                meta={"epoch": ctx.epoch, "global_step": ctx.global_step, "probe_indices": list(probe.indices)},
+            )
+
+        try:
+            return run()
+        except ValueError as err:
+            distinct = _DISTINCT.match(str(err))
+            if distinct is not None and int(distinct.group(1)) >= 1:
+                got = int(distinct.group(1))
+                self.notice(ctx.trainer, f"the {len(probe)} probe images gave {got} distinct patch embeddings at "
+                                         f"layer {self.layer!r}, fewer than {k} concepts: discovering {got} this run")
+                analysis.n_concepts = got
+                return run()
+            if distinct is not None or str(err).startswith(_NO_CONCEPT):
+                raise AnalysisSkipped(
+                    f"no concepts in the {len(probe)} probe images at layer {self.layer!r}: their patches look "
+                    "alike to the model (blank or low-contrast images?)"
+                ) from err
+            raise
 
     # -- outputs -----------------------------------------------------------------------------------------------
 

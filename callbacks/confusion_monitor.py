@@ -39,6 +39,7 @@ from torchmetrics import Metric
 
 from callbacks._base import Monitor, ProbeSet, RunContext
 from callbacks.findings import ConceptReportFinding, Need, SliceConfusion, SliceSource
+from debugger.capture import first_tensor, model_input
 from debugger.failures import annotated_membership, slice_quality
 
 Source = Literal["annotated", "discovered", "both"]
@@ -197,7 +198,7 @@ class ConfusionMonitor(Monitor):
         confusion: Metric | None = None
         num_classes = None
         for offset, batch in ctx.probe.chunks(self.chunk_size):
-            logits = ctx.pl_module(batch.images)
+            logits = first_tensor(ctx.pl_module(model_input(ctx.pl_module, batch.images)), "the model's output")
             num_classes = int(logits.shape[1])
             pred = logits.argmax(1)
             pos = positions[offset : offset + batch.images.shape[0]]
@@ -321,11 +322,14 @@ class ConfusionMonitor(Monitor):
         x = ctx.probe.batch.images
         probe_shape = (1, *x.shape[1:])
         with torch.no_grad():
-            return int(ctx.pl_module(torch.zeros(probe_shape, device=x.device)).shape[1])
+            out = ctx.pl_module(model_input(ctx.pl_module, torch.zeros(probe_shape, device=x.device)))
+            return int(first_tensor(out, "the model's output").shape[1])
 
     def _history(self, ctx: RunContext) -> list[dict[str, Any]]:
         import json
 
+        if ctx.run_dir is None:  # nothing is written, so there is no earlier history to extend
+            return []
         path = ctx.run_dir / "ranking.json"
         if path.exists():
             try:

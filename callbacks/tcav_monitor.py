@@ -157,7 +157,14 @@ class TCAVMonitor(Monitor):
         usable = {n: concept_sets[n] for n in wanted if len(concept_sets[n]) >= 2}
         skipped = [n for n in wanted if n not in usable]
         if not usable or len(random) < 4:
+            few = [f"{n!r} {len(concept_sets[n])}" for n in skipped]
+            self.notice(ctx.trainer, f"too few examples to train CAVs on {len(ctx.probe)} probe images (windows per "
+                                     f"concept: {', '.join(few) or 'enough'}, need ≥ 2; random windows: "
+                                     f"{len(random)}, need ≥ 4); no TCAV this run")
             return {"skipped": "too few concept examples", "concepts_skipped": skipped}
+        if skipped:
+            self.notice(ctx.trainer, f"concepts {skipped!r} have fewer than 2 example windows in the "
+                                     f"{len(ctx.probe)} probe images; scored without them")
 
         segmentation = batch.targets.dim() == 3
         pixels = None
@@ -211,6 +218,8 @@ class TCAVMonitor(Monitor):
         return [str(n) for n in names] if names is not None else None
 
     def _history(self, ctx: RunContext) -> list[dict[str, Any]]:
+        if ctx.run_dir is None:  # nothing is written, so there is no earlier history to extend
+            return []
         path = ctx.run_dir / "tcav.json"
         if not path.exists():
             return []
