@@ -36,6 +36,7 @@ from torch import Tensor
 from callbacks._base import AnalysisSkipped, Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
 from callbacks.findings import ConceptReportFinding
 from debugger.capture import preserve_training_mode
+from debugger.files import atomic_write
 
 Layout = Literal["pca", "tsne"]
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
@@ -102,6 +103,10 @@ class ConceptMonitor(Monitor):
         max_projector_points: most projector points (at most 10,000). Writing the sprite and the TSV files is
             the largest cost of a run (about 1 s per 1,000 points of 32 px on one CPU thread).
         thumbnail_size: wanted projector thumbnail side (shrunk to keep the sprite ≤ 8192 px).
+        keep_last: runs whose projector tensors (sprite, embeddings, metadata; the largest files of a run) and
+            per-run report JSON stay on disk; older ones are deleted after each run (``latest.json`` and the
+            report the latest finding points to always stay). None keeps every run. Galleries and the grid are
+            images in the append-only event file and cannot be deleted: TensorBoard shows the last 10 per tag.
         analysis_kwargs: further :class:`~debugger.pipeline.ConceptAnalysis` options (``patch_kwargs`` …).
         **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
 
@@ -130,6 +135,7 @@ class ConceptMonitor(Monitor):
         projector: bool = True,
         max_projector_points: int = 1000,
         thumbnail_size: int = 24,
+        keep_last: int | None = 5,
         analysis_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -144,6 +150,8 @@ class ConceptMonitor(Monitor):
             raise ValueError(
                 f"Expected `max_projector_points` to be in [1, {PROJECTOR_LIMIT}], but got {max_projector_points!r}."
             )
+        if keep_last is not None and (not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1):
+            raise ValueError(f"Expected `keep_last` to be a positive integer or None, but got {keep_last!r}.")
         if grid is not None and (len(grid) != 2 or min(grid) < 1):
             raise ValueError(f"Expected `grid` to be None or (rows, cols) of positive integers, but got {grid!r}.")
         if grid_layout not in ("pca", "tsne"):
@@ -163,6 +171,7 @@ class ConceptMonitor(Monitor):
         self.projector = projector
         self.max_projector_points = max_projector_points
         self.thumbnail_size = thumbnail_size
+        self.keep_last = keep_last
         self.analysis_kwargs = dict(analysis_kwargs or {})
         self.latest_report_path: str | None = None  # where the last run's report was stored (checkpointed)
 
@@ -296,6 +305,11 @@ class ConceptMonitor(Monitor):
         self.write_artifact(ctx, "reports/latest.json", text)
         self.latest_report_path = str(path)
         self.write_artifact(ctx, "reports/latest.md", report.to_markdown())
+        if self.keep_last is not None and ctx.run_dir is not None:
+            runs = sorted((ctx.run_dir / "reports").glob("report-epoch*.json"))  # zero-padded: oldest first
+            for old in runs[: -self.keep_last]:
+                if str(old) != self.latest_report_path:
+                    old.unlink(missing_ok=True)
 
     def _galleries(self, ctx: RunContext, report: Any, images: Tensor, patch_correct: Tensor) -> None:
         from debugger.render import concept_gallery
@@ -359,6 +373,8 @@ class ConceptMonitor(Monitor):
             global_step=ctx.global_step,
             tag=f"{self.tag_prefix}/patches",
         )
+        if self.keep_last is not None:
+            prune_projector(writer, f"{self.tag_prefix}/patches", self.keep_last)
         return int(keep.numel())
 
     def _class_names(self) -> list[str] | None:
@@ -395,6 +411,41 @@ class ConceptMonitor(Monitor):
             patches, scores = self.make_analysis(model).score(report, images.to(device))
         best = best_patch_scores(scores, patches.image_index, int(images.shape[0]))
         return best, report.slices_of(scores, patches.image_index, int(images.shape[0]))
+
+
+def prune_projector(writer: Any, tag: str, keep_last: int) -> list[str]:
+    """Delete all but the last ``keep_last`` projector embeddings of ``tag`` that ``writer`` (a torch
+    ``SummaryWriter``) wrote, folders and ``projector_config.pbtxt`` entries alike; returns the deleted folders.
+
+    The writer rewrites the config from its own list after every ``add_embedding``, so the entries are dropped
+    there too. A writer that kept no such list (another implementation) is left alone.
+    """
+    import shutil
+
+    from google.protobuf import text_format
+
+    config = getattr(writer, "_projector_config", None)
+    if config is None or not hasattr(writer, "get_logdir"):
+        return []
+    logdir = Path(writer.get_logdir())
+    mine = [e for e in config.embeddings if e.tensor_name.split(":")[0] == tag]
+    old = mine[: max(0, len(mine) - keep_last)]
+    if not old:
+        return []
+    gone = {e.tensor_name for e in old}
+    kept = [e for e in config.embeddings if e.tensor_name not in gone]
+    del config.embeddings[:]
+    config.embeddings.extend(kept)
+    atomic_write(logdir / "projector_config.pbtxt", text_format.MessageToString(config))
+    deleted = []
+    for e in old:
+        folder = logdir / Path(e.tensor_path).parent
+        if folder.is_dir() and logdir in folder.parents:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(str(folder))
+            if folder.parent != logdir and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()  # the step folder holds nothing else
+    return deleted
 
 
 def _probe_batches(probe: ProbeSet, size: int) -> list[dict[str, Tensor]]:

@@ -181,3 +181,23 @@ def test_scoring_without_a_run_or_a_discovery_model_says_what_is_missing() -> No
                           torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 2, 2, dtype=torch.long), [])
     with pytest.raises(ValueError, match="Expected a report that kept its k-means/NMF discovery model"):
         dataclasses.replace(empty).score(torch.zeros(2, 4))
+
+
+def test_keep_last_bounds_the_projector_tensors_and_reports_on_disk(tmp_path: Path) -> None:
+    mon = _monitor(keep_last=1, max_projector_points=40)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=3).fit(make_module("pytorch_lightning"))
+    log_dir = tmp_path / "run" / "version_0"
+    config = (log_dir / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == 1 and 'tensor_name: "concepts/patches:00009"' in config
+    assert [p.parent.parent.name for p in log_dir.glob("*/*/tensors.tsv")] == ["00009"]
+    assert sorted(p.name for p in log_dir.iterdir() if p.name.isdigit()) == ["00009"]  # empty step folders go too
+    store = log_dir / "conceptfix" / "concepts" / "reports"
+    assert [p.name for p in store.glob("report-epoch*.json")] == ["report-epoch0002-step0000009.json"]
+    assert mon.latest_report_path == str(store / "report-epoch0002-step0000009.json")
+    assert (store / "latest.json").exists()
+
+
+def test_keep_last_must_be_positive_or_none() -> None:
+    with pytest.raises(ValueError, match=r"Expected `keep_last` to be a positive integer or None, but got 0\."):
+        _monitor(keep_last=0)
+    assert _monitor(keep_last=None).keep_last is None
