@@ -316,3 +316,23 @@ def test_two_monitors_of_a_kind_without_names_are_rejected_before_they_overwrite
     trainer = make_trainer("pytorch_lightning", tmp_path, [a, b], max_epochs=1)
     with pytest.raises(ValueError, match="distinct tag prefixes .* two Recorders with 'recorder'; give each its own"):
         trainer.fit(make_module("pytorch_lightning"))
+
+
+def test_without_a_logger_files_go_under_the_trainers_own_root_or_nowhere(tmp_path: Any, monkeypatch: Any,
+                                                                          caplog: Any) -> None:
+    rooted = Recorder(every_n_epochs=1, probe_size=4)
+    make_trainer("pytorch_lightning", tmp_path / "root", [rooted], max_epochs=1, logger=False).fit(
+        make_module("pytorch_lightning"))
+    assert len(list((tmp_path / "root" / "conceptfix" / "recorder" / "images").glob("probe_step*.png"))) == 1
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # Lightning's default_root_dir is the working directory: no folder appears there
+    unrooted = Recorder(every_n_epochs=1, probe_size=4)
+    L = lightning("pytorch_lightning")
+    with caplog.at_level(logging.INFO):
+        L.Trainer(max_epochs=1, logger=False, callbacks=[unrooted], enable_progress_bar=False,
+                  enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0).fit(
+            make_module("pytorch_lightning"))
+    assert unrooted.runs[0]["n"] == 4 and list(work.iterdir()) == []
+    assert "nothing is written (the trainer has no logger and no `default_root_dir` of its own)" in caplog.text
