@@ -192,3 +192,25 @@ def test_every_probe_image_non_finite_skips_with_why(tmp_path: Path) -> None:
     said = " | ".join(str(w.message) for w in caught)
     assert "NaN in validation image" in said and "and 0 more" not in said
     assert mon.runs[0]["error"] == "no probe image is finite (every one holds NaN or infinite values)"
+
+
+def test_patches_that_look_alike_give_fewer_concepts_said_plainly(tmp_path: Path) -> None:
+    base = type(make_module("pytorch_lightning"))
+
+    class DeadLayer(base):  # type: ignore[misc, valid-type]
+        def on_fit_start(self) -> None:  # a dead layer: every patch of every image looks alike to the model
+            for p in self.layer1.parameters():
+                p.requires_grad_(False)
+                p.data.zero_()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            pass
+
+    mon = callbacks.ConceptMonitor("layer1", patches="window", probe_size=8, grid=None, projector=False,
+                                   analysis_kwargs={"patch_kwargs": {"sizes": (4,)}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(DeadLayer())
+    said = " | ".join(str(w.message) for w in caught)
+    assert "the 8 probe images gave 1 distinct patch embeddings at layer 'layer1', fewer than 8 concepts" in said
+    assert "error" not in mon.runs[0] and mon.latest_report is not None and len(mon.latest_report.concepts) == 1
