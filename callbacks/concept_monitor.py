@@ -303,7 +303,7 @@ class ConceptMonitor(Monitor):
         text = report.to_json()  # once for both files (the same bytes as ConceptReport.save)
         path = self.write_artifact(ctx, f"reports/report-epoch{ctx.epoch:04d}-step{ctx.global_step:07d}.json", text)
         self.write_artifact(ctx, "reports/latest.json", text)
-        self.latest_report_path = str(path)
+        self.latest_report_path = None if path is None else str(path)
         self.write_artifact(ctx, "reports/latest.md", report.to_markdown())
         if self.keep_last is not None and ctx.run_dir is not None:
             runs = sorted((ctx.run_dir / "reports").glob("report-epoch*.json"))  # zero-padded: oldest first

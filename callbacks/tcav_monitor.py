@@ -210,7 +210,8 @@ class TCAVMonitor(Monitor):
         path = self.write_artifact(ctx, "tcav.json", history)
         self.publish(TCAVFinding(ctx.epoch, ctx.global_step, result, dict(label), tuple(skipped)))
         significant = [f"{r['layer']}/{r['concept']}/{label[r['class']]}" for r in result.rows() if r["significant"]]
-        return {"tcav_tests": len(result.rows()), "significant": len(significant), "artifact": str(path),
+        return {"tcav_tests": len(result.rows()), "significant": len(significant),
+                "artifact": None if path is None else str(path),
                 "layers_done": len(result.layers)}
 
     def _class_names(self) -> list[str] | None:

@@ -201,3 +201,16 @@ def test_keep_last_must_be_positive_or_none() -> None:
     with pytest.raises(ValueError, match=r"Expected `keep_last` to be a positive integer or None, but got 0\."):
         _monitor(keep_last=0)
     assert _monitor(keep_last=None).keep_last is None
+
+
+def test_without_a_logger_or_a_root_of_its_own_the_report_is_published_but_not_written(tmp_path: Path,
+                                                                                       monkeypatch: Any) -> None:
+    from _cbtiny import lightning
+
+    monkeypatch.chdir(tmp_path)
+    mon = _monitor(grid=None)
+    lightning("pytorch_lightning").Trainer(
+        max_epochs=1, logger=False, callbacks=[mon], enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0).fit(make_module("pytorch_lightning"))
+    assert mon.latest_report is not None and mon.finding(ConceptReportFinding) is not None
+    assert mon.latest_report_path is None and list(tmp_path.iterdir()) == []
