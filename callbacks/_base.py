@@ -6,7 +6,8 @@ Each monitor's own file holds only its analysis and what it logs; :class:`Monito
   ``every_n_train_steps`` (after the optimizer step), Lightning's own names; never during sanity checking or
   ``fast_dev_run``.
 - **Probe set**: a fixed, seeded choice of validation samples made in ``setup()`` and kept in the callback's
-  ``state_dict`` so a resumed run analyses the same images; ``state_key`` includes ``name`` so two instances
+  ``state_dict`` so a resumed run analyses the same images (drawn afresh, with a warning, when the restored one no
+  longer fits a smaller validation set or another ``probe_size``); ``state_key`` includes ``name`` so two instances
   coexist in one checkpoint.
 - **Time budget**: ``max_seconds`` per run; monitors stop between chunks at the deadline, and the next run
   analyses a subsample sized to fit, with a warning. Training never waits on an analysis that overran.
@@ -502,6 +503,7 @@ class Monitor(Publisher, _CallbackBase):
         if self._dataset is None or self.probe_indices is None:
             return None
         if self._probe is None:
+            self._check_restored_probe()
             probe = materialise_probe(self._dataset, self.probe_indices, self.probe_extras)
             bad = non_finite_images(probe.batch.images)
             if bad:  # the rest of the probe set is still worth analysing; the dropped images are named once
@@ -510,6 +512,27 @@ class Monitor(Publisher, _CallbackBase):
                 self._dropped = [(self.probe_indices[row], what) for row, what in bad]
             self._probe = probe
         return self._probe.to(device)
+
+    def _check_restored_probe(self) -> None:
+        """Draw a fresh probe set, with a warning, when the one restored from a checkpoint no longer fits the data
+        (a smaller validation set) or the settings (another ``probe_size``)."""
+        if self._dataset is None or self.probe_indices is None:
+            return
+        n, indices = len(self._dataset), self.probe_indices
+        wanted = min(self.probe_size, n)
+        if any(not 0 <= i < n for i in indices):
+            why = f"indices up to {max(indices)}, but the validation set has {n} samples now"
+        elif len(indices) != wanted:
+            why = f"{len(indices)} images, but `probe_size={self.probe_size}` asks for {wanted}"
+        else:
+            return
+        self.probe_indices = select_probe_indices(n, self.probe_size, self.seed)
+        warnings.warn(
+            f"{type(self).__name__}: the probe set restored from the checkpoint has {why}; a fresh probe set of "
+            f"{len(self.probe_indices)} images is drawn (seed {self.seed}), so runs before and after the resume "
+            "analyse different images.",
+            stacklevel=3,
+        )
 
     # -- scheduling ------------------------------------------------------------------------------------------
 

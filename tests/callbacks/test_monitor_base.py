@@ -336,3 +336,35 @@ def test_without_a_logger_files_go_under_the_trainers_own_root_or_nowhere(tmp_pa
             make_module("pytorch_lightning"))
     assert unrooted.runs[0]["n"] == 4 and list(work.iterdir()) == []
     assert "nothing is written (the trainer has no logger and no `default_root_dir` of its own)" in caplog.text
+
+
+def test_a_restored_probe_set_that_no_longer_fits_is_drawn_afresh_with_a_warning(tmp_path: Any) -> None:
+    from _cbtiny import TinyConcepts
+
+    rec = Recorder(every_n_epochs=1, probe_size=12)
+    make_trainer("pytorch_lightning", tmp_path, [rec], max_epochs=1, logger=False).fit(make_module("pytorch_lightning"))
+    assert max(rec.probe_indices or []) >= 6
+
+    smaller = Recorder(every_n_epochs=1, probe_size=12, probe_dataset=TinyConcepts(6, seed=2))
+    smaller.setup(_FakeTrainer(tmp_path), None, "fit")
+    smaller.load_state_dict(rec.state_dict())
+    with pytest.warns(UserWarning, match=r"has indices up to \d+, but the validation set has 6 samples now; a fresh"):
+        probe = smaller.probe()
+    assert probe is not None and sorted(probe.indices) == list(range(6))
+
+    resized = Recorder(every_n_epochs=1, probe_size=4, probe_dataset=TinyConcepts(16, seed=2))
+    resized.setup(_FakeTrainer(tmp_path), None, "fit")
+    resized.load_state_dict(rec.state_dict())
+    with pytest.warns(UserWarning, match=r"has 12 images, but `probe_size=4` asks for 4; a fresh probe set of 4"):
+        probe = resized.probe()
+    assert probe is not None and len(probe) == 4
+
+
+class _FakeTrainer:
+    """What Monitor.setup reads of a trainer without a logger."""
+
+    def __init__(self, root: Any) -> None:
+        self.callbacks: list[Any] = []
+        self.loggers: list[Any] = []
+        self.log_dir = str(root)
+        self.default_root_dir = str(root)
