@@ -214,3 +214,15 @@ def test_patches_that_look_alike_give_fewer_concepts_said_plainly(tmp_path: Path
     said = " | ".join(str(w.message) for w in caught)
     assert "the 8 probe images gave 1 distinct patch embeddings at layer 'layer1', fewer than 8 concepts" in said
     assert "error" not in mon.runs[0] and mon.latest_report is not None and len(mon.latest_report.concepts) == 1
+
+
+def test_a_discovery_that_finds_nothing_is_skipped_in_the_users_terms(tmp_path: Path) -> None:
+    mon = callbacks.ConceptMonitor("layer1", patches="window", probe_size=8, grid=None, projector=False,
+                                   analysis_kwargs={"patch_kwargs": {"sizes": (4,)},
+                                                    "discovery": lambda embeddings, patches: []})
+    with pytest.warns(UserWarning, match=r"skipped its analysis at epoch 0, step 3: no concepts in the 8 probe "
+                                         r"images at layer 'layer1': their patches look alike to the model"):
+        make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(make_module("pytorch_lightning"))
+    acc = event_accumulator(tmp_path / "run" / "version_0")
+    (text,) = _texts(acc, "concepts/error")
+    assert "no concepts in the 8 probe images" in text and "Traceback" not in text and "```" not in text
