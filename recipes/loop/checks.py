@@ -90,7 +90,7 @@ def check_layer(model: nn.Module, layer: str) -> None:
     try:
         resolve_layer(model, layer)
     except ValueError as err:
-        raise LoopError(str(err).replace("Expected `name`", "Expected `--layer`")) from err
+        raise LoopError(str(err).replace("Expected `layer`", "Expected `--layer`")) from err
 
 
 def default_layer(model: nn.Module) -> str:
