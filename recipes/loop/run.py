@@ -54,19 +54,24 @@ class RunDirectory:
         return f"RunDirectory({str(self.path)!r})"
 
     def file(self, relpath: str) -> Path:
+        """The path of ``relpath`` inside the run directory."""
         return self.path / relpath
 
     @property
     def tensorboard(self) -> Path:
+        """Where the TensorBoard logs go (``tb/``)."""
         return self.path / "tb"
 
     def write_text(self, relpath: str, text: str) -> Path:
+        """Write ``text`` to ``relpath`` through write-then-rename."""
         return atomic_write(self.file(relpath), text)
 
     def write_json(self, relpath: str, obj: Any) -> Path:
+        """Write ``obj`` as JSON (tensors as lists, paths as strings) through write-then-rename."""
         return atomic_write(self.file(relpath), json.dumps(obj, indent=1, default=_json_default) + "\n")
 
     def read_json(self, relpath: str) -> Any:
+        """The JSON value stored at ``relpath``."""
         return json.loads(self.file(relpath).read_text(encoding="utf-8"))
 
     def state(self) -> dict[str, Any]:
@@ -87,6 +92,7 @@ class RunDirectory:
         return dict(entry)
 
     def mark_done(self, stage: str, **info: Any) -> None:
+        """Record ``stage`` as finished in ``state.json``, with ``info`` (files it wrote, settings) and the time."""
         state = self.state()
         state.setdefault("stages", {})[stage] = dict(info, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.write_json(STATE_FILE, state)
