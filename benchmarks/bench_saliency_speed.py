@@ -30,7 +30,8 @@ from torch import Tensor
 
 from benchmarks.harness import record
 from debugger.saliency import GradCAM, NormGrad, extremal_perturbation
-from debugger.saliency.perturbation import SmoothMaskGenerator, _area_loss, _level_pairs, _perturb_pairs, blur_pyramid
+from debugger.saliency.extremal import SmoothMaskGenerator, _area_loss
+from debugger.saliency.perturbation import _level_pairs, _perturb_pairs, blur_pyramid
 from recipes.models import ResNetClassifier
 
 

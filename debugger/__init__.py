@@ -65,8 +65,8 @@ _LAZY: dict[str, str] = {
     "evidence_from_ranking": "failures",
     # probe selection
     "select_probe_indices": "probes",
-    "ProbeCoverage": "ranking",
-    "probe_coverage": "ranking",
+    "ProbeCoverage": "probes",
+    "probe_coverage": "probes",
     "member_slices": "slices",
     # the pipeline and its report
     "ConceptAnalysis": "pipeline",
@@ -203,8 +203,8 @@ if TYPE_CHECKING:
     )
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
-    from debugger.probes import select_probe_indices
-    from debugger.ranking import ConceptFailure, ProbeCoverage, probe_coverage, rank_failures
+    from debugger.probes import ProbeCoverage, probe_coverage, select_probe_indices
+    from debugger.ranking import ConceptFailure, rank_failures
     from debugger.render import concept_gallery, confusion_heatmap, report_images, tsne_grid
     from debugger.report import ConceptReport
     from debugger.slices import member_slices

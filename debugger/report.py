@@ -23,7 +23,8 @@ from torch import Tensor
 
 from debugger.confusion import EnsembleCheck, confusion_accuracy
 from debugger.files import atomic_write
-from debugger.ranking import ConceptFailure, detectable_rate
+from debugger.probes import detectable_rate
+from debugger.ranking import ConceptFailure
 from debugger.structures import Concept, PatchSet
 from debugger.text import number, p_value, percent
 

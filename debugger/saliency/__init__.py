@@ -33,6 +33,12 @@ from debugger.saliency.cam import (
     selective_normgrad_from,
 )
 from debugger.saliency.evaluation import PointingGame, center_baseline, pointing_game
+from debugger.saliency.extremal import (
+    ExtremalPerturbation,
+    ExtremalResult,
+    SmoothMaskGenerator,
+    extremal_perturbation,
+)
 from debugger.saliency.gradient import (
     Gradient,
     GradientXInput,
@@ -46,13 +52,9 @@ from debugger.saliency.gradient import (
     smoothgrad,
 )
 from debugger.saliency.perturbation import (
-    ExtremalPerturbation,
-    ExtremalResult,
     MeaningfulPerturbation,
     Occlusion,
-    SmoothMaskGenerator,
     blur_pyramid,
-    extremal_perturbation,
     gaussian_blur,
     meaningful_perturbation,
     occlusion,

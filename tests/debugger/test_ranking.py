@@ -3,12 +3,11 @@ import math
 import pytest
 import torch
 
+from debugger.probes import detectable_rate, probe_coverage
 from debugger.ranking import (
     ConceptFailure,
     adjust_p_values,
-    detectable_rate,
     failure_statistics,
-    probe_coverage,
     rank_failures,
     slice_counts,
     wilson_interval,

@@ -6,15 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from debugger.saliency.perturbation import (
+from debugger.saliency.extremal import (
     ExtremalPerturbation,
     ExtremalResult,
-    MeaningfulPerturbation,
-    Occlusion,
     SmoothMaskGenerator,
     _area_loss,
-    blur_pyramid,
     extremal_perturbation,
+)
+from debugger.saliency.perturbation import (
+    MeaningfulPerturbation,
+    Occlusion,
+    blur_pyramid,
     gaussian_blur,
     meaningful_perturbation,
     occlusion,

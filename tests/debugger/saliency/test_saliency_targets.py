@@ -86,7 +86,8 @@ def test_segmentation_region_maps_depend_on_the_region(seg):
 
 
 def test_perturbation_methods_explain_a_segmentation_region(seg):
-    from debugger.saliency.perturbation import extremal_perturbation, occlusion
+    from debugger.saliency.extremal import extremal_perturbation
+    from debugger.saliency.perturbation import occlusion
 
     x = torch.randn(2, 3, 8, 8)
     left = torch.zeros(8, 8, dtype=torch.bool)
