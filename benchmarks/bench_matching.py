@@ -21,7 +21,8 @@ of its top patches overlap that concept's masks; a run passes when the best-rank
 scenario's concept picks its transform (shadow → ``SyntheticShadow``; occluder → either ``Cutout``). Recorded per
 run: every failure concept's match (transform, strength range, claim on changed vs the same patches clean, the
 evidence sentence), the ground-truth concept it shows, and the whole claim table of the concept that shows the
-planted one. Run:
+planted one, and how much brightness the probe set's planted shadows remove (the strength a matched
+``SyntheticShadow`` range can be compared with). Run:
 ``OMP_NUM_THREADS=1 python -m benchmarks.bench_matching`` (``--seeds 0 --quick`` for a smoke run, not recorded).
 """
 
@@ -85,6 +86,20 @@ def clean_probe(seed: int, n: int) -> tuple[Tensor, Tensor]:
     ds = dm.dataset("val")
     samples = [ds[i] for i in range(len(ds))]
     return torch.stack([s["image"] for s in samples]), torch.stack([s["object_mask"] for s in samples])
+
+
+def planted_darkening(batches: list[Any], shadow: int) -> dict[str, Any] | None:
+    """How much brightness the planted shadows of the probe set remove (median, 10th–90th percentile): what a
+    matched ``SyntheticShadow`` strength range can be compared with."""
+    from callbacks.failure_driven_augmentation import Darkening, concept_darkening
+
+    values = []
+    for b in batches:
+        sel = b["concepts"][:, shadow] > 0
+        if bool(sel.any()):
+            values.append(concept_darkening(b["image"][sel], b["concept_masks"][sel, shadow], b["object_mask"][sel]))
+    d = Darkening.from_values(torch.cat(values)) if values else None
+    return None if d is None else d.to_dict()
 
 
 def renderers(object_masks: Tensor, size: int) -> dict[str, Any]:
@@ -156,8 +171,10 @@ def run(scenario: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     clock = time.perf_counter()
     analysis = ConceptAnalysis(model, args.layer, patches="superpixel", embedding="roi", n_concepts=args.n_concepts,
                                top_k=args.top_k, seed=seed)
-    report = analysis.run(list(DataLoader(ds, batch_size=100)), concept_names=names)
+    batches = list(DataLoader(ds, batch_size=100))
+    report = analysis.run(batches, concept_names=names)
     analysis_s = time.perf_counter() - clock
+    darkening = planted_darkening(batches, names.index("shadow"))
     images, objects = clean_probe(seed, args.clean_size)
     matcher = TransformMatcher(renderers(objects, int(images.shape[-1])), strengths=args.strengths,
                                min_patches=args.min_patches, min_contrast=args.min_contrast, within=args.within,
@@ -187,6 +204,7 @@ def run(scenario: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "failures": len(report.failures),
         "matches": rows,
         "planted_concept_failure": best,
+        "planted_shadow_darkening": darkening,
         "passed": bool(best is not None and best["transform"] in EXPECTED[scenario]),
         "with_oracle_picked": None if best is None else best["with_oracle"]["transform"],
     }
