@@ -82,6 +82,7 @@ __all__ = [
     "changed_fraction",
     "match_transforms",
     "measure_claims",
+    "outside_slices",
     "strength_range",
     "threshold_claims",
 ]
@@ -713,6 +714,22 @@ class TransformMatcher:
                 "min_changed": self.min_changed, "min_patches": self.min_patches, "min_contrast": self.min_contrast,
                 "range_fraction": self.range_fraction, "rule": self.rule, "within": self.within,
                 "bind": dict(self.bind), "seed": self.seed}
+
+
+def outside_slices(membership: Tensor, rows: Sequence[int] | None = None) -> Tensor:
+    """Which probe images lie in none of the given concepts' slices (all concepts when ``rows`` is None): without
+    annotations, the clean images to render a catalogue on are those outside every failure concept's slice.
+
+    Shape:
+        - membership: ``(C, N)`` bool, a report's ``membership``; output: ``(N,)`` bool
+
+    Example:
+        >>> membership = torch.tensor([[True, False, False], [False, False, True]])
+        >>> outside_slices(membership, [0]).tolist(), outside_slices(membership).tolist()
+        ([False, True, True], [False, True, False])
+    """
+    picked = membership.bool() if rows is None else membership.bool()[list(rows)]
+    return ~picked.any(0)
 
 
 def analysis_for(report: ConceptReport, model: nn.Module) -> ConceptAnalysis:

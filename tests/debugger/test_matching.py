@@ -18,6 +18,7 @@ from debugger.matching import (
     changed_fraction,
     match_transforms,
     measure_claims,
+    outside_slices,
     strength_range,
 )
 from debugger.patches import sliding_windows
@@ -376,3 +377,11 @@ def test_transform_match_round_trips_without_optional_fields():
     m = TransformMatch("cluster-1", None, None, float("nan"), float("nan"), "no match")
     assert math.isnan(TransformMatch.from_dict(m.to_dict()).claim_changed)
     assert TransformMatch.from_dict(m.to_dict()).evidence == "no match"
+
+
+def test_outside_slices_are_the_images_of_no_chosen_slice(discovered: tuple[TextureNet, ConceptReport]):
+    _, report = discovered
+    clean = outside_slices(report.membership, [0, 1])
+    assert clean.shape == (report.membership.shape[1],)
+    assert not bool((report.membership[:2] & clean).any())
+    assert torch.equal(outside_slices(report.membership, []), torch.ones_like(clean))
