@@ -385,3 +385,15 @@ def test_outside_slices_are_the_images_of_no_chosen_slice(discovered: tuple[Text
     assert clean.shape == (report.membership.shape[1],)
     assert not bool((report.membership[:2] & clean).any())
     assert torch.equal(outside_slices(report.membership, []), torch.ones_like(clean))
+
+
+def test_a_merged_concept_claims_what_its_parts_claim_and_does_not_compete():
+    a = analysis(TextureNet().eval())
+    probe = textured(6, seed=1)
+    shadowed = probe * (1 - 0.8 * 0.7)
+    cents = torch.cat([concept_of(a, shadowed), concept_of(a, probe), concept_of(a, shadowed)])  # row 2: merged
+    matcher = TransformMatcher({"darken": darken}, strengths=(1.0,), min_patches=10)
+    alone = matcher.measure(a, textured(6, seed=2), cents[:2], ("shadowed", "clean"))
+    merged = matcher.measure(a, textured(6, seed=2), cents, ("shadowed", "clean", "shadowed+clean"), parts={2: [0, 1]})
+    assert torch.equal(merged.changed[:2], alone.changed)  # the merged row took nothing from its parts
+    assert float(merged.changed[2, 0, 0]) == pytest.approx(1.0)
