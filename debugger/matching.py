@@ -82,6 +82,7 @@ __all__ = [
     "changed_fraction",
     "match_transforms",
     "measure_claims",
+    "outside_slices",
     "strength_range",
     "threshold_claims",
 ]
@@ -624,31 +625,45 @@ class TransformMatcher:
 
     def measure(self, analysis: ConceptAnalysis, images: Tensor, centroids: Tensor | None = None,
                 concepts: Sequence[str] = (), score: Callable[[Tensor], Tensor] | None = None,
-                thresholds: Tensor | None = None, radii: Tensor | None = None) -> ClaimTable:
+                thresholds: Tensor | None = None, radii: Tensor | None = None,
+                parts: Mapping[int, Sequence[int]] | None = None) -> ClaimTable:
         """The claim table for concepts given by ``centroids`` (``rule="centroid"``; with ``radii``, claims reach
         ``within`` radii, without them they are unlimited) or by ``score`` and ``thresholds``
         (``rule="threshold"``), patches made and embedded by ``analysis``.
 
+        ``parts`` maps a concept made of others (a merged failure concept, ``meta["merged_from"]``) to the rows of
+        its parts: it claims what any part claims and takes no part in the nearest-centroid competition.
+
         Raises:
             ValueError: if what the rule needs is missing, or the names do not match the concepts.
         """
+        groups = dict(parts or {})
         if self.rule == "centroid":
             if centroids is None:
                 raise ValueError("Expected concept `centroids` for rule='centroid', but got None.")
-            cents = centroids.float()
-            count = int(cents.shape[0])
-            reach = None if self.within is None or radii is None else radii.float() * self.within
+            count = int(centroids.shape[0])
+            base = [i for i in range(count) if i not in groups]
+            cents = centroids.float()[base]
+            reach = None if self.within is None or radii is None else radii.float()[base] * self.within
 
-            def claim(emb: Tensor) -> Tensor:
-                return centroid_claims(emb, cents, reach)
+            def own(emb: Tensor) -> Tensor:
+                out = torch.zeros(count, emb.shape[0], dtype=torch.bool, device=emb.device)
+                out[base] = centroid_claims(emb, cents, reach)
+                return out
         else:
             if score is None or thresholds is None:
                 raise ValueError("Expected `score` and `thresholds` for rule='threshold', but got None.")
             scorer, cut = score, thresholds.float()
             count = int(cut.shape[0])
 
-            def claim(emb: Tensor) -> Tensor:
+            def own(emb: Tensor) -> Tensor:
                 return threshold_claims(scorer(emb.float().cpu()), cut)
+
+        def claim(emb: Tensor) -> Tensor:
+            out = own(emb)
+            for i, rows in groups.items():
+                out[i] = out[list(rows)].any(0)
+            return out
         names = tuple(concepts) or tuple(f"concept-{i}" for i in range(count))
         if len(names) != count:
             raise ValueError(f"Expected one name per concept ({count}), but got {list(names)!r}.")
@@ -698,10 +713,11 @@ class TransformMatcher:
             if self.within is not None and report.radii is None:
                 raise ValueError("Expected a report with concept `radii` (`within` is set), but got one without: it "
                                  "was written before they were kept; re-run the analysis or use within=None.")
-            table = self.measure(runner, images, centroids=report.centroids, concepts=names, radii=report.radii)
+            table = self.measure(runner, images, centroids=report.centroids, concepts=names, radii=report.radii,
+                                 parts=_parts(report))
         else:
             table = self.measure(runner, images, concepts=names, score=lambda e: report.score(e),
-                                 thresholds=report.slice_thresholds)
+                                 thresholds=report.slice_thresholds, parts=_parts(report))
         lifts = {row.name: float(row.lift) for row in report.ranking}
         matches = match_transforms(table, chosen, self.min_contrast, self.min_patches, self.range_fraction,
                                    self.bind, lifts, _shows(report), {c.name: c.id for c in report.concepts})
@@ -713,6 +729,22 @@ class TransformMatcher:
                 "min_changed": self.min_changed, "min_patches": self.min_patches, "min_contrast": self.min_contrast,
                 "range_fraction": self.range_fraction, "rule": self.rule, "within": self.within,
                 "bind": dict(self.bind), "seed": self.seed}
+
+
+def outside_slices(membership: Tensor, rows: Sequence[int] | None = None) -> Tensor:
+    """Which probe images lie in none of the given concepts' slices (all concepts when ``rows`` is None): without
+    annotations, the clean images to render a catalogue on are those outside every failure concept's slice.
+
+    Shape:
+        - membership: ``(C, N)`` bool, a report's ``membership``; output: ``(N,)`` bool
+
+    Example:
+        >>> membership = torch.tensor([[True, False, False], [False, False, True]])
+        >>> outside_slices(membership, [0]).tolist(), outside_slices(membership).tolist()
+        ([False, True, True], [False, True, False])
+    """
+    picked = membership.bool() if rows is None else membership.bool()[list(rows)]
+    return ~picked.any(0)
 
 
 def analysis_for(report: ConceptReport, model: nn.Module) -> ConceptAnalysis:
@@ -763,6 +795,17 @@ def _take(patches: PatchSet, index: Tensor) -> PatchSet:
         concept_names=patches.concept_names,
         method=patches.method,
     )
+
+
+def _parts(report: ConceptReport) -> dict[int, list[int]]:
+    """Rows of the report's merged concepts → the rows of the concepts they were merged from."""
+    ids = [c.id for c in report.concepts]
+    out = {}
+    for i, c in enumerate(report.concepts):
+        merged = c.meta.get("merged_from") or []
+        if merged and all(p in ids for p in merged):
+            out[i] = [ids.index(p) for p in merged]
+    return out
 
 
 def _shows(report: ConceptReport) -> dict[str, tuple[str, float]]:

@@ -235,8 +235,8 @@ class ConceptAnalysis:
         report.class_names = tuple(class_names) if class_names is not None else ()
         report.config = self.config()
         report.discovery = fitted
-        report.centroids = concept_centroids(embeddings, concepts)
-        report.radii = concept_radii(embeddings, concepts, report.centroids)
+        report.centroids = concept_centroids(embeddings, report.concepts)  # merged failure concepts included
+        report.radii = concept_radii(embeddings, report.concepts, report.centroids)
         report.meta = dict(meta or {}, timings=timings, num_patches=len(patch_set),
                            embedding_dim=int(embeddings.shape[1]))
         return report

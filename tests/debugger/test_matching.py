@@ -18,6 +18,7 @@ from debugger.matching import (
     changed_fraction,
     match_transforms,
     measure_claims,
+    outside_slices,
     strength_range,
 )
 from debugger.patches import sliding_windows
@@ -376,3 +377,23 @@ def test_transform_match_round_trips_without_optional_fields():
     m = TransformMatch("cluster-1", None, None, float("nan"), float("nan"), "no match")
     assert math.isnan(TransformMatch.from_dict(m.to_dict()).claim_changed)
     assert TransformMatch.from_dict(m.to_dict()).evidence == "no match"
+
+
+def test_outside_slices_are_the_images_of_no_chosen_slice(discovered: tuple[TextureNet, ConceptReport]):
+    _, report = discovered
+    clean = outside_slices(report.membership, [0, 1])
+    assert clean.shape == (report.membership.shape[1],)
+    assert not bool((report.membership[:2] & clean).any())
+    assert torch.equal(outside_slices(report.membership, []), torch.ones_like(clean))
+
+
+def test_a_merged_concept_claims_what_its_parts_claim_and_does_not_compete():
+    a = analysis(TextureNet().eval())
+    probe = textured(6, seed=1)
+    shadowed = probe * (1 - 0.8 * 0.7)
+    cents = torch.cat([concept_of(a, shadowed), concept_of(a, probe), concept_of(a, shadowed)])  # row 2: merged
+    matcher = TransformMatcher({"darken": darken}, strengths=(1.0,), min_patches=10)
+    alone = matcher.measure(a, textured(6, seed=2), cents[:2], ("shadowed", "clean"))
+    merged = matcher.measure(a, textured(6, seed=2), cents, ("shadowed", "clean", "shadowed+clean"), parts={2: [0, 1]})
+    assert torch.equal(merged.changed[:2], alone.changed)  # the merged row took nothing from its parts
+    assert float(merged.changed[2, 0, 0]) == pytest.approx(1.0)
