@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -69,9 +69,12 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """
     if not isinstance(name, str):
         raise ValueError(f"Expected `layer` to be a dotted layer name (str), but got {name!r}.")
+    if name:
+        try:  # an attribute walk: much cheaper than listing every module, and the same names
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
-    if name and name in modules:
-        return modules[name]
     valid = [n for n in modules if n]
     near = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
     hint = near if near else valid[:10]
@@ -279,6 +282,64 @@ class ActivationCapture:
     def clear(self) -> None:
         """Forget the stored activations."""
         self.activations = {}
+
+
+
+class LayerCapture:
+    """Context manager recording the output (and optionally the input) of named layers during a forward, inside the
+    autograd graph: the capture that gradient methods (saliency, TCAV derivatives) differentiate with respect to.
+
+    When a module runs more than once in one forward (a shared ReLU), the last call is kept. The recorded
+    output is returned to the network as a clone, so in-place operations downstream (``ReLU(inplace=True)``)
+    cannot overwrite the captured tensor or the version autograd needs.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+        >>> with LayerCapture(net, ["0"]) as cap:
+        ...     _ = net(torch.zeros(1, 1, 5, 5))
+        >>> tuple(cap.outputs["0"].shape)
+        (1, 2, 3, 3)
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], inputs: bool = False) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.keep_inputs = inputs
+        self.outputs: dict[str, Tensor] = {}
+        self.inputs: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        def hook(_module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+            if not isinstance(out, Tensor):
+                raise ValueError(f"Expected layer {name!r} to output a tensor, but got {type(out).__name__}.")
+            if not out.requires_grad and torch.is_grad_enabled():
+                # A frozen network (no parameter requires grad) still gets gradients w.r.t. this layer.
+                out = out.detach().requires_grad_(True)
+            self.outputs[name] = out
+            if self.keep_inputs:
+                self.inputs[name] = args[0]
+            return out.clone()
+
+        return hook
+
+    def __enter__(self) -> LayerCapture:
+        modules = [resolve_layer(self.model, n) for n in self.layers]
+        try:
+            for name, module in zip(self.layers, modules, strict=True):
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
 
 
 def capture(

@@ -12,14 +12,14 @@ Everything that makes a method safe to call from a Lightning validation hook liv
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.capture import first_tensor, model_input, resolve_layer
+from debugger.capture import first_tensor, model_input
 from debugger.saliency.targets import TargetLike, resolve_target
 
 
@@ -59,14 +59,6 @@ def _walk(model: nn.Module) -> Iterator[nn.Module]:
         stack.extend(c for c in m._modules.values() if c is not None)
 
 
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """``model.get_submodule(name)`` (an attribute walk), falling back to ``resolve_layer`` for its error."""
-    try:
-        return model.get_submodule(name) if name else resolve_layer(model, name)
-    except AttributeError:
-        return resolve_layer(model, name)
-
-
 def prepare_input(x: Tensor, model: nn.Module | None = None) -> Tensor:
     """A normal (non-inference) copy of ``x`` on the model's device that may enter an autograd graph.
 
@@ -82,62 +74,6 @@ def prepare_input(x: Tensor, model: nn.Module | None = None) -> Tensor:
     if model is None:
         return x.detach().clone()
     return model_input(model, x.detach(), copy=True)
-
-
-class LayerCapture:
-    """Context manager recording the output (and optionally the input) of named layers during a forward.
-
-    When a module runs more than once in one forward (a shared ReLU), the last call is kept. The recorded
-    output is returned to the network as a clone, so in-place operations downstream (``ReLU(inplace=True)``)
-    cannot overwrite the captured tensor or the version autograd needs.
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
-        >>> with LayerCapture(net, ["0"]) as cap:
-        ...     _ = net(torch.zeros(1, 1, 5, 5))
-        >>> tuple(cap.outputs["0"].shape)
-        (1, 2, 3, 3)
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], inputs: bool = False) -> None:
-        self.model = model
-        self.layers = list(layers)
-        self.keep_inputs = inputs
-        self.outputs: dict[str, Tensor] = {}
-        self.inputs: dict[str, Tensor] = {}
-        self._handles: list[Any] = []
-
-    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
-        def hook(_module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
-            if not isinstance(out, Tensor):
-                raise ValueError(f"Expected layer {name!r} to output a tensor, but got {type(out).__name__}.")
-            if not out.requires_grad and torch.is_grad_enabled():
-                # A frozen network (no parameter requires grad) still gets gradients w.r.t. this layer.
-                out = out.detach().requires_grad_(True)
-            self.outputs[name] = out
-            if self.keep_inputs:
-                self.inputs[name] = args[0]
-            return out.clone()
-
-        return hook
-
-    def __enter__(self) -> LayerCapture:
-        modules = [find_layer(self.model, n) for n in self.layers]
-        try:
-            for name, module in zip(self.layers, modules, strict=True):
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def _remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def __exit__(self, *exc: object) -> None:
-        self._remove()
 
 
 def scores_of(target: TargetLike, output: Any) -> Tensor:

@@ -30,14 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.saliency._core import (
-    LayerCapture,
-    attribution_mode,
-    find_layer,
-    prepare_input,
-    scores_of,
-    upsample,
-)
+from debugger.capture import LayerCapture, resolve_layer
+from debugger.saliency._core import attribution_mode, prepare_input, scores_of, upsample
 from debugger.saliency.targets import TargetLike
 
 Method = Literal["gradcam", "normgrad", "selective_normgrad", "linear_approximation", "gradient", "conv_normgrad"]
@@ -210,7 +204,7 @@ def layer_saliency(
         maps: dict[str, Tensor] = {}
         for n, a, g in zip(names, acts, grads, strict=True):
             if conv:
-                module = find_layer(model, n)
+                module = resolve_layer(model, n)
                 if not isinstance(module, nn.Conv2d):
                     raise ValueError(f"Expected layer {n!r} to be an nn.Conv2d for conv_normgrad, but got {module}.")
                 m = conv_normgrad_from(cap.inputs[n].detach(), g, module)

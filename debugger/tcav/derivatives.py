@@ -15,8 +15,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from debugger.capture import first_tensor
-from debugger.saliency._core import LayerCapture, attribution_mode, find_layer, prepare_input
+from debugger.capture import LayerCapture, first_tensor, resolve_layer
+from debugger.saliency._core import attribution_mode, prepare_input
 
 __all__ = ["directional_derivatives", "layer_sensitivities"]
 
@@ -101,7 +101,7 @@ def layer_sensitivities(
         >>> layer_sensitivities(net, "1", torch.rand(5, 3, 8, 8), torch.randn(3, 4), targets=1).shape
         torch.Size([5, 3])
     """
-    find_layer(model, layer)  # unknown names fail before any forward, with the nearest names
+    resolve_layer(model, layer)  # unknown names fail before any forward, with the nearest names
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive integer, but got {batch_size!r}.")
     if not isinstance(slots_per_pass, int) or isinstance(slots_per_pass, bool) or slots_per_pass < 1:

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from debugger.capture import resolve_layer
 from debugger.fingerprint import model_fingerprint
 from debugger.ranking import Correction, adjust_p_values
-from debugger.saliency._core import find_layer
 from debugger.tcav.cache import CAVCache, examples_fingerprint
 from debugger.tcav.cav import _CLASSIFIERS, ClassifierName, LayerCAVs, layer_cavs
 from debugger.tcav.derivatives import layer_sensitivities
@@ -199,7 +199,7 @@ def train_layer_cavs(
         >>> tuple(cavs.concept_directions.shape), tuple(cavs.random_accuracy.shape)
         ((1, 3, 4), (3,))
     """
-    find_layer(model, layer)
+    resolve_layer(model, layer)
     key = None
     if cache is not None:
         key = (

@@ -195,7 +195,7 @@ def _seg_net(vmappable: bool = True) -> nn.Module:
 
 def _pixel_reference(net: nn.Module, layer: str, x: Tensor, cavs: Tensor, targets: Tensor, pixels: Tensor) -> Tensor:
     # One image and one pixel at a time, through the layer's captured output: no batching of any kind.
-    from debugger.saliency._core import LayerCapture
+    from debugger.capture import LayerCapture
 
     out = torch.zeros(*targets.shape, cavs.shape[0])
     for b in range(x.shape[0]):
