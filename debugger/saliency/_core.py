@@ -4,7 +4,8 @@ Everything that makes a method safe to call from a Lightning validation hook liv
 
 - :func:`attribution_mode` leaves inference mode, enables grad, puts the model in eval mode and puts
   every module's ``training`` flag back afterwards, also when the method raises;
-- :class:`LayerCapture` records a layer's input/output with forward hooks that come off in ``finally``;
+- :class:`debugger.capture.LayerCapture` records a layer's input/output with forward hooks that come off in
+  ``finally``;
 - gradients are taken with :func:`torch.autograd.grad` w.r.t. captured activations or input clones, so
   ``param.grad`` is never written and no graph outlives the call.
 """
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debugger.capture import first_tensor, model_input
+from debugger.capture import first_tensor, model_input, preserve_training_mode
 from debugger.saliency.targets import TargetLike, resolve_target
 
 
@@ -27,36 +28,11 @@ from debugger.saliency.targets import TargetLike, resolve_target
 def attribution_mode(model: nn.Module) -> Iterator[None]:
     """Run the block with grad on, outside inference mode, with ``model`` in eval mode; restore afterwards.
 
-    Each module's own ``training`` flag is restored (a model may be partly frozen in eval mode on purpose).
+    :func:`debugger.capture.preserve_training_mode` with ``enable_grad=True``: each module's own ``training`` flag
+    and every ``param.grad`` are put back, also when the method raises.
     """
-    # Like capture.preserve_training_mode, but without model.modules(): its memo set hashes every module and
-    # a torchmetrics Metric's __hash__ hashes its state, a visible share of a Grad-CAM call (bench_saliency_speed).
-    # Only modules that are training are switched (none when the model is already in eval mode).
-    switched = [m for m in _walk(model) if m.training]
-    try:
-        for m in switched:
-            m.training = False
-        # Only leave the modes that are on: each context manager adds per-call overhead.
-        if torch.is_inference_mode_enabled():
-            with torch.inference_mode(False), torch.enable_grad():
-                yield
-        elif not torch.is_grad_enabled():
-            with torch.enable_grad():
-                yield
-        else:
-            yield
-    finally:
-        for m in switched:
-            m.training = True
-
-
-def _walk(model: nn.Module) -> Iterator[nn.Module]:
-    """Every submodule, depth first, without a memo set (a shared module may come twice; harmless here)."""
-    stack = [model]
-    while stack:
-        m = stack.pop()
-        yield m
-        stack.extend(c for c in m._modules.values() if c is not None)
+    with preserve_training_mode(model, enable_grad=True):
+        yield
 
 
 def prepare_input(x: Tensor, model: nn.Module | None = None) -> Tensor:
