@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from callbacks._base import Monitor, ProbeSet, RunContext
+from callbacks._base import Monitor
+from callbacks._probe import ProbeSet, RunContext
 from callbacks.concept_monitor import ConceptMonitor
 from callbacks.confusion_monitor import ConfusionMonitor
 from callbacks.failure_driven_augmentation import FailureDrivenAugmentation

@@ -44,8 +44,7 @@ import math
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,11 +52,19 @@ import pytorch_lightning as _pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger as _PLTensorBoardLogger
 from torch import Tensor
-from torch.utils.data import default_collate
 
+from callbacks._probe import (
+    AnalysisSkipped,
+    ProbeSet,
+    RunContext,
+    _empty_probe,
+    _first_loader,
+    describe_rows,
+    materialise_probe,
+    non_finite_images,
+)
 from callbacks.findings import F, Finding, Need, Publisher, find_producers
 from debugger.capture import first_tensor, model_input, preserve_training_mode
-from debugger.contract import Batch, unpack_batch
 from debugger.files import atomic_write, json_default
 from debugger.probes import select_probe_indices
 
@@ -157,157 +164,6 @@ def to_display(images: Tensor) -> Tensor:
     lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
     hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
     return ((images.detach().float() - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
-
-
-class AnalysisSkipped(Exception):
-    """Raised by an analysis that cannot run on what it was given; the message says why in the user's terms
-    (``"3 probe images, need ≥ 8 for 8 concepts"``) and is shown as is, without an exception type."""
-
-
-def non_finite_images(images: Tensor) -> list[tuple[int, str]]:
-    """``(row, "NaN" | "infinite values")`` for every image of the batch holding NaN or infinite values.
-
-    Shape:
-        - images: ``(N, C, H, W)``
-
-    Example:
-        >>> x = torch.zeros(3, 1, 2, 2)
-        >>> x[1, 0, 0, 0], x[2, 0, 1, 1] = float("nan"), float("inf")
-        >>> non_finite_images(x)
-        [(1, 'NaN'), (2, 'infinite values')]
-    """
-    if not images.is_floating_point() or images.numel() == 0:
-        return []
-    flat = images.detach().flatten(1)
-    nan, inf = flat.isnan().any(1), flat.isinf().any(1)
-    return [(int(i), "NaN" if bool(nan[i]) else "infinite values") for i in torch.nonzero(nan | inf).flatten()]
-
-
-def describe_rows(rows: Sequence[tuple[int, str]], limit: int = 5) -> str:
-    """``"NaN in validation image 17"``-style text for ``(dataset index, what)`` pairs, the first ``limit`` named.
-
-    Example:
-        >>> describe_rows([(17, "NaN")])
-        'NaN in validation image 17'
-        >>> describe_rows([(3, "NaN"), (5, "infinite values"), (9, "NaN")], limit=2)
-        'NaN in validation image 3, infinite values in validation image 5 and 1 more'
-    """
-    named = [f"{what} in validation image {index}" for index, what in rows[:limit]]
-    more = len(rows) - len(named)
-    return ", ".join(named) + (f" and {more} more" if more else "")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Probe set and run context
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ProbeSet:
-    """The fixed validation samples a monitor analyses.
-
-    Shape:
-        - batch.images: ``(N, C, H, W)``; batch.targets: ``(N,)`` or ``(N, H, W)``
-    """
-
-    indices: list[int]
-    batch: Batch
-    concept_names: tuple[str, ...] = ()
-    extras: dict[str, Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def take(self, n: int) -> ProbeSet:
-        """The first ``n`` samples (a uniform random subset, as the probe order is random)."""
-        return self._select(list(range(min(n, len(self)))))
-
-    def shard(self, rank: int, world_size: int) -> ProbeSet:
-        """Every ``world_size``-th sample starting at ``rank`` (the shards of all ranks partition the set)."""
-        return self._select(list(range(rank, len(self), world_size)))
-
-    def chunks(self, size: int) -> Iterator[tuple[int, Batch]]:
-        """``(offset, batch)`` pairs of at most ``size`` samples."""
-        for s in range(0, len(self), size):
-            yield s, self._select(list(range(s, min(s + size, len(self))))).batch
-
-    def to(self, device: torch.device | str) -> ProbeSet:
-        return self._map(lambda t: t.to(device))
-
-    def _select(self, rows: list[int]) -> ProbeSet:
-        out = self._map(lambda t: t[torch.tensor(rows, dtype=torch.long, device=t.device)])
-        out.indices = [self.indices[i] for i in rows]
-        return out
-
-    def _map(self, fn: Callable[[Tensor], Tensor]) -> ProbeSet:
-        b = self.batch
-        return ProbeSet(
-            list(self.indices),
-            Batch(fn(b.images), fn(b.targets), _maybe(fn, b.concepts), _maybe(fn, b.concept_masks)),
-            self.concept_names,
-            {k: fn(v) for k, v in self.extras.items()},
-        )
-
-
-def _maybe(fn: Callable[[Tensor], Tensor], t: Tensor | None) -> Tensor | None:
-    return None if t is None else fn(t)
-
-
-@dataclass
-class RunContext:
-    """What a monitor's :meth:`Monitor.analyse` gets for one scheduled run."""
-
-    trainer: Any
-    pl_module: Any  # a LightningModule of either flavour
-    probe: ProbeSet
-    epoch: int
-    global_step: int
-    run_index: int
-    deadline: float
-    run_dir: Path | None  # None: the trainer has no logger and no default_root_dir of its own (nothing written)
-    writer: Any | None
-    is_global_zero: bool
-    rank: int
-    world_size: int
-    full_size: int = 0  # probe samples this run covers over all ranks (``len(probe)`` without sharding)
-
-    def out_of_time(self) -> bool:
-        return time.perf_counter() > self.deadline
-
-
-def _unwrap_dataset(ds: Any) -> Any:
-    """The innermost dataset under ``Subset``/wrappers (for attributes like ``concept_names``)."""
-    seen = 0
-    while hasattr(ds, "dataset") and seen < 8:
-        if hasattr(ds, "concept_names"):
-            return ds
-        ds = ds.dataset
-        seen += 1
-    return ds
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, Mapping):
-        return next(iter(loaders.values()), None)
-    if isinstance(loaders, Sequence) and not isinstance(loaders, str | bytes):
-        return loaders[0] if loaders else None
-    return loaders
-
-
-def materialise_probe(dataset: Any, indices: Sequence[int], image_key_extras: Sequence[str] = ()) -> ProbeSet:
-    """Read ``dataset[i]`` for the probe indices and collate them in the sample contract.
-
-    Raises:
-        ValueError: if the samples are neither contract dicts nor ``(x, y)`` pairs.
-    """
-    samples = [dataset[int(i)] for i in indices]
-    batch = default_collate(samples)
-    extras: dict[str, Tensor] = {}
-    if isinstance(batch, Mapping):
-        extras = {k: batch[k] for k in image_key_extras if k in batch and isinstance(batch[k], Tensor)}
-    b = unpack_batch(batch)
-    names = tuple(getattr(_unwrap_dataset(dataset), "concept_names", ()) or ())
-    return ProbeSet(list(map(int, indices)), b, names, extras)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -769,10 +625,6 @@ def _rank_zero_info(message: str) -> None:
 
     rank_zero_info(message)
     log.debug(message)
-
-
-def _empty_probe(device: torch.device | str) -> ProbeSet:
-    return ProbeSet([], Batch(torch.zeros(0, 1, 1, 1, device=device), torch.zeros(0, dtype=torch.long, device=device)))
 
 
 def png_bytes(image: Tensor) -> bytes:

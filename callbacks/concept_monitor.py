@@ -33,7 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from callbacks._base import AnalysisSkipped, Monitor, ProbeSet, RunContext, _unwrap_dataset, to_display
+from callbacks._base import Monitor, to_display
+from callbacks._probe import AnalysisSkipped, ProbeSet, RunContext, _unwrap_dataset
 from callbacks.findings import ConceptReportFinding
 from debugger.capture import preserve_training_mode
 from debugger.files import atomic_write

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from callbacks._base import Monitor, ProbeSet, RunContext
+from callbacks._base import Monitor
+from callbacks._probe import ProbeSet, RunContext
 from callbacks.findings import ConceptReportFinding, Need, SliceConfusion, SliceSource
 from debugger.capture import first_tensor, model_input
 from debugger.failures import annotated_membership, slice_quality
@@ -310,7 +311,7 @@ class ConfusionMonitor(Monitor):
         return [dataclasses.replace(r, rank=rank) for rank, r in enumerate(rows, start=1)]
 
     def _class_names(self, num_classes: int) -> list[str] | None:
-        from callbacks._base import _unwrap_dataset
+        from callbacks._probe import _unwrap_dataset
 
         names = getattr(_unwrap_dataset(self._dataset), "classes", None)
         if names is not None and len(names) == num_classes:

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from augment.policy import DEFAULT_AUGMENTATIONS, AugmentationPolicy, derive_policies, policy_changes
-from callbacks._base import Monitor, RunContext
+from callbacks._base import Monitor
+from callbacks._probe import RunContext
 from callbacks.findings import ConceptReportFinding, Need, PolicyFinding, SliceConfusion, consumers_of
 from debugger.failures import FailureEvidence, evidence_from_ranking, evidence_from_report
 

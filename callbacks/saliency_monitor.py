@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks._base import Monitor, RunContext, image_grid, to_display
+from callbacks._base import Monitor, image_grid, to_display
+from callbacks._probe import RunContext
 
 Method = Literal["gradcam", "normgrad", "selective_normgrad", "linear_approximation", "gradient"]
 _METHODS = ("gradcam", "normgrad", "selective_normgrad", "linear_approximation", "gradient")

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from callbacks._base import Monitor, RunContext, _unwrap_dataset
+from callbacks._base import Monitor
+from callbacks._probe import RunContext, _unwrap_dataset
 from callbacks.findings import TCAVFinding
 from debugger.tcav import check_tcav_options
 

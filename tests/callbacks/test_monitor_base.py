@@ -9,13 +9,8 @@ import pytest
 import torch
 from _cbtiny import FLAVOURS, event_accumulator, lightning, make_module, make_trainer
 
-from callbacks._base import (
-    Monitor,
-    RunContext,
-    image_grid,
-    is_due,
-    shrink_fraction,
-)
+from callbacks._base import Monitor, image_grid, is_due, shrink_fraction
+from callbacks._probe import RunContext
 from debugger.capture import preserve_training_mode
 
 
@@ -209,7 +204,7 @@ def test_without_tensorboard_images_go_to_the_run_dir_and_the_log_says_where(
 
 
 def _ctx(tmp_path: Any, zero: bool = True) -> RunContext:
-    from callbacks._base import _empty_probe
+    from callbacks._probe import _empty_probe
 
     return RunContext(trainer=None, pl_module=None, probe=_empty_probe("cpu"), epoch=0, global_step=0, run_index=0,
                       deadline=float("inf"), run_dir=tmp_path / "run", writer=None, is_global_zero=zero, rank=0,

@@ -110,7 +110,7 @@ def test_a_failing_analysis_is_skipped_and_training_goes_on_bit_identically(case
 
 
 def test_strict_monitors_raise_what_they_would_degrade_or_skip(tmp_path: Path) -> None:
-    from callbacks._base import AnalysisSkipped
+    from callbacks._probe import AnalysisSkipped
 
     with pytest.raises(AnalysisSkipped, match=r"NaN in validation image 0: left out of the probe set \(1 of 16"):
         _fit("nan", tmp_path, [callbacks.ConfusionMonitor(probe_size=16, strict=True)])
