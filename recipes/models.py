@@ -15,7 +15,7 @@ import torchmetrics
 from torch import Tensor, nn
 
 from debugger.contract import unpack_batch
-from recipes._flavours import LightningModule
+from recipes._flavours import LightningModule as _LightningModule
 
 
 class BasicBlock(nn.Module):
@@ -45,7 +45,7 @@ def _stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(first, *[BasicBlock(c_out, c_out) for _ in range(blocks - 1)])
 
 
-class _Trainable(LightningModule):
+class _Trainable(_LightningModule):
     """Optimiser, schedule and the train/val/test steps shared by both baselines."""
 
     metrics: nn.ModuleDict

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from debugger.contract import Sample
-from recipes._flavours import LightningDataModule
+from recipes._flavours import LightningDataModule as _LightningDataModule
 from recipes.data import render
 
 _CHUNK = 1024
@@ -149,7 +149,7 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-class ContractDataModule(LightningDataModule):
+class ContractDataModule(_LightningDataModule):
     """A DataModule over three plain Datasets that follow :mod:`debugger.contract`.
 
     Subclasses implement :meth:`make_dataset`; datasets are built lazily in :meth:`setup` and kept.

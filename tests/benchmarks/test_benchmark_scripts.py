@@ -13,7 +13,10 @@ SCRIPTS = sorted(BENCHMARKS.glob("bench_*.py"))
 def test_every_benchmark_script_has_a_row_in_the_readme():
     readme = (BENCHMARKS / "README.md").read_text()
     rows = {line.split("`")[1].split()[0] for line in readme.splitlines() if line.startswith("| `bench_")}
-    assert SCRIPTS and {p.stem for p in SCRIPTS} == rows
+    scripts = {p.stem for p in SCRIPTS}
+    assert scripts, "no benchmarks/bench_*.py found"
+    assert scripts - rows == set(), "benchmark scripts without a row (question and result) in benchmarks/README.md"
+    assert rows - scripts == set(), "README rows naming a benchmark script that does not exist"
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
