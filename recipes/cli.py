@@ -208,7 +208,8 @@ def demo_config(cfg: Any) -> tuple[Any, Any]:
                  "init_args": {"train_size": cfg.train_size, "val_size": cfg.val_size, "test_size": cfg.test_size,
                                "seed": cfg.seed}},
         "model": {"class_path": "recipes.models.ResNetClassifier"},
-        "epochs": cfg.epochs, "finetune": {"epochs": cfg.finetune_epochs}, "probe_size": cfg.probe_size,
+        "epochs": cfg.epochs, "finetune": {"epochs": cfg.finetune_epochs, "control": "no_aug"},
+        "probe_size": cfg.probe_size, "n_concepts": cfg.n_concepts,
         "seed": cfg.seed, "run_dir": cfg.run_dir, "progress": cfg.progress,
     }
     return parser, parser.parse_object(recipe)
@@ -246,8 +247,19 @@ def loop_config(cfg: Any, init: Any, pretrained: bool) -> Any:
         epochs=cfg.epochs, finetune_epochs=ft.epochs, layer=cfg.layer, callbacks=init.callbacks, finetune_lr=ft.lr,
         augmentations=ft.augmentations, transforms=init.finetune.transforms, fallback=ft.fallback, max_p=ft.max_p,
         base_p=ft.base_p, probe_size=cfg.probe_size, n_concepts=cfg.n_concepts, seed=cfg.seed,
-        progress=_progress(cfg.progress), pretrained=pretrained, calibrate=ft.calibrate,
+        progress=_progress(cfg.progress), pretrained=pretrained, calibrate=ft.calibrate, policy=ft.policy,
+        bind=ft.bind, control=ft.control, probe_root=cfg.get("probe_root"), report=_report_path(cfg),
     )
+
+
+def _report_path(cfg: Any) -> str | None:
+    """The diagnose report ``finetune`` starts from: ``--report``, or ``--from_run``'s ``report.json``."""
+    report, from_run = cfg.get("report"), cfg.get("from_run")
+    if report is not None and from_run is not None:
+        raise UsageError(f"Expected one of `--report` and `--from_run`, but got both ({report!r}, {from_run!r}).")
+    if from_run is not None:
+        return str(Path(from_run) / "report.json")
+    return str(report) if report is not None else None
 
 
 # -- the commands --------------------------------------------------------------------------------------------
@@ -271,8 +283,14 @@ def demo(argv: Sequence[str]) -> int:
         result = run_loop(dm, model, run, loop_config(fit_cfg, init, pretrained=False), log=_say)
     _say("\nTest accuracy per planted concept before fine-tuning:")
     _say(format_metrics(result.before, dm.concept_names))
-    _say("\nBefore / after fine-tuning with the policy:")
+    _say("\nBefore / after fine-tuning, the policy beside a no-augmentation arm of the same budget:")
     _say(result.table())
+    shows = [m for m in (result.match.matches if result.match is not None else ()) if m.shows]
+    if shows:
+        _say("\nWhich annotated concept each discovered failure concept shows (annotations only score the choice):")
+        for m in shows:
+            _say(f"  {m.concept} → {m.transform or 'no match'}: shows {m.shows} ({m.shows_precision:.0%} of its top "
+                 "patches)")
     _say(f"\n{time.time() - start:.0f} s. Report: {run.file('report.md')}; TensorBoard: tensorboard --logdir "
          f"{run.tensorboard}")
     return 0
@@ -313,7 +331,7 @@ def finetune(argv: Sequence[str]) -> int:
 
 
 def _run_recipe(cfg: Any, parser: Any, command: str, ckpt: str | None = None) -> int:
-    from recipes.loop import diagnose, format_metrics, load_model, run_loop, train
+    from recipes.loop import diagnose, format_metrics, load_model, probe_folder, run_loop, train
 
     check_options(cfg, command)
     _threads()
@@ -330,21 +348,26 @@ def _run_recipe(cfg: Any, parser: Any, command: str, ckpt: str | None = None) ->
             if ckpt is None:
                 model = train(model, data, cfg.epochs, run, "train", init.callbacks or [], cfg.seed,
                               _progress(cfg.progress))
-            d = diagnose(model, data, cfg.layer, run, "report", cfg.probe_size, cfg.n_concepts, seed=cfg.seed)
+            probe = probe_folder(cfg.probe_root, data) if cfg.get("probe_root") else None
+            d = diagnose(model, data, cfg.layer, run, "report", cfg.probe_size, cfg.n_concepts, seed=cfg.seed,
+                         probe=probe)
             _say(format_metrics(d.metrics, d.concept_names) if d.metrics else "")
             _say(f"Report: {run.file('report.md')}")
             return 0
         result = run_loop(data, model, run, loop_config(cfg, init, pretrained=ckpt is not None), log=_say)
-    _say("\nBefore / after fine-tuning with the policy:")
+    _say("\nBefore / after fine-tuning" + (", the policy beside a no-augmentation arm of the same budget:"
+                                           if result.control is not None else " with the policy:"))
     _say(result.table())
-    _say(f"\nFine-tuned checkpoint: {run.file('checkpoints/finetune.ckpt')}\nReport: {run.file('report.md')}")
+    if result.policies:
+        _say(f"\nFine-tuned checkpoint: {run.file('checkpoints/finetune.ckpt')}")
+    _say(f"Report: {run.file('report.md')}")
     return 0
 
 
 def diagnose(argv: Sequence[str]) -> int:
     """``conceptfix diagnose --ckpt … --data …``: the concept report of a checkpoint, no training."""
     from recipes.loop import diagnose as run_diagnosis
-    from recipes.loop import format_metrics, load_model
+    from recipes.loop import format_metrics, load_model, probe_folder
 
     parser = diagnose_parser()
     cfg = parse(parser, argv)
@@ -355,10 +378,16 @@ def diagnose(argv: Sequence[str]) -> int:
         init = _instantiate(parser, cfg)
         model = load_model(cfg.ckpt, init.model, allow_pickle=cfg.allow_pickle)
         _say(f"conceptfix diagnose: {cfg.ckpt} on {type(init.data).__name__}; writing to {run.path}")
+        probe = probe_folder(cfg.probe_root, init.data) if cfg.probe_root else None
         d = run_diagnosis(model, init.data, cfg.layer, run, "report", cfg.probe_size, cfg.n_concepts, seed=cfg.seed,
-                          split=cfg.split)
+                          split=cfg.split, probe=probe)
         run.mark_done("diagnose", report="report.json")
     _say(f"discovered failure concepts: {', '.join(f.name for f in d.report.failures) or 'none'}")
+    for line in d.report.to_markdown().splitlines():
+        if "probe images" in line and ("need" in line or "unseen" in line):
+            _say(line.strip("- "))
+    _say(f"fine-tune with the policy they choose: conceptfix finetune --ckpt {cfg.ckpt} --recipe <recipe> "
+         f"--from_run {run.path}")
     if d.annotated is not None:
         _say(f"annotated failure concepts: {', '.join(r.name for r in d.annotated.failures()) or 'none'}")
     if d.metrics:

@@ -72,12 +72,23 @@ def _common(parser: Any) -> None:
                         help="Lightning progress bars (default: when printing to a terminal)")
 
 
+# the demo's probe set: large enough for the planted failures, small enough for the demo's time budget
+DEMO_PROBE_SIZE = 256
+
+
 def _analysis_args(parser: Any) -> None:
     parser.add_argument("--layer", type=str | None, default=None,
-                        help="dotted layer name the concepts are read from (default: layer2 / enc2)")
-    parser.add_argument("--probe_size", "--probe-size", type=int, default=128, help="probe images analysed")
-    parser.add_argument("--n_concepts", "--n-concepts", type=int | None, default=8,
-                        help="concepts to discover (None: chosen by silhouette)")
+                        help="dotted layer name the concepts are read from (default: layer1 of the built-in ResNets, "
+                             "enc2 of the segmentation net)")
+    parser.add_argument("--probe_size", "--probe-size", type=int, default=256, help="probe images analysed")
+    parser.add_argument("--n_concepts", "--n-concepts", type=int | None, default=32,
+                        help="concepts to discover, also by the training monitors (None: chosen by silhouette)")
+
+
+def _probe_root_arg(parser: Any) -> None:
+    parser.add_argument("--probe_root", "--probe-root", type=str | None, default=None,
+                        help="a labelled folder of deployment images, root/<class>/<image> with the training data's "
+                             "classes, diagnosed instead of the validation split")
 
 
 def _pickle_arg(parser: Any) -> None:
@@ -143,15 +154,33 @@ def fit_parser(command: Literal["fit", "finetune"] = "fit", recipe: str | None =
     p.add_argument("--callbacks", type=list[pl.Callback] | None, default=None,
                    help="callbacks while training (default: the monitors and FailureDrivenAugmentation)")
     _analysis_args(p)
+    _probe_root_arg(p)
+    if command == "finetune":
+        p.add_argument("--report", type=str | None, default=None,
+                       help="report.json of a `conceptfix diagnose` run on the same checkpoint: fine-tune with the "
+                            "policy of its failure concepts (no new diagnosis)")
+        p.add_argument("--from_run", "--from-run", type=str | None, default=None,
+                       help="a `conceptfix diagnose` run directory (its report.json, as `--report`)")
     p.add_argument("--finetune.enabled", type=bool, default=True, help="fine-tune with the derived policy")
+    p.add_argument("--finetune.policy", type=Literal["match", "annotations"], default="match",
+                   help="match: each discovered failure concept chooses its transform from the catalogue by what "
+                        "its patches look like (no labels); annotations: the annotated concept it shows does")
+    p.add_argument("--finetune.bind", type=dict[str, str] | None, default=None,
+                   help="discovered concept → transform, chosen by you; overrides the match "
+                        "(e.g. {cluster-6: shadow-line})")
+    p.add_argument("--finetune.control", type=Literal["no_aug"] | None, default=None,
+                   help="no_aug: also fine-tune a copy without augmentation on the same budget and show it beside "
+                        "the policy's (the policy's own effect)")
     p.add_argument("--finetune.epochs", type=int, default=2, help="fine-tuning epochs")
     p.add_argument("--finetune.lr", type=float | None, default=3e-3, help="fine-tuning learning rate")
     p.add_argument("--finetune.augmentations", type=dict[str, str] | None, default=None,
-                   help="failure concept → transform name (default shadow → SyntheticShadow, occluder → Cutout)")
+                   help="with --finetune.policy annotations: annotated concept → transform name (default shadow → "
+                        "SyntheticShadow, occluder → Cutout)")
     p.add_argument("--finetune.transforms", type=dict[str, nn.Module] | None, default=None,
-                   help="transform name → module (default SyntheticShadow, Cutout, HideAndSeek)")
+                   help="transform name → module, added to the defaults (SyntheticShadow, Cutout, HideAndSeek and "
+                        "every catalogue entry: shadow-line, defocus, noise, ...)")
     p.add_argument("--finetune.fallback", type=str | None, default=None,
-                   help="transform for failure concepts that match no named concept (e.g. Cutout)")
+                   help="transform for failure concepts that match no transform (e.g. Cutout; none: no policy)")
     p.add_argument("--finetune.max_p", type=float, default=0.9, help="probability for a class failing only "
                    "inside the concept's slice")
     p.add_argument("--finetune.base_p", type=float, default=0.3, help="probability for every other sample")
@@ -169,7 +198,8 @@ def demo_parser() -> Any:
     p.add_argument("--train_size", "--train-size", type=int, default=6000, help="training images")
     p.add_argument("--test_size", "--test-size", type=int, default=2000, help="test images")
     p.add_argument("--val_size", "--val-size", type=int, default=500, help="validation (probe) images")
-    p.add_argument("--probe_size", "--probe-size", type=int, default=128, help="probe images analysed")
+    p.add_argument("--probe_size", "--probe-size", type=int, default=DEMO_PROBE_SIZE, help="probe images analysed")
+    p.add_argument("--n_concepts", "--n-concepts", type=int, default=32, help="concepts to discover")
     _common(p)
     return p
 
@@ -183,6 +213,7 @@ def diagnose_parser() -> Any:
     _model_arg(p)
     p.add_argument("--split", type=str, default="val", help="split the probe images come from")
     _analysis_args(p)
+    _probe_root_arg(p)
     _common(p)
     return p
 

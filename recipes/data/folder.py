@@ -9,6 +9,7 @@ Two layouts are read:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -177,6 +178,8 @@ class ImageFolderDataset(Dataset):
         image_size: side of the square output.
         channels: 3 for RGB, 1 for grayscale.
         seed: seeds the split.
+        classes: read ``root/<class>/<image>`` indexed by these class names (another data's, e.g. a probe
+            folder read with the training data's classes); ``split`` must then be ``"all"``.
 
     Raises:
         ValueError: on reading an image file PIL cannot open (naming the file).
@@ -185,10 +188,18 @@ class ImageFolderDataset(Dataset):
     concept_names: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path, split: Literal["train", "val", "test", "all"] = "all",
-                 image_size: int = 32, channels: Literal[1, 3] = 3, seed: int = 0) -> None:
+                 image_size: int = 32, channels: Literal[1, 3] = 3, seed: int = 0,
+                 classes: Sequence[str] | None = None) -> None:
         if channels not in (1, 3):
             raise ValueError(f"Expected `channels` to be 1 or 3, but got {channels!r}.")
-        self.files, self.targets, self.classes = folder_split(root, split, seed)
+        if classes is not None:
+            if split != "all":
+                raise ValueError(f"Expected `split` 'all' with `classes` (a folder read by another data's class "
+                                 f"list), but got {split!r}.")
+            self.files, self.targets, self.classes = scan_folder(root, tuple(classes))
+        else:
+            self.files, self.targets, self.classes = folder_split(root, split, seed)
+        self.root = str(root)
         self.num_classes = len(self.classes)
         self.image_size, self.channels = image_size, channels
 

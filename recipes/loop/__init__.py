@@ -11,7 +11,8 @@ line (:mod:`recipes.cli`), the benchmarks and a user's notebook run the same cod
 - :mod:`~recipes.loop.training`: :func:`train` a stage with the :func:`monitors`;
 - :mod:`~recipes.loop.diagnosis`: :func:`diagnose` → a :class:`Diagnosis` (concept report, the annotated concepts'
   :class:`AnnotatedRanking`, test metrics), reused on resume by :func:`diagnose_once`;
-- :mod:`~recipes.loop.policy`: :func:`loop_policies`, the augmentation policy the failure concepts imply;
+- :mod:`~recipes.loop.policy`: :func:`matched_policies`, the augmentation policy the discovered failure concepts
+  choose by matching the transform catalogue (:func:`loop_policies`: by the annotated concepts they show);
 - :mod:`~recipes.loop.finetuning`: :func:`finetune` on joint batches (:class:`PolicyJointBatch` through
   :class:`callbacks.JointBatchTraining`);
 - :mod:`~recipes.loop.comparison`: :func:`compare_models`, two models on the same concepts;
@@ -33,10 +34,21 @@ from recipes.loop.diagnosis import (
     diagnose,
     diagnose_once,
     diagnosis_markdown,
+    probe_folder,
+    probe_images,
     probe_loader,
 )
 from recipes.loop.finetuning import PolicyJointBatch, configure_transforms, default_transforms, finetune, with_params
-from recipes.loop.policy import loop_policies, mean_probability, uniform_policies
+from recipes.loop.policy import (
+    MatchedStrength,
+    catalogue_renderers,
+    clean_probe_images,
+    loop_policies,
+    matched_policies,
+    mean_probability,
+    policies_from_match,
+    uniform_policies,
+)
 from recipes.loop.run import LoopError, RunDirectory, default_run_dir
 from recipes.loop.tables import format_before_after, format_metrics, headline
 from recipes.loop.training import monitors, train
@@ -48,13 +60,16 @@ __all__ = [
     "LoopConfig",
     "LoopError",
     "LoopResult",
+    "MatchedStrength",
     "PolicyJointBatch",
     "RunDirectory",
     "annotated_darkening",
     "annotated_ranking",
+    "catalogue_renderers",
     "check_contract_data",
     "check_data",
     "check_layer",
+    "clean_probe_images",
     "compare_markdown",
     "compare_models",
     "configure_transforms",
@@ -70,9 +85,13 @@ __all__ = [
     "headline",
     "load_model",
     "loop_policies",
+    "matched_policies",
     "mean_probability",
     "model_kind",
     "monitors",
+    "policies_from_match",
+    "probe_folder",
+    "probe_images",
     "probe_loader",
     "run_loop",
     "save_model",

@@ -94,9 +94,16 @@ def check_layer(model: nn.Module, layer: str) -> None:
 
 
 def default_layer(model: nn.Module) -> str:
-    """The layer the concepts are read from by default: the baseline's middle stage."""
+    """The layer the concepts are read from by default: ``layer1`` of the built-in ResNets (where discovery finds
+    the planted failures, ``docs/concepts.md``), ``enc2`` of the segmentation net, else the middle convolution.
+
+    Example:
+        >>> from recipes.models import ResNetClassifier
+        >>> default_layer(ResNetClassifier())
+        'layer1'
+    """
     names = dict(model.named_modules())
-    for name in ("layer2", "enc2", "layer1"):
+    for name in ("layer1", "enc2"):
         if name in names:
             return name
     convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from debugger.confusion import concept_confusion
-from debugger.contract import unpack_batch
+from debugger.contract import IMAGE, unpack_batch
 from debugger.failures import Darkening, annotated_membership, concept_darkening
 from debugger.fingerprint import model_fingerprint
 from debugger.pipeline import ConceptAnalysis
@@ -22,7 +22,7 @@ from debugger.ranking import ConceptFailure, rank_failures
 from debugger.report import ConceptReport
 from recipes.baseline import slice_metrics
 from recipes.data.base import ContractDataModule
-from recipes.loop.checks import check_data, check_layer, default_layer
+from recipes.loop.checks import check_contract_data, check_data, check_layer, default_layer
 from recipes.loop.run import LoopError, RunDirectory
 from recipes.loop.tables import flat_metrics, format_metrics, number, percent
 
@@ -104,6 +104,39 @@ def probe_loader(dataset: Any, size: int, seed: int, batch_size: int = 64) -> Da
     """A fixed, seeded subset of ``dataset`` (``size`` samples) as a DataLoader, in index order."""
     indices = select_probe_indices(len(dataset), size, seed)
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+
+
+def probe_images(loader: Iterable[Any]) -> Tensor:
+    """The images of a probe loader, stacked in its order (the columns of the report's ``membership``).
+
+    Shape:
+        - output: ``(N, C, H, W)``
+    """
+    return torch.cat([unpack_batch(batch).images for batch in loader])
+
+
+def probe_folder(root: str, datamodule: ContractDataModule) -> Any:
+    """A labelled folder of deployment images (``root/<class>/<image>``) as a probe set for ``datamodule``'s model:
+    read at the training images' size and channels, its classes indexed by the training data's class list.
+
+    Raises:
+        LoopError: if ``root`` is not such a folder or names a class the training data lacks.
+    """
+    from recipes.data.folder import ImageFolderDataset
+
+    check_contract_data(datamodule)
+    train = datamodule.dataset("train")
+    sample = train[0]
+    image = sample[IMAGE] if isinstance(sample, Mapping) else sample[0]
+    classes = [str(c) for c in getattr(train, "classes", ())]
+    if not classes:
+        classes = [str(i) for i in range(int(getattr(datamodule, "num_classes", 0) or 0))]
+    try:
+        return ImageFolderDataset(root, "all", int(image.shape[-1]), int(image.shape[0]),  # type: ignore[arg-type]
+                                  classes=classes)
+    except (FileNotFoundError, ValueError) as err:
+        raise LoopError(f"Expected `--probe_root` to be a folder of labelled images, root/<class>/<image> with the "
+                        f"training classes {classes}, but got {root!r}: {err}") from err
 
 
 @torch.no_grad()
@@ -198,15 +231,21 @@ def diagnose(
     layer: str | None = None,
     run: RunDirectory | None = None,
     name: str = "report",
-    probe_size: int = 128,
-    n_concepts: int | None = 8,
-    top_k: int = 30,
+    probe_size: int = 256,
+    n_concepts: int | None = 32,
+    top_k: int = 50,
     seed: int = 0,
     split: str = "val",
     metrics_split: str | None = "test",
     analysis_kwargs: Mapping[str, Any] | None = None,
+    probe: Any | None = None,
 ) -> Diagnosis:
-    """Concept analysis of ``model`` on a probe set of ``split``, the annotated failure ranking, and metrics.
+    """Concept analysis of ``model`` on a probe set of ``split`` (or of ``probe``, a dataset of deployment images,
+    :func:`probe_folder`), the annotated failure ranking, and metrics.
+
+    The analysis runs at :class:`~debugger.pipeline.ConceptAnalysis`' measured defaults (superpixels, roi
+    embedding, member slices, class control, merged near-duplicates; ``docs/concepts.md``) with ``n_concepts``
+    and ``top_k``.
 
     Writes ``<name>.json`` (the :class:`~debugger.report.ConceptReport`; schema in ``docs/report-schema.md``),
     ``<name>.md`` and TensorBoard text/scalars under ``tb/<name>`` into ``run``.
@@ -217,17 +256,19 @@ def diagnose(
     layer = layer or default_layer(model)
     check_layer(model, layer)
     check_data(model, datamodule, split)
-    dataset = datamodule.dataset(split)
+    dataset = datamodule.dataset(split) if probe is None else probe
     loader = probe_loader(dataset, probe_size, seed)
     concept_names = tuple(getattr(datamodule, "concept_names", ()) or ())
     class_names = [str(c) for c in getattr(dataset, "classes", ())] or None
-    kwargs: dict[str, Any] = {"n_concepts": n_concepts, "top_k": top_k, "min_support": 5, "seed": seed}
+    kwargs: dict[str, Any] = {"n_concepts": n_concepts, "top_k": top_k, "seed": seed}
     kwargs.update(analysis_kwargs or {})
     try:
         report = ConceptAnalysis(model, layer, **kwargs).run(
             loader, class_names=class_names, concept_names=concept_names or None,
-            meta={"split": split, "probe_size": len(loader.dataset),  # type: ignore[arg-type]
-                  "probe_size_requested": probe_size},
+            meta={"split": split if probe is None else "probe_root", "probe_size": len(loader.dataset),  # type: ignore[arg-type]
+                  "probe_size_requested": probe_size, "probe_seed": seed,
+                  "probe_root": getattr(probe, "root", None) if probe is not None else None,
+                  "fingerprint": model_fingerprint(model)},
         )
     except ValueError as err:
         if "distinct embeddings" not in str(err):
@@ -258,23 +299,26 @@ def diagnose_once(
     layer: str | None,
     run: RunDirectory | None,
     name: str = "report",
-    probe_size: int = 128,
-    n_concepts: int | None = 8,
+    probe_size: int = 256,
+    n_concepts: int | None = 32,
     seed: int = 0,
+    probe: Any | None = None,
+    probe_source: str = "val",
 ) -> tuple[Diagnosis, bool]:
     """:func:`diagnose`, or the diagnosis ``run`` already holds for the same weights and settings.
 
     A finished diagnosis is stored as ``<name>.json`` (the report) and ``<name>.diagnosis.json`` (annotated
     ranking, test metrics), both written atomically, and recorded in ``state.json`` under ``diagnose:<name>`` with
     a fingerprint of the model's weights, the layer and the analysis settings; a resumed run reuses it only when
-    all of these match (new weights — e.g. a retrained stage — are diagnosed again).
+    all of these match (new weights — e.g. a retrained stage — are diagnosed again). ``probe`` is a probe dataset
+    other than the validation split (:func:`probe_folder`), ``probe_source`` names it in the settings.
 
     Returns:
         the diagnosis and whether it was reused.
     """
     layer = layer or default_layer(model)
     key = {"fingerprint": model_fingerprint(model), "layer": layer, "probe_size": probe_size,
-           "n_concepts": n_concepts, "seed": seed}
+           "n_concepts": n_concepts, "seed": seed, "probe": probe_source}
     stage = f"diagnose:{name}"
     stored = run.done(stage) if run is not None else None
     if run is not None and stored is not None and all(stored.get(k) == v for k, v in key.items()):
@@ -283,7 +327,7 @@ def diagnose_once(
                                        ConceptReport.load(run.file(stored["report"]))), True
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: diagnosed again below
-    d = diagnose(model, datamodule, layer, run, name, probe_size, n_concepts, seed=seed)
+    d = diagnose(model, datamodule, layer, run, name, probe_size, n_concepts, seed=seed, probe=probe)
     if run is not None:
         run.write_json(f"{name}.diagnosis.json", d.to_dict())
         run.mark_done(stage, report=f"{name}.json", file=f"{name}.diagnosis.json", **key)

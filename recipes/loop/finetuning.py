@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from augment import AugmentationPolicy, AugmentedBatch, Cutout, HideAndSeek, JointBatch, SyntheticShadow
+from augment.catalog import catalog
 from augment.modules import sample_accepts
 from callbacks import JointBatchTraining
 from debugger.contract import CONCEPTS, IMAGE
@@ -22,13 +23,35 @@ from recipes.loop.training import train
 
 OBJECT_MASK = "object_mask"
 
+# the strength range of a catalogue transform that a policy names without a measured one (bound by a person, or a
+# fallback)
+DEFAULT_STRENGTH = (0.4, 0.8)
+
+
 def default_transforms(image_size: int, seed: int = 0) -> dict[str, nn.Module]:
-    """The transforms a policy can name: shadows, cutout and Hide-and-Seek sized for ``image_size``."""
-    return {
+    """The transforms a policy can name: shadows, cutout and Hide-and-Seek sized for ``image_size``, and every
+    entry of the catalogue (:func:`augment.catalog.catalog`, ours: ``shadow-line``, ``defocus``, ``noise``, …) at
+    strengths ``DEFAULT_STRENGTH`` (a policy's matched ``strength`` replaces them, :func:`configure_transforms`).
+
+    Example:
+        >>> t = default_transforms(32)
+        >>> [n for n in ("SyntheticShadow", "shadow-line", "defocus", "haze") if n in t]
+        ['SyntheticShadow', 'shadow-line', 'defocus', 'haze']
+    """
+    out: dict[str, nn.Module] = {
         "SyntheticShadow": SyntheticShadow(p=1.0, kind="line", intensity=(0.4, 0.75), seed=seed),
         "Cutout": Cutout(p=1.0, size=max(2, image_size // 3), seed=seed + 1),
         "HideAndSeek": HideAndSeek(p=1.0, grid=4, p_keep_patch=0.6, seed=seed + 2),
     }
+    for i, e in enumerate(catalog(("conceptfix",))):
+        out[e.name] = _seeded(e.make(DEFAULT_STRENGTH, image_size, image_size), seed + 3 + i)
+    return out
+
+
+def _seeded(module: nn.Module, seed: int | None) -> nn.Module:
+    # catalogue entries are built unseeded; the loop's fine-tuning is repeatable, so each gets its own seed
+    module.seed = seed
+    return module
 
 
 def with_params(module: nn.Module, params: Mapping[str, Any]) -> nn.Module:
@@ -57,16 +80,31 @@ def with_params(module: nn.Module, params: Mapping[str, Any]) -> nn.Module:
         raise LoopError(f"Expected settings {dict(params)!r} that {cls.__name__} accepts, but: {err}") from err
 
 
-def configure_transforms(transforms: Mapping[str, nn.Module], policies: Mapping[str, AugmentationPolicy]
-                         ) -> dict[str, nn.Module]:
+def configure_transforms(transforms: Mapping[str, nn.Module], policies: Mapping[str, AugmentationPolicy],
+                         image_size: int | None = None) -> dict[str, nn.Module]:
     """``transforms`` with each policy's ``params`` applied to the transform it drives (see :func:`with_params`).
 
     This is how a failure-calibrated strength (e.g. ``SyntheticShadow(intensity=...)`` measured by
-    :func:`loop_policies`) reaches fine-tuning; transforms whose policy carries no ``params`` are unchanged.
+    :func:`loop_policies`) reaches fine-tuning; transforms whose policy carries no ``params`` are unchanged. A
+    catalogue entry (``shadow-line``, ``defocus``, …) whose policy carries a matched ``strength`` range
+    (:func:`~recipes.loop.policy.matched_policies`) is built anew from its entry at that range for ``image_size``
+    images (the catalogue's strength is one knob in ``[0, 1]``, mapped by each entry to its own arguments).
+
+    Example:
+        >>> policy = AugmentationPolicy(augmentation="defocus", params={"strength": (0.6, 0.8)})
+        >>> configure_transforms(default_transforms(32), {"defocus": policy}, 32)["defocus"].strength
+        (0.6, 0.8)
     """
     out = dict(transforms)
+    entries = {e.name: e for e in catalog(("conceptfix",))}
     for name, policy in policies.items():
-        if policy.params and name in out:
+        if not policy.params or name not in out:
+            continue
+        if name in entries and set(policy.params) == {"strength"} and image_size is not None:
+            low, high = policy.params["strength"]
+            seed = getattr(out[name], "seed", None)
+            out[name] = _seeded(entries[name].make((float(low), float(high)), image_size, image_size), seed)
+        else:
             out[name] = with_params(out[name], policy.params)
     return out
 
@@ -167,12 +205,15 @@ def finetune(
     (:func:`configure_transforms`). The joint batches come from a :class:`~callbacks.JointBatchTraining` over a
     :class:`PolicyJointBatch`, added to ``callbacks``.
     """
+    check_contract_data(datamodule)
+    sample = datamodule.dataset("train")[0]
+    image = sample[IMAGE] if isinstance(sample, Mapping) else sample[0]
+    size = int(min(image.shape[-2:]))
     if transforms is None:
-        check_contract_data(datamodule)
-        sample = datamodule.dataset("train")[0]
-        image = sample[IMAGE] if isinstance(sample, Mapping) else sample[0]
-        transforms = default_transforms(int(min(image.shape[-2:])), seed)
-    transforms = configure_transforms(transforms, policies)
+        transforms = default_transforms(size, seed)
+    else:
+        transforms = {**default_transforms(size, seed), **transforms}  # the catalogue stays nameable
+    transforms = configure_transforms(transforms, policies, size)
     if lr is not None:
         if not lr > 0:
             raise LoopError(f"Expected the fine-tuning `lr` to be positive, but got {lr!r}.")

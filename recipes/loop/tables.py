@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -59,25 +59,57 @@ def format_metrics(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
     return "\n".join(rows)
 
 
-def format_before_after(before: Mapping[str, Any], after: Mapping[str, Any], names: Sequence[str]) -> str:
-    """Before/after table: every concept slice (with it) and the clean and overall numbers."""
+def format_before_after(before: Mapping[str, Any], after: Mapping[str, Any] | None, names: Sequence[str],
+                        control: Mapping[str, Any] | None = None) -> str:
+    """Before/after table: every concept slice (with it) and the clean and overall numbers.
+
+    ``after``: the metrics after fine-tuning with the policy; None when there was no policy (the table then says
+    so and has no such column). ``control``: after fine-tuning without augmentation on the same budget; with it,
+    the change column is the policy's own effect (policy − no augmentation).
+
+    Example:
+        >>> m = lambda acc: {"all": acc, "n": 10}
+        >>> print(format_before_after(m(0.5), m(0.8), [], control=m(0.6)))
+        accuracy on              before  no aug.   policy  policy − no aug.
+        all test images           50.0%    60.0%    80.0%            +20.0p
+        >>> print(format_before_after(m(0.5), None, [], control=m(0.6)))
+        accuracy on              before  no aug.
+        all test images           50.0%    60.0%
+        (no policy: no failure concept led to a transform, so there is no "after with the policy")
+    """
     seg = isinstance(before.get("all"), dict)
     unit = "mIoU" if seg else "accuracy"
-    rows = [f"{unit + ' on':<22}{'before':>9}{'after':>9}{'change':>9}"]
+    cols: list[tuple[str, Mapping[str, Any]]] = [("before", before)]
+    if control is not None:
+        cols.append(("no aug.", control))
+    if after is not None:
+        cols.append(("policy" if control is not None else "after", after))
+    ref = control if control is not None else before
+    change = "policy − no aug." if control is not None else "change"
+    header = f"{unit + ' on':<22}" + "".join(f"{name:>9}" for name, _ in cols)
+    if after is not None:
+        header += f"{change:>18}" if control is not None else f"{change:>9}"
+    rows = [header]
 
-    def row(label: str, b: float, a: float) -> None:
-        rows.append(f"{label:<22}{percent(b):>9}{percent(a):>9}{100 * (a - b):>+8.1f}p")
+    def row(label: str, get: Callable[[Mapping[str, Any]], float]) -> None:
+        line = f"{label:<22}" + "".join(f"{percent(get(m)):>9}" for _, m in cols)
+        if after is not None:
+            diff = f"{100 * (get(after) - get(ref)):+.1f}p"
+            line += f"{diff:>18}" if control is not None else f"{diff:>9}"
+        rows.append(line)
+
+    def present(key: str) -> bool:
+        return all(key in m for _, m in cols)
 
     for n in names:
-        if n in before and n in after:
-            row(f"{n} (with)", headline(before[n]["with"]), headline(after[n]["with"]))
-    if "clean" in before and "clean" in after:
-        row("clean (no concept)", headline(before["clean"]), headline(after["clean"]))
-    row("all test images", headline(before["all"]), headline(after["all"]))
+        if present(n):
+            row(f"{n} (with)", lambda m, n=n: headline(m[n]["with"]))  # type: ignore[misc]
+    if present("clean"):
+        row("clean (no concept)", lambda m: headline(m["clean"]))
+    row("all test images", lambda m: headline(m["all"]))
     if seg:
-        classes = len(before["all"]["iou"])
-        for c in range(classes):
-            row(f"IoU class {c}", before["all"]["iou"][c], after["all"]["iou"][c])
+        for c in range(len(before["all"]["iou"])):
+            row(f"IoU class {c}", lambda m, c=c: m["all"]["iou"][c])  # type: ignore[misc]
+    if after is None:
+        rows.append('(no policy: no failure concept led to a transform, so there is no "after with the policy")')
     return "\n".join(rows)
-
-

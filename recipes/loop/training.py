@@ -38,17 +38,23 @@ def _trainer(epochs: int, run: RunDirectory | None, name: str, callbacks: Sequen
     )
 
 
-def monitors(layer: str, every_n_epochs: int = 1, probe_size: int = 64, seed: int = 0) -> list[pl.Callback]:
-    """The monitors the loop trains with: concepts, confusion, saliency, and the policy they imply.
+def monitors(layer: str, every_n_epochs: int = 1, probe_size: int = 128, seed: int = 0,
+             n_concepts: int | None = 32) -> list[pl.Callback]:
+    """The monitors the loop trains with: concepts (``n_concepts`` of them, as the diagnosis), confusion,
+    saliency, and the policy they imply.
 
     The policy is only logged while training (``FailureDrivenAugmentation(log_only=True)``): the loop derives
-    the fine-tuning policy from its own diagnosis afterwards (:func:`loop_policies`).
-    """
-    from callbacks import FailureDrivenAugmentation, default_monitors
+    the fine-tuning policy from its own diagnosis afterwards (:func:`~recipes.loop.policy.matched_policies`).
 
-    found: list[pl.Callback] = list(
-        default_monitors(layer, every_n_epochs=every_n_epochs, probe_size=probe_size, seed=seed)
-    )
+    Example:
+        >>> [type(m).__name__ for m in monitors("layer1", n_concepts=16)][:2], monitors("layer1")[0].n_concepts
+        (['ConceptMonitor', 'ConfusionMonitor'], 32)
+    """
+    from callbacks import ConceptMonitor, FailureDrivenAugmentation, default_monitors
+
+    common = {"every_n_epochs": every_n_epochs, "probe_size": probe_size, "seed": seed}
+    found: list[pl.Callback] = [ConceptMonitor(layer, n_concepts=n_concepts, **common)]  # type: ignore[arg-type]
+    found += [m for m in default_monitors(layer, **common) if not isinstance(m, ConceptMonitor)]
     found.append(FailureDrivenAugmentation(every_n_epochs=every_n_epochs, log_only=True))
     return found
 
