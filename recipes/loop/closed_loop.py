@@ -37,7 +37,7 @@ from recipes.loop.tables import format_before_after
 from recipes.loop.training import monitors, train
 
 # the prevalence the console checks the probe set against: a failure in this share of deployment images
-RARE_FAILURE = 0.05
+RARE_FAILURE = 0.03
 
 
 @dataclass
@@ -223,7 +223,8 @@ def run_loop(
         before, reused = stored_report, True
     else:
         log(f"[2/4] diagnosing at layer {layer!r} on {n_probe} {where}"
-            + (f" (all of them; {c.probe_size} requested)" if n_probe < c.probe_size else ""))
+            + (f" (all of the {'split' if probe is None else 'folder'}; {c.probe_size} requested)"
+               if n_probe < c.probe_size else ""))
         before, reused = diagnose_once(model, datamodule, layer, run, "report", c.probe_size, c.n_concepts,
                                        seed=c.seed, probe=probe, probe_source=probe_source)
     for line in _coverage(n_probe, before.report):
@@ -276,10 +277,12 @@ def run_loop(
     if control_model is not None:
         clock = time.time()
         log(f"      control: fine-tuning a copy for {c.finetune_epochs} epochs without augmentation (same budget)")
+        reused = run is not None and run.done("finetune_no_aug") is not None
         control_model = finetune(control_model, datamodule, {}, c.finetune_epochs, c.finetune_lr, c.transforms, run,
                                  "finetune_no_aug", seed=c.seed, progress=c.progress)
         control_metrics = slice_metrics(control_model, datamodule.dataset("test"))
-        log(f"      done in {time.time() - clock:.0f} s")
+        log("      reused checkpoints/finetune_no_aug.ckpt from the run directory" if reused
+            else f"      done in {time.time() - clock:.0f} s")
     after_metrics: dict[str, Any] = before.metrics
     after = None
     if policies:

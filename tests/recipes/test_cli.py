@@ -28,6 +28,7 @@ n_concepts: 2
 finetune:
   epochs: 1
   augmentations: {shadow: SyntheticShadow, occluder: Cutout}
+  control: no_aug
 """
 
 
@@ -51,16 +52,18 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_demo_runs_the_loop_and_prints_before_and_after(capsys, tmp_path):
     args = ["demo", "--epochs", "1", "--finetune-epochs", "1", "--train-size", "64", "--val-size", "32",
-            "--test-size", "32", "--probe-size", "16", "--run_dir", str(tmp_path)]
+            "--test-size", "32", "--probe-size", "16", "--n_concepts", "4", "--run_dir", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
+    assert "no aug." in out  # the same-budget control arm is on in the demo
     assert "Test accuracy per planted concept" in out
     assert "Before / after" in out
     for name in ("shadow", "occluder", "stripes", "tint", "clean"):
         assert name in out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in out  # progress shown
-    for f in ("config.yaml", "report.json", "report.md", "metrics.json", "policy.json", "checkpoints/finetune.ckpt"):
+    for f in ("config.yaml", "report.json", "report.md", "metrics.json", "policy.json",
+              "checkpoints/finetune_no_aug.ckpt"):
         assert (tmp_path / f).is_file(), f
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     # The monitors ran during training and logged under the same run directory.
@@ -69,24 +72,26 @@ def test_demo_runs_the_loop_and_prints_before_and_after(capsys, tmp_path):
 
 def test_fit_writes_one_directory_with_everything(fitted):
     run = fitted["run"]
-    for f in ("config.yaml", "state.json", "report.json", "report_after.json", "report.md", "policy.json",
-              "metrics.json", "checkpoints/train.ckpt", "checkpoints/finetune.ckpt"):
+    for f in ("config.yaml", "state.json", "report.json", "report.md", "policy.json",
+              "metrics.json", "checkpoints/train.ckpt", "checkpoints/finetune_no_aug.ckpt"):
         assert (run / f).is_file(), f
     assert "recipes.data.PlantedConceptsDataModule" in (run / "config.yaml").read_text()
     report = ConceptReport.load(run / "report.json")
-    assert report.task == "classification" and report.layer == "layer2"
+    assert report.task == "classification" and report.layer == "layer1"
     assert report.meta["annotated"]["names"][-1] == "clean"
     # the shadow's depth is measured on the probe images (planted shadows remove 55-75% where they cover)
     darkening = report.meta["annotated"]["darkening"]["shadow"]
     assert 0.4 < darkening["median"] < 0.85 and darkening["n"] >= 5
     policies = json.loads((run / "policy.json").read_text())["policies"]
-    if "SyntheticShadow" in policies:  # a shadow failure found: its strength is the measured one
-        assert policies["SyntheticShadow"]["params"] == {"intensity": [darkening["low"], darkening["high"]]}
+    for name, policy in policies.items():  # a matched catalogue transform carries its matched strength range
+        assert set(policy["params"]) <= {"strength"}, name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"before", "after"} and "shadow" in metrics["after"]
+    assert set(metrics) == {"before", "after", "no_aug"} and "shadow" in metrics["no_aug"]
+    assert (metrics["after"] is None) == (not policies) == (not (run / "report_after.json").is_file())
     md = (run / "report.md").read_text()
     assert "Before / after" in md and "Annotated concepts" in md
-    assert set(json.loads((run / "state.json").read_text())["stages"]) >= {"train", "policy", "finetune", "loop"}
+    assert set(json.loads((run / "state.json").read_text())["stages"]) >= {"train", "policy", "finetune_no_aug",
+                                                                            "loop"}
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written files left
 
 
@@ -117,7 +122,7 @@ def test_finetune_from_a_checkpoint_with_a_recipe(fitted, tmp_path, capsys):
             "--run_dir", str(out_dir)]
     assert main(args) == 0
     assert "Before / after" in capsys.readouterr().out
-    assert (out_dir / "checkpoints/finetune.ckpt").is_file()
+    assert (out_dir / "checkpoints/finetune_no_aug.ckpt").is_file()
     assert not (out_dir / "checkpoints/train.ckpt").exists()  # started from the given checkpoint
     assert json.loads((out_dir / "metrics.json").read_text())["before"]["n"] == 16
 
@@ -291,8 +296,9 @@ def test_finetune_a_users_checkpoint_on_an_image_folder(tmp_path, capsys):
     args = ["finetune", "--ckpt", str(ckpt), "--recipe", "image_folder_finetune", *data, "--epochs", "1",
             "--run_dir", str(tmp_path / "run")]
     assert main(args) == 0
-    assert "Before / after" in capsys.readouterr().out
-    assert (tmp_path / "run" / "checkpoints" / "finetune.ckpt").is_file()
+    out = capsys.readouterr().out
+    assert "Before / after" in out and "no aug." in out  # the recipe runs the same-budget control arm
+    assert (tmp_path / "run" / "checkpoints" / "finetune_no_aug.ckpt").is_file()
     assert "ImageFolderDataModule" in (tmp_path / "run" / "config.yaml").read_text()
     # The recipe's own placeholder folder does not exist: the message says what is expected.
     _fails(["finetune", "--ckpt", str(ckpt), "--recipe", "image_folder_finetune", "--run_dir", str(tmp_path / "r")],
@@ -311,13 +317,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(fitted, tmp_path, capsys, m
     assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run)]) == 130
     assert "resume" in capsys.readouterr().err
     stages = json.loads((run / "state.json").read_text())["stages"]
-    assert "train" in stages and "finetune" not in stages
+    assert "train" in stages and "finetune" not in stages and "finetune_no_aug" not in stages
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
     trained = (run / "checkpoints" / "train.ckpt").stat().st_mtime_ns
     monkeypatch.undo()
     assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run)]) == 0
     assert (run / "checkpoints" / "train.ckpt").stat().st_mtime_ns == trained  # not trained again
-    assert (run / "checkpoints" / "finetune.ckpt").is_file()
+    assert (run / "checkpoints" / "finetune_no_aug.ckpt").is_file()
 
 
 def test_fit_without_finetuning_only_diagnoses_a_given_checkpoint(fitted, tmp_path, capsys):
@@ -430,13 +436,14 @@ def test_the_demos_config_reruns_with_fit_and_gives_the_same_model(tmp_path, cap
     try:
         demo = tmp_path / "demo"
         assert main(["demo", "--epochs", "1", "--finetune-epochs", "1", "--train-size", "48", "--val-size", "16",
-                     "--test-size", "16", "--probe-size", "16", "--seed", "3", "--run_dir", str(demo)]) == 0
+                     "--test-size", "16", "--probe-size", "16", "--n_concepts", "4", "--seed", "3",
+                     "--run_dir", str(demo)]) == 0
         rerun = tmp_path / "rerun"
         assert main(["fit", "--config", str(demo / "config.yaml"), "--run_dir", str(rerun)]) == 0
     finally:
         torch.set_num_threads(before)
     assert "Before / after" in capsys.readouterr().out
-    for stage in ("train", "finetune"):
+    for stage in ("train", "finetune_no_aug"):
         a = torch.load(demo / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
         b = torch.load(rerun / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
         assert _same(a, b), stage

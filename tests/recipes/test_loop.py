@@ -195,7 +195,7 @@ def test_a_lightning_trainers_checkpoint_loads_without_unpickling(tmp_path, monk
 def test_unknown_layer_lists_the_nearest_names():
     with pytest.raises(LoopError, match=r"Expected `--layer`.*'layer9'.*layer"):
         check_layer(ResNetClassifier(width=4), "layer9")
-    assert default_layer(ResNetClassifier(width=4)) == "layer2"
+    assert default_layer(ResNetClassifier(width=4)) == "layer1"
     assert default_layer(SegmentationNet(width=4)) == "enc2"
 
 
@@ -545,13 +545,14 @@ def test_the_probe_count_is_the_number_of_images_actually_used(tmp_path):
 
 def test_a_resumed_loop_says_its_finished_training_stages_were_reused(tmp_path):
     run = RunDirectory(tmp_path)
-    for stage in ("train", "finetune"):
+    for stage in ("train", "finetune_no_aug"):
         save_model(ResNetClassifier(width=4), run.file(f"checkpoints/{stage}.ckpt"))
         run.mark_done(stage, checkpoint=f"checkpoints/{stage}.ckpt", epochs=1)
     lines = _loop_log_until("[4/4]", datamodule=tiny_planted(), model=ResNetClassifier(width=4), run=run,
-                            layer="layer1", epochs=1, finetune_epochs=1, probe_size=16, n_concepts=2)
+                            layer="layer1", epochs=1, finetune_epochs=1, probe_size=16, n_concepts=2,
+                            control="no_aug")
     assert "      reused checkpoints/train.ckpt from the run directory" in lines
-    assert "      reused checkpoints/finetune.ckpt from the run directory" in lines
+    assert "      reused checkpoints/finetune_no_aug.ckpt from the run directory" in lines
     assert not [line for line in lines if line.strip().startswith("done in")]  # the stages' own "done in N s"
 
 
