@@ -180,7 +180,7 @@ def matched_policies(
     base: float = 0.3,
     min_class_support: int = 3,
     renderers: Mapping[str, Renderer] | None = None,
-    max_images: int = 64,
+    max_images: int = 32,
     seed: int = 0,
     matcher_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, AugmentationPolicy], list[str], MatchResult]:

@@ -89,8 +89,8 @@ def test_a_concept_whose_slice_has_no_failing_class_gets_no_rule_and_the_line_sa
 
 
 def test_every_catalogue_transform_can_be_fine_tuned_with():
-    transforms = default_transforms(16)
-    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    transforms = default_transforms(32)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for name in catalogue_renderers():
         assert name in transforms
         out = transforms[name](images, probabilities=torch.ones(4))
@@ -152,7 +152,7 @@ def _folder(root, classes=("blue", "red"), n=12, seed=0):
             pixels = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
             y, x = rng.integers(0, 20, 2)
             pixels[y:y + 10, x:x + 10] = rng.integers(0, 255, 3)
-            pixels[..., 2 * c] //= 2
+            pixels[..., (2 * c) % 3] //= 2
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
 
