@@ -254,6 +254,7 @@ def run_loop(
                                            "explained": {k: v.explain() for k, v in policies.items()},
                                            "match": None if match is None else match.to_dict()})
             run.mark_done("policy", file="policy.json")
+            _log_policy(run, evidence, match)
     log("[3/4] failure concepts → policy" + (" (matched over the transform catalogue, no labels):"
                                              if c.policy == "match" else " (by the annotated concepts they show):"))
     for line in evidence if before.report.failures else ["(no failure concept found)"]:
@@ -321,3 +322,16 @@ def _coverage(n_probe: int, report: ConceptReport) -> list[str]:
     if not cover.enough:
         lines.append(f"probe set too small for a rare failure: {cover.message}")
     return lines
+
+
+def _log_policy(run: RunDirectory, evidence: Sequence[str], match: MatchResult | None) -> None:
+    """The evidence and the match's claim table as TensorBoard text under ``tb/policy``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run.tensorboard / "policy"))
+    try:
+        writer.add_text("evidence", "\n".join(f"- {line}" for line in evidence) or "no failure concept")
+        if match is not None:
+            writer.add_text("match", match.to_markdown())
+    finally:
+        writer.close()
