@@ -337,7 +337,8 @@ def _run_recipe(cfg: Any, parser: Any, command: str, ckpt: str | None = None) ->
     _threads()
     with run_directory(cfg.run_dir, command) as run:
         saved = cfg.clone()
-        saved.pop("recipe", None)  # the recipe's values are in the config itself: it reruns with `fit --config`
+        for key in ("recipe", "report", "from_run"):  # the recipe is in the config: `fit --config` reruns it
+            saved.pop(key, None)
         _save_config(run, fit_parser(), saved)
         init, data, model = build_recipe(cfg, parser)
         ckpt = ckpt or init.ckpt

@@ -271,7 +271,7 @@ def diagnose(
                   "fingerprint": model_fingerprint(model)},
         )
     except ValueError as err:
-        if "distinct embeddings" not in str(err):
+        if "distinct embeddings" not in str(err) and "at least one concept" not in str(err):
             raise
         probe_count = len(loader.dataset)  # type: ignore[arg-type]
         raise LoopError(

@@ -130,8 +130,8 @@ def test_finetune_from_a_checkpoint_with_a_recipe(fitted, tmp_path, capsys):
 def test_compare_reports_differences_and_the_ensemble_check(fitted, tmp_path, capsys):
     out_dir = tmp_path / "cmp"
     ckpts = fitted["run"] / "checkpoints"
-    args = ["compare", "--ckpt-a", str(ckpts / "train.ckpt"), "--ckpt-b", str(ckpts / "finetune.ckpt"), *TINY_DATA,
-            *TINY_ANALYSIS, "--run_dir", str(out_dir)]
+    args = ["compare", "--ckpt-a", str(ckpts / "train.ckpt"), "--ckpt-b", str(ckpts / "finetune_no_aug.ckpt"),
+            *TINY_DATA, *TINY_ANALYSIS, "--run_dir", str(out_dir)]
     assert main(args) == 0
     assert "ensemble" in capsys.readouterr().out
     report = ConceptReport.load(out_dir / "report.json")
@@ -294,7 +294,7 @@ def test_finetune_a_users_checkpoint_on_an_image_folder(tmp_path, capsys):
     ckpt = save_model(ResNetClassifier(num_classes=2, width=4), tmp_path / "mine.ckpt")
     data = ["--data", "ImageFolderDataModule", "--data.root", str(tmp_path / "images"), "--data.batch_size", "8"]
     args = ["finetune", "--ckpt", str(ckpt), "--recipe", "image_folder_finetune", *data, "--epochs", "1",
-            "--run_dir", str(tmp_path / "run")]
+            "--n_concepts", "4", "--run_dir", str(tmp_path / "run")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Before / after" in out and "no aug." in out  # the recipe runs the same-budget control arm
