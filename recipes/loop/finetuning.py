@@ -50,7 +50,7 @@ def default_transforms(image_size: int, seed: int = 0) -> dict[str, nn.Module]:
 
 def _seeded(module: nn.Module, seed: int | None) -> nn.Module:
     # catalogue entries are built unseeded; the loop's fine-tuning is repeatable, so each gets its own seed
-    module.seed = seed
+    setattr(module, "seed", seed)  # noqa: B010  (nn.Module's __setattr__ types values as tensors or modules)
     return module
 
 

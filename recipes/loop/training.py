@@ -52,9 +52,9 @@ def monitors(layer: str, every_n_epochs: int = 1, probe_size: int = 128, seed: i
     """
     from callbacks import ConceptMonitor, FailureDrivenAugmentation, default_monitors
 
-    common = {"every_n_epochs": every_n_epochs, "probe_size": probe_size, "seed": seed}
-    found: list[pl.Callback] = [ConceptMonitor(layer, n_concepts=n_concepts, **common)]  # type: ignore[arg-type]
-    found += [m for m in default_monitors(layer, **common) if not isinstance(m, ConceptMonitor)]
+    common: dict[str, Any] = {"every_n_epochs": every_n_epochs, "probe_size": probe_size, "seed": seed}
+    found: list[pl.Callback] = [ConceptMonitor(layer, n_concepts=n_concepts, **common)]
+    found += [m for m in default_monitors(layer, None, **common) if not isinstance(m, ConceptMonitor)]
     found.append(FailureDrivenAugmentation(every_n_epochs=every_n_epochs, log_only=True))
     return found
 
