@@ -322,4 +322,7 @@ def policies_from_match(
         if why is not None:
             line += f" — {'no class rule from this concept' if transform in policies else 'no policy'}: {why}"
         lines.append(line)
+    failing = {e.name for e in plain}
+    lines += [f"{m.evidence} {m.concept} is not a failure concept: no policy from it." for m in match.matches
+              if m.source == "bound" and m.concept not in failing]
     return policies, lines

@@ -68,6 +68,10 @@ def test_a_bound_transform_overrides_the_match():
     assert list(policies) == ["noise"] and policies["noise"].params == {}
     assert "bound by a person" in lines[0]
     assert "noise" in configure_transforms(default_transforms(32), policies, 32)
+    # binding a concept that is no failure gives no policy, and says so
+    other = TransformMatch("cluster-5", "haze", (0.2, 0.4), 0.3, 0.0, "cluster-5 ↔ haze, bound", source="bound")
+    policies, lines = policies_from_match(MatchResult((m, other), _table(("cluster-3", "cluster-5"))), [_failure()])
+    assert list(policies) == ["noise"] and lines[-1].endswith("cluster-5 is not a failure concept: no policy from it.")
 
 
 def test_no_match_falls_back_and_says_so_in_the_evidence():
