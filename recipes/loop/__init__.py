@@ -38,7 +38,14 @@ from recipes.loop.diagnosis import (
     probe_images,
     probe_loader,
 )
-from recipes.loop.finetuning import PolicyJointBatch, configure_transforms, default_transforms, finetune, with_params
+from recipes.loop.finetuning import (
+    PolicyJointBatch,
+    configure_transforms,
+    default_transforms,
+    finetune,
+    loop_transforms,
+    with_params,
+)
 from recipes.loop.policy import (
     MatchedStrength,
     catalogue_renderers,
@@ -85,6 +92,7 @@ __all__ = [
     "headline",
     "load_model",
     "loop_policies",
+    "loop_transforms",
     "matched_policies",
     "mean_probability",
     "model_kind",

@@ -52,7 +52,7 @@ class LoopConfig:
         finetune_lr: the fine-tuning learning rate; None keeps the model's.
         augmentations: with ``policy="annotations"``: ground-truth concept → transform name; None:
             ``shadow → SyntheticShadow``, ``occluder → Cutout``.
-        transforms: transform name → module, added to :func:`~recipes.loop.finetuning.default_transforms`.
+        transforms: transform name → module, added to :func:`~recipes.loop.finetuning.loop_transforms`.
         fallback: the transform for failure concepts that match no transform (no match: no policy when None).
         max_p: probability for a class that fails only inside the concept's slice.
         base_p: probability for every other sample.

@@ -29,20 +29,25 @@ DEFAULT_STRENGTH = (0.4, 0.8)
 
 
 def default_transforms(image_size: int, seed: int = 0) -> dict[str, nn.Module]:
-    """The transforms a policy can name: shadows, cutout and Hide-and-Seek sized for ``image_size``, and every
-    entry of the catalogue (:func:`augment.catalog.catalog`, ours: ``shadow-line``, ``defocus``, ``noise``, …) at
-    strengths ``DEFAULT_STRENGTH`` (a policy's matched ``strength`` replaces them, :func:`configure_transforms`).
-
-    Example:
-        >>> t = default_transforms(32)
-        >>> [n for n in ("SyntheticShadow", "shadow-line", "defocus", "haze") if n in t]
-        ['SyntheticShadow', 'shadow-line', 'defocus', 'haze']
-    """
-    out: dict[str, nn.Module] = {
+    """The transforms the annotated policy names: shadows, cutout and Hide-and-Seek sized for ``image_size``."""
+    return {
         "SyntheticShadow": SyntheticShadow(p=1.0, kind="line", intensity=(0.4, 0.75), seed=seed),
         "Cutout": Cutout(p=1.0, size=max(2, image_size // 3), seed=seed + 1),
         "HideAndSeek": HideAndSeek(p=1.0, grid=4, p_keep_patch=0.6, seed=seed + 2),
     }
+
+
+def loop_transforms(image_size: int, seed: int = 0) -> dict[str, nn.Module]:
+    """Every transform a policy can name: :func:`default_transforms` and every entry of the catalogue
+    (:func:`augment.catalog.catalog`, ours: ``shadow-line``, ``defocus``, ``noise``, …) at strengths
+    ``DEFAULT_STRENGTH`` (a policy's matched ``strength`` replaces them, :func:`configure_transforms`).
+
+    Example:
+        >>> t = loop_transforms(32)
+        >>> [n for n in ("SyntheticShadow", "shadow-line", "defocus", "haze") if n in t]
+        ['SyntheticShadow', 'shadow-line', 'defocus', 'haze']
+    """
+    out = default_transforms(image_size, seed)
     for i, e in enumerate(catalog(("conceptfix",))):
         out[e.name] = _seeded(e.make(DEFAULT_STRENGTH, image_size, image_size), seed + 3 + i)
     return out
@@ -92,7 +97,7 @@ def configure_transforms(transforms: Mapping[str, nn.Module], policies: Mapping[
 
     Example:
         >>> policy = AugmentationPolicy(augmentation="defocus", params={"strength": (0.6, 0.8)})
-        >>> configure_transforms(default_transforms(32), {"defocus": policy}, 32)["defocus"].strength
+        >>> configure_transforms(loop_transforms(32), {"defocus": policy}, 32)["defocus"].strength
         (0.6, 0.8)
     """
     out = dict(transforms)
@@ -201,7 +206,8 @@ def finetune(
 
     ``lr`` replaces the model's learning rate (``hparams.lr``) for the fine-tuning; None keeps it.
     An empty ``policies`` is the no-augmentation control with the same budget (plain batches).
-    A policy's ``params`` (a strength measured from the failure) override its transform's settings
+    ``transforms`` are added to :func:`loop_transforms` (so every catalogue entry stays nameable). A policy's
+    ``params`` (a strength measured from the failure) override its transform's settings
     (:func:`configure_transforms`). The joint batches come from a :class:`~callbacks.JointBatchTraining` over a
     :class:`PolicyJointBatch`, added to ``callbacks``.
     """
@@ -209,10 +215,7 @@ def finetune(
     sample = datamodule.dataset("train")[0]
     image = sample[IMAGE] if isinstance(sample, Mapping) else sample[0]
     size = int(min(image.shape[-2:]))
-    if transforms is None:
-        transforms = default_transforms(size, seed)
-    else:
-        transforms = {**default_transforms(size, seed), **transforms}  # the catalogue stays nameable
+    transforms = {**loop_transforms(size, seed), **(transforms or {})}  # the catalogue stays nameable
     transforms = configure_transforms(transforms, policies, size)
     if lr is not None:
         if not lr > 0:

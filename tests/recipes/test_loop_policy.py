@@ -16,8 +16,8 @@ from recipes.loop import (
     catalogue_renderers,
     clean_probe_images,
     configure_transforms,
-    default_transforms,
     format_before_after,
+    loop_transforms,
     policies_from_match,
     probe_folder,
 )
@@ -50,7 +50,7 @@ def test_a_matched_transform_becomes_the_policy_with_its_strength_range():
     assert probs[0] == pytest.approx(0.9, abs=1e-3) and probs[1] == pytest.approx(0.1, abs=1e-6)
     assert lines == ["cluster-3 ↔ shadow-line strength 0.6–1"]
     # ... and fine-tuning applies the transform at the matched strengths
-    shadow = configure_transforms(default_transforms(32), policies, 32)["shadow-line"]
+    shadow = configure_transforms(loop_transforms(32), policies, 32)["shadow-line"]
     assert shadow.intensity == (0.6, 1.0)
 
 
@@ -67,7 +67,7 @@ def test_a_bound_transform_overrides_the_match():
     policies, lines = policies_from_match(MatchResult((m,), _table()), [_failure()])
     assert list(policies) == ["noise"] and policies["noise"].params == {}
     assert "bound by a person" in lines[0]
-    assert "noise" in configure_transforms(default_transforms(32), policies, 32)
+    assert "noise" in configure_transforms(loop_transforms(32), policies, 32)
     # binding a concept that is no failure gives no policy, and says so
     other = TransformMatch("cluster-5", "haze", (0.2, 0.4), 0.3, 0.0, "cluster-5 ↔ haze, bound", source="bound")
     policies, lines = policies_from_match(MatchResult((m, other), _table(("cluster-3", "cluster-5"))), [_failure()])
@@ -93,7 +93,7 @@ def test_a_concept_whose_slice_has_no_failing_class_gets_no_rule_and_the_line_sa
 
 
 def test_every_catalogue_transform_can_be_fine_tuned_with():
-    transforms = default_transforms(32)
+    transforms = loop_transforms(32)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for name in catalogue_renderers():
         assert name in transforms
