@@ -17,7 +17,7 @@ from torch import nn
 from augment import AugmentationPolicy
 from debugger.fingerprint import model_fingerprint
 from debugger.matching import MatchResult
-from debugger.ranking import detectable_rate, probe_coverage
+from debugger.probes import detectable_rate, probe_coverage
 from debugger.report import ConceptReport
 from recipes.baseline import slice_metrics
 from recipes.data.base import ContractDataModule
