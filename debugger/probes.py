@@ -73,6 +73,9 @@ def probe_coverage(probe_size: int, rate: float, min_support: int = 10, confiden
         471 probe images hold 10 with 90% probability.
         >>> probe_coverage(300, 0.5).enough
         True
+        >>> print(probe_coverage(256, 0.05).message)  # doctest: +NORMALIZE_WHITESPACE
+        256 probe images: a failure in 5% of images shows in ~13, but holds the 10 a failure concept needs only with
+        83% probability; 282 probe images hold them with 90% probability.
     """
     if not isinstance(probe_size, int) or probe_size < 1:
         raise ValueError(f"Expected `probe_size` to be a positive integer, but got {probe_size!r}.")
@@ -97,9 +100,12 @@ def probe_coverage(probe_size: int, rate: float, min_support: int = 10, confiden
     message = f"{probe_size} probe images: a failure in {100 * rate:.3g}% of images shows in ~{shown}"
     if p_enough >= confidence:
         message += f", enough for the {min_support} a failure concept needs."
-    else:
+    elif expected < min_support:
         message += (f", fewer than the {min_support} a failure concept needs; {needed} probe images hold "
                     f"{min_support} with {100 * confidence:.0f}% probability.")
+    else:
+        message += (f", but holds the {min_support} a failure concept needs only with {100 * p_enough:.0f}% "
+                    f"probability; {needed} probe images hold them with {100 * confidence:.0f}% probability.")
     return ProbeCoverage(probe_size, float(rate), min_support, float(expected), p_enough, needed,
                          p_enough >= confidence, message)
 
