@@ -372,8 +372,9 @@ class TransformMatcher:
         if self.rule == "centroid":
             if centroids is None:
                 raise ValueError("Expected concept `centroids` for rule='centroid', but got None.")
-            count = int(centroids.shape[0])
-            base = [i for i in range(count) if i not in groups]
+            # a report keeps centroids for its discovered concepts; merged concepts come after them, without one
+            count = max(int(centroids.shape[0]), max(groups, default=-1) + 1)
+            base = [i for i in range(int(centroids.shape[0])) if i not in groups]
             cents = centroids.float()[base]
             reach = None if self.within is None or radii is None else radii.float()[base] * self.within
 

@@ -21,7 +21,7 @@ from augment.catalog import CatalogEntry, catalog, render, strength_grid
 from augment.policy import derive_policies, why_no_rule
 from debugger.contract import unpack_batch
 from debugger.failures import FailureEvidence, evidence_from_report
-from debugger.matching import ClaimTable, MatchResult, Renderer, TransformMatcher, analysis_for, match_transforms
+from debugger.matching import MatchResult, Renderer, TransformMatcher
 from debugger.report import ConceptReport
 from recipes.loop.diagnosis import Diagnosis
 from recipes.loop.run import LoopError
@@ -211,61 +211,13 @@ def matched_policies(
     kwargs = {"strengths": strength_grid(5), "seed": seed, **dict(matcher_kwargs or {})}
     matcher = TransformMatcher(renderers, bind=bind, **kwargs)
     try:
-        result = _match(matcher, model, report, clean)
+        result = matcher.match(model, report, clean)
     except ValueError as err:
         raise LoopError(f"Expected the report's concepts to be matchable to transforms, but: {err}") from err
     evidence, _ = evidence_from_report(report)
     policies, lines = policies_from_match(result, evidence, fallback, base, max_p, min_class_support,
                                           list(report.class_names) or None, tuple(renderers))
     return policies, [f"{used}; strengths {', '.join(f'{s:g}' for s in matcher.strengths)}", *lines], result
-
-
-def _match(matcher: TransformMatcher, model: nn.Module, report: ConceptReport, images: Tensor) -> MatchResult:
-    """``matcher.match`` over the report's failure concepts, merged ones included: the report keeps centroids for
-    the discovered concepts only, and a concept merged from near-duplicates claims what its parts claim (centroid
-    claims are exclusive, so its share is the sum of theirs)."""
-    chosen = [row.name for row in report.failures]
-    settings = matcher.settings()
-    names = list(report.concept_names)
-    if not chosen and not matcher.bind:  # nothing to act on: spare the rendering
-        nan = torch.full((len(names), len(matcher.renderers), len(matcher.strengths)), float("nan"))
-        empty = ClaimTable(tuple(names), tuple(matcher.renderers), matcher.strengths, nan, nan.clone(),
-                           torch.zeros(len(matcher.renderers), len(matcher.strengths), dtype=torch.long),
-                           matcher.rule, matcher.min_changed)
-        return MatchResult((), empty, settings)
-    if report.centroids is None:
-        raise ValueError("Expected a report with concept `centroids`, but got one without: it was written before "
-                         "they were kept; diagnose again.")
-    found = int(report.centroids.shape[0])
-    radii = report.radii if matcher.within is not None else None
-    table = matcher.measure(analysis_for(report, model), images, centroids=report.centroids,
-                            concepts=names[:found], radii=radii)
-    row = {c.id: i for i, c in enumerate(report.concepts[:found])}
-    extra_names, changed, clean = [], [table.changed], [table.clean]
-    for c in report.concepts[found:]:
-        parts = [row[j] for j in c.meta.get("merged_from", ()) if j in row]
-        if not parts:
-            continue
-        extra_names.append(c.name)
-        changed.append(table.changed[parts].sum(0, keepdim=True))
-        clean.append(table.clean[parts].sum(0, keepdim=True))
-    table = ClaimTable((*table.concepts, *extra_names), table.transforms, table.strengths, torch.cat(changed),
-                       torch.cat(clean), table.counts, table.rule, table.min_changed)
-    chosen = [n for n in chosen if n in table.concepts]
-    lifts = {r.name: float(r.lift) for r in report.ranking}
-    ids = {c.name: c.id for c in report.concepts}
-    matches = match_transforms(table, chosen, matcher.min_contrast, matcher.min_patches, matcher.range_fraction,
-                               matcher.bind, lifts, _shows(report), ids)
-    return MatchResult(tuple(matches), table, settings)
-
-
-def _shows(report: ConceptReport) -> dict[str, tuple[str, float]]:
-    """Concept name → the ground-truth concept its top patches show most, and that share (annotated data only)."""
-    gt, gt_names = report.ground_truth_precision, report.patches.concept_names
-    if gt is None or gt.numel() == 0 or len(gt_names) != gt.shape[1]:
-        return {}
-    return {c.name: (gt_names[int(gt[i].argmax())], float(gt[i].max())) for i, c in enumerate(report.concepts)
-            if i < gt.shape[0]}
 
 
 def policies_from_match(

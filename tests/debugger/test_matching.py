@@ -397,3 +397,7 @@ def test_a_merged_concept_claims_what_its_parts_claim_and_does_not_compete():
     merged = matcher.measure(a, textured(6, seed=2), cents, ("shadowed", "clean", "shadowed+clean"), parts={2: [0, 1]})
     assert torch.equal(merged.changed[:2], alone.changed)  # the merged row took nothing from its parts
     assert float(merged.changed[2, 0, 0]) == pytest.approx(1.0)
+    # as a report keeps them: centroids for the discovered concepts only, the merged one after them
+    kept = matcher.measure(a, textured(6, seed=2), cents[:2], ("shadowed", "clean", "shadowed+clean"),
+                           parts={2: [0, 1]})
+    assert torch.equal(kept.changed, merged.changed) and torch.equal(kept.clean, merged.clean)

@@ -236,37 +236,3 @@ def test_bind_reaches_the_loop_from_the_command_line():
     c = loop_config(cfg, init, pretrained=True)
     assert c.bind == {"cluster-6": "shadow-line"} and c.control == "no_aug" and c.probe_root == "somewhere"
     assert c.policy == "match" and c.n_concepts == 32 and c.probe_size == 256
-
-
-def test_a_merged_failure_concept_claims_what_its_parts_claim(monkeypatch):
-    from types import SimpleNamespace
-
-    import recipes.loop.policy as policy_module
-    from debugger.matching import TransformMatcher
-
-    def untouched(images, strength, generator):
-        return images, torch.zeros_like(images[:, 0], dtype=torch.bool)
-
-    # transform "shadow": cluster-0 claims 40% and cluster-1 35% of its changed patches (5% clean each);
-    # transform "blur": 20% and 10%, nothing clean
-    changed = torch.tensor([[[0.4, 0.4], [0.2, 0.2]], [[0.35, 0.35], [0.1, 0.1]], [[0.0, 0.0], [0.0, 0.0]]])
-    clean = torch.tensor([[[0.05, 0.05], [0.0, 0.0]], [[0.05, 0.05], [0.0, 0.0]], [[0.9, 0.9], [0.9, 0.9]]])
-    names = ("cluster-0", "cluster-1", "cluster-2")
-    table = ClaimTable(names, ("shadow", "blur"), (0.5, 1.0), changed, clean, torch.full((2, 2), 40))
-    matcher = TransformMatcher({"shadow": untouched, "blur": untouched}, strengths=(0.5, 1.0), min_patches=10,
-                               min_contrast=0.5)
-    monkeypatch.setattr(matcher, "measure", lambda *a, **k: table)
-    monkeypatch.setattr(policy_module, "analysis_for", lambda report, model: None)
-    merged = "cluster-0+cluster-1"
-    concepts = [SimpleNamespace(id=i, name=n, meta={}) for i, n in enumerate(names)]
-    concepts.append(SimpleNamespace(id=3, name=merged, meta={"merged_from": [0, 1]}))
-    report = SimpleNamespace(failures=[SimpleNamespace(name=merged)], concept_names=[*names, merged],
-                             centroids=torch.zeros(3, 2), radii=torch.ones(3), concepts=concepts,
-                             ranking=[SimpleNamespace(name=merged, lift=2.5)], ground_truth_precision=None,
-                             patches=SimpleNamespace(concept_names=()))
-    result = policy_module._match(matcher, None, report, torch.zeros(2, 3, 8, 8))
-    (m,) = result.matches
-    # neither part reaches the contrast of 0.5 alone; together they claim 75% of the shadow's patches vs 10% clean
-    assert (m.concept, m.transform, m.strength_range) == (merged, "shadow", (0.5, 1.0))
-    assert m.claim_changed == pytest.approx(0.75) and m.claim_clean == pytest.approx(0.1)
-    assert result.table.concepts[-1] == merged
