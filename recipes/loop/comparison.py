@@ -12,11 +12,11 @@ from debugger.confusion import concept_confusion, confusion_difference, ensemble
 from debugger.failures import annotated_membership
 from debugger.pipeline import ConceptAnalysis
 from debugger.report import ConceptReport
+from debugger.text import percent
 from recipes.data.base import ContractDataModule
 from recipes.loop.checks import check_data
 from recipes.loop.diagnosis import diagnose, predict_probe, probe_loader
 from recipes.loop.run import LoopError, RunDirectory
-from recipes.loop.tables import percent
 
 
 def compare_models(

@@ -20,11 +20,12 @@ from debugger.pipeline import ConceptAnalysis
 from debugger.probes import select_probe_indices
 from debugger.ranking import ConceptFailure, rank_failures
 from debugger.report import ConceptReport
+from debugger.text import number, p_value, percent
 from recipes.baseline import slice_metrics
 from recipes.data.base import ContractDataModule
 from recipes.loop.checks import check_contract_data, check_data, check_layer, default_layer
 from recipes.loop.run import LoopError, RunDirectory
-from recipes.loop.tables import flat_metrics, format_metrics, number, percent
+from recipes.loop.tables import flat_metrics, format_metrics
 
 
 @dataclass
@@ -344,7 +345,7 @@ def diagnosis_markdown(d: Diagnosis, title: str | None = None) -> str:
         for r in d.annotated.ranking:
             parts.append(f"| {r.rank} | {r.name} | {'yes' if r.is_failure else ''} | {r.support} "
                          f"| {percent(r.error_in)} | {percent(r.error_out)} | {number(r.lift)} "
-                         f"| {number(r.p_adjusted)} |")
+                         f"| {p_value(r.p_adjusted)} |")
     if d.metrics:
         parts += ["\n## Test metrics per concept\n", "```", format_metrics(d.metrics, d.concept_names), "```"]
     return "\n".join(parts) + "\n"

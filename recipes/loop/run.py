@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
-from debugger.files import atomic_write
+from debugger.files import atomic_write, json_default
 
 STATE_FILE = "state.json"
 
 
 class LoopError(ValueError):
     """Bad input to the loop (missing checkpoint, wrong architecture, unknown layer, data of the wrong shape)."""
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    raise TypeError(f"Expected JSON-serialisable values, but got {type(o).__name__}.")
 
 
 class RunDirectory:
@@ -68,7 +55,7 @@ class RunDirectory:
 
     def write_json(self, relpath: str, obj: Any) -> Path:
         """Write ``obj`` as JSON (tensors as lists, paths as strings) through write-then-rename."""
-        return atomic_write(self.file(relpath), json.dumps(obj, indent=1, default=_json_default) + "\n")
+        return atomic_write(self.file(relpath), json.dumps(obj, indent=1, default=json_default) + "\n")
 
     def read_json(self, relpath: str) -> Any:
         """The JSON value stored at ``relpath``."""

@@ -6,20 +6,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from debugger.text import percent
 
-def percent(x: Any) -> str:
-    """``x`` as a percentage with one decimal, or ``—`` for a missing value.
-
-    Example:
-        >>> percent(0.5), percent(float("nan"))
-        ('50.0%', '—')
-    """
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}%"
-
-
-def number(x: Any) -> str:
-    """``x`` with three significant digits, or ``—`` for a missing value."""
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.3g}"
 
 def headline(m: Any) -> float:
     """One number for a slice: accuracy (classification) or mean IoU over classes present (segmentation)."""
