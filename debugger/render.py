@@ -466,3 +466,156 @@ def report_images(
             fig = confusion_heatmap(diff[i], names, title=f"{diff_name}: {concept.name}", diverging=True)
             out[f"diffs/{diff_name}/{row.rank:02d}-{concept.name}"] = figure_to_array(fig)
     return out
+
+
+# -- captions: what an image in TensorBoard shows, drawn into it ------------------------------------------------
+
+CAPTION_FONT = 8  # points at 100 dpi, about 11 px tall
+
+
+def concept_color(concept_id: int) -> tuple[float, float, float]:
+    """The colour of a concept id (matplotlib's ``tab10``, cycled), the same in every picture of a run.
+
+    Example:
+        >>> concept_color(0) == concept_color(10)
+        True
+    """
+    r, g, b, _ = plt.get_cmap("tab10")(int(concept_id) % 10)
+    return (float(r), float(g), float(b))
+
+
+def _percent(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _ratio(x: float) -> str:
+    if np.isnan(x):
+        return "n/a"
+    return "inf" if np.isinf(x) else f"{x:.2f}"
+
+
+def gallery_caption(name: str, failure: Any | None = None, shows: str | None = None) -> list[str]:
+    """The caption lines of a concept gallery: its name and what it shows, then its failure statistics.
+
+    Args:
+        name: the concept's lasting name (e.g. ``concept 7``).
+        failure: its :class:`~debugger.ranking.ConceptFailure` row (lift with interval, error inside / outside
+            its slice, images in the slice), or None when it was not ranked.
+        shows: the annotated concept its top patches show (e.g. ``shadow 80%``), where the data has annotations.
+
+    Example:
+        >>> from types import SimpleNamespace as row
+        >>> gallery_caption("concept 7", row(lift=2.5, lift_low=1.25, lift_high=4.0, error_in=0.5, error_out=0.2,
+        ...                                   support=12, is_failure=True), "shadow 80%")
+        ['concept 7 - FAILURE - shows shadow 80%', 'lift 2.50 [1.25, 4.00] · error in 50% / out 20% · 12 images']
+    """
+    head = name
+    if failure is not None and bool(getattr(failure, "is_failure", False)):
+        head += " - FAILURE"
+    if shows:
+        head += f" - shows {shows}"
+    if failure is None:
+        return [head, "not ranked"]
+    stats = (f"lift {_ratio(failure.lift)} [{_ratio(failure.lift_low)}, {_ratio(failure.lift_high)}] · "
+             f"error in {_percent(failure.error_in)} / out {_percent(failure.error_out)} · {failure.support} images")
+    return [head, stats]
+
+
+def caption_band(
+    lines: Sequence[str], width: int, color: Sequence[float] | None = None, fontsize: int = CAPTION_FONT
+) -> Tensor:
+    """Lines of text on a white band ``width`` pixels wide (long lines wrap), with a colour swatch at the left
+    when ``color`` is given (a concept's legend colour).
+
+    Shape:
+        - output: ``(3, h, width)`` uint8
+
+    Example:
+        >>> tuple(caption_band(["hello"], 120).shape[::2])
+        (3, 120)
+    """
+    import textwrap
+
+    if not isinstance(width, int) or width < 16:
+        raise ValueError(f"Expected `width` to be an integer of at least 16 pixels, but got {width!r}.")
+    swatch = 14 if color is not None else 0
+    chars = max(8, int((width - swatch - 6) / (0.5 * fontsize * 100 / 72)))
+    wrapped = [w for line in lines for w in (textwrap.wrap(line, chars) or [""])]
+    line_px = 1.45 * fontsize * 100 / 72
+    height = int(np.ceil(line_px * max(1, len(wrapped)) + 6))
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    fig.patch.set_facecolor("white")
+    if color is not None:
+        fig.patches.append(matplotlib.patches.Rectangle((3 / width, 3 / height), 8 / width, 1 - 6 / height,
+                                                        transform=fig.transFigure, color=tuple(color)[:3]))
+    for i, text in enumerate(wrapped):
+        y = 1 - (3 + line_px * (i + 0.5)) / height
+        fig.text((swatch + 3) / width, y, text, fontsize=fontsize, va="center", ha="left", family="DejaVu Sans")
+    band = figure_to_array(fig)
+    out = torch.full((3, band.shape[1], width), 255, dtype=torch.uint8)
+    w = min(width, band.shape[2])
+    out[:, :, :w] = band[:, :, :w]
+    return out
+
+
+def with_caption(image: Tensor, lines: Sequence[str], color: Sequence[float] | None = None) -> Tensor:
+    """``image`` (``uint8`` or ``[0, 1]`` float, ``(3, H, W)``) under a :func:`caption_band` of its width.
+
+    Shape:
+        - output: ``(3, h + H, W)`` uint8
+
+    Example:
+        >>> with_caption(torch.zeros(3, 10, 100, dtype=torch.uint8), ["a"]).shape[0]
+        3
+    """
+    img = image if image.dtype == torch.uint8 else _to_uint8(image.float())
+    if img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"Expected `image` of shape (3, H, W), but got {tuple(image.shape)!r}.")
+    width = max(int(img.shape[2]), 16)
+    if img.shape[2] < width:
+        img = torch.cat([img, torch.full((3, img.shape[1], width - img.shape[2]), 255, dtype=torch.uint8)], 2)
+    return torch.cat([caption_band(lines, width, color), img], 1)
+
+
+def outlined_images(
+    images: Tensor,
+    image_index: Tensor,
+    boxes: Tensor,
+    size: int = 96,
+    color: Sequence[float] = WRONG,
+    ncols: int = 4,
+) -> Tensor:
+    """Whole images, each with one box outlined (e.g. a failure concept's patch on a misclassified image).
+
+    Shape:
+        - images: ``(N, C, H, W)`` in ``[0, 1]``
+        - image_index: ``(k,)`` which image each example shows; boxes: ``(k, 4)`` ``x0, y0, x1, y1`` in its pixels
+        - output: ``(3, H', W')`` uint8
+
+    Example:
+        >>> outlined_images(torch.rand(2, 3, 8, 8), torch.tensor([1]), torch.tensor([[0, 0, 4, 4]]), size=16).shape
+        torch.Size([3, 20, 20])
+    """
+    if not isinstance(size, int) or size < 4:
+        raise ValueError(f"Expected `size` to be an integer of at least 4, but got {size!r}.")
+    imgs = images.detach().float().cpu()
+    if imgs.shape[1] == 1:
+        imgs = imgs.expand(-1, 3, -1, -1)
+    k = int(image_index.numel())
+    tiles = torch.ones(max(k, 1), 3, size, size)
+    line = max(1, size // 32)
+    c = torch.tensor(tuple(color)[:3], dtype=torch.float32).view(3, 1, 1)
+    for t in range(k):
+        img = imgs[int(image_index[t])]
+        h, w = img.shape[-2:]
+        tile = F.interpolate(img.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False)[0]
+        x0, y0, x1, y1 = boxes[t].tolist()
+        sx, sy = size / w, size / h
+        a0, b0 = int(x0 * sx), int(y0 * sy)
+        a1, b1 = min(size, max(a0 + 2 * line, int(round(x1 * sx)))), min(size, max(b0 + 2 * line, int(round(y1 * sy))))
+        tile[:, b0:b1, a0 : a0 + line] = c
+        tile[:, b0:b1, a1 - line : a1] = c
+        tile[:, b0 : b0 + line, a0:a1] = c
+        tile[:, b1 - line : b1, a0:a1] = c
+        tiles[t] = tile
+    return mosaic(tiles.clamp(0, 1), ncols=min(ncols, max(k, 1)))
