@@ -69,7 +69,9 @@ def concept_similarity(
     if not measures:
         raise ValueError("Expected centroids of the same width or member keys on both sides, but got neither.")
     if len(sizes) > 1:
-        raise ValueError(f"Expected centroids and members to agree on the number of concepts, but got {sorted(sizes)!r}.")
+        raise ValueError(
+            f"Expected centroids and members to agree on the number of concepts, but got {sorted(sizes)!r}."
+        )
     return torch.stack(measures).mean(0)
 
 
@@ -97,7 +99,7 @@ def match_concepts(similarity: Tensor, min_similarity: float = 0.3) -> list[int 
         return out
     s = torch.nan_to_num(similarity.detach().double().cpu(), nan=0.0).numpy()
     rows, cols = linear_sum_assignment(s, maximize=True)
-    for r, c in zip(rows.tolist(), cols.tolist()):
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
         if s[r, c] >= min_similarity:
             out[c] = r
     return out
