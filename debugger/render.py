@@ -1,7 +1,9 @@
 """Pictures of a concept analysis, for TensorBoard and reports (matplotlib on the Agg backend, no display).
 
-- :func:`confusion_heatmap`: a sequential colour map for one model's proportions, a diverging one centred at 0
-  for differences (red = worse, blue = better, as in seed 000 §5.3).
+- :func:`confusion_heatmap`: a sequential colour map for one model's proportions (samples per row beside the
+  class, empty rows grey), a diverging one centred at 0 for differences (red = worse, blue = better, as in seed
+  000 §5.3; for a change of a confusion matrix, more confusion off the diagonal is worse).
+- :func:`gallery_caption` / :func:`caption_band` / :func:`with_caption`: what a picture shows, drawn into it.
 - :func:`patch_tiles` / :func:`concept_gallery`: a concept's top patches cut out of their images (superpixels
   on neutral gray) as a mosaic.
 - :func:`declutter_grid` / :func:`tsne_grid`: the image patch view of seed 000 §5.1 — t-SNE of the patch
@@ -57,11 +59,17 @@ def confusion_heatmap(
     diverging: bool = False,
     annotate: bool | None = None,
     cmap: str | None = None,
+    row_counts: Tensor | None = None,
+    min_row_count: int = 5,
+    change: bool = False,
 ) -> Figure:
     """A confusion matrix (rows = ground truth, columns = prediction) as a heatmap.
 
     Proportions use a sequential map over ``[0, 1]``; counts over ``[0, max]``; differences (``diverging=True``)
-    use ``RdBu`` centred at 0 with symmetric limits, so red is negative and blue positive.
+    use ``RdBu`` centred at 0 with symmetric limits, so red is negative and blue positive. A change of a
+    confusion matrix (``change=True``, e.g. :func:`~debugger.confusion.confusion_difference`) is coloured by
+    what it means: more on the diagonal or less off it is better (blue), more confusion off the diagonal is
+    worse (red); the cells still print the signed change.
 
     Args:
         matrix: proportions, counts, or a difference.
@@ -70,17 +78,26 @@ def confusion_heatmap(
         diverging: draw a difference.
         annotate: write values in the cells (default: when ``K <= 12``).
         cmap: override the colour map.
+        row_counts: samples behind each row: printed beside the class (``n=12``); rows without samples are
+            greyed with "no samples" (not a row of zeros reading as "never right"), rows with fewer than
+            ``min_row_count`` are marked "few" and their values printed in grey.
+        min_row_count: fewest samples for a row to read without a mark.
+        change: colour a difference of confusion matrices by better (blue) / worse (red); implies diverging.
 
     Shape:
-        - matrix: ``(K, K)``
+        - matrix: ``(K, K)``; row_counts: ``(K,)``
 
     Raises:
-        ValueError: if ``matrix`` is not square or ``class_names`` has the wrong length.
+        ValueError: if ``matrix`` is not square or ``class_names`` / ``row_counts`` has the wrong length.
 
     Example:
         >>> fig = confusion_heatmap(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), ["cat", "dog"])
         >>> figure_to_array(fig).dtype
         torch.uint8
+        >>> fig = confusion_heatmap(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), ["cat", "dog"],
+        ...                         row_counts=torch.tensor([3, 0]))
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['cat (n=3, few)', 'dog (n=0)']
     """
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"Expected `matrix` to be a square (K, K) tensor, but got {tuple(matrix.shape)!r}.")
@@ -88,32 +105,56 @@ def confusion_heatmap(
     names = [str(i) for i in range(k)] if class_names is None else list(class_names)
     if len(names) != k:
         raise ValueError(f"Expected `class_names` to hold {k} names, but got {len(names)}.")
+    counts = None
+    if row_counts is not None:
+        counts = [int(c) for c in row_counts.reshape(-1).tolist()]
+        if len(counts) != k:
+            raise ValueError(f"Expected `row_counts` to hold {k} counts, but got {len(counts)}.")
     values = matrix.detach().double().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k), dpi=100)
+    shown = values.copy()
+    if change:
+        diverging = True
+        shown = np.where(np.eye(k, dtype=bool), values, -values)  # > 0 = better everywhere
+    empty = np.zeros(k, dtype=bool) if counts is None else np.array([c == 0 for c in counts])
+    shown[empty] = np.nan  # drawn as the colour map's "bad" grey
+    labels = names if counts is None else [
+        f"{n} (n={c}{', few' if 0 < c < min_row_count else ''})" for n, c in zip(names, counts, strict=True)
+    ]
+    cell = 0.5
+    fig, ax = plt.subplots(figsize=(1.6 + 0.06 * max(map(len, labels)) + cell * k, 1.4 + cell * k), dpi=100)
     if diverging:
-        finite = np.abs(values[np.isfinite(values)])
+        finite = np.abs(shown[np.isfinite(shown)])
         limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        image = ax.imshow(values, cmap=cmap or "RdBu", norm=TwoSlopeNorm(0.0, -limit, limit))
+        colors = plt.get_cmap(cmap or "RdBu").with_extremes(bad="0.85")
+        image = ax.imshow(shown, cmap=colors, norm=TwoSlopeNorm(0.0, -limit, limit))
     else:
         is_count = not matrix.is_floating_point()
         top = float(np.nanmax(values)) if is_count and values.size and np.nanmax(values) > 0 else 1.0
-        image = ax.imshow(values, cmap=cmap or "Blues", vmin=0.0, vmax=top)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=7)
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
+        colors = plt.get_cmap(cmap or "Blues").with_extremes(bad="0.85")
+        image = ax.imshow(shown, cmap=colors, vmin=0.0, vmax=top)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if change:
+        bar.set_label("blue = better, red = worse", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    ax.set_xticks(range(k), names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("ground truth", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
+    for i in np.flatnonzero(empty):
+        ax.text((k - 1) / 2, i, "no samples", ha="center", va="center", fontsize=8, color="0.35")
     if annotate if annotate is not None else k <= 12:
         norm, cm = image.norm, image.get_cmap()
         for (i, j), v in np.ndenumerate(values):
-            if not np.isfinite(v):
+            if not np.isfinite(v) or empty[i]:
                 continue
-            r, g, b, _ = cm(norm(v))
+            r, g, b, _ = cm(norm(shown[i, j]))
             color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
-            text = f"{int(v)}" if not matrix.is_floating_point() else f"{v:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
+            if counts is not None and counts[i] < min_row_count:
+                color = "0.45"
+            text = f"{int(v)}" if not matrix.is_floating_point() else (f"{v:+.2f}" if change else f"{v:.2f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
     return fig
 
@@ -458,12 +499,13 @@ def report_images(
         concept = report.concepts[i]
         prefix = f"concepts/{row.rank:02d}-{concept.name}"
         title = f"{concept.name}: error {100 * row.error_in:.0f}% vs {100 * row.error_out:.0f}%"
-        fig = confusion_heatmap(normalize_confusion(report.confusion[i]), names, title=title)
+        fig = confusion_heatmap(normalize_confusion(report.confusion[i]), names, title=title,
+                                row_counts=report.confusion[i].sum(-1))
         out[f"{prefix}/confusion"] = figure_to_array(fig)
         out[f"{prefix}/gallery"] = concept_gallery(images, report.patches, concept.scores, top_k=gallery_size,
                                                    size=tile, correct=correct)
         for diff_name, diff in report.diffs.items():
-            fig = confusion_heatmap(diff[i], names, title=f"{diff_name}: {concept.name}", diverging=True)
+            fig = confusion_heatmap(diff[i], names, title=f"{diff_name}: {concept.name}", change=True)
             out[f"diffs/{diff_name}/{row.rank:02d}-{concept.name}"] = figure_to_array(fig)
     return out
 

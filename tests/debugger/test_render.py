@@ -242,3 +242,29 @@ def test_outlined_images_draw_the_box_in_the_colour_on_the_whole_image() -> None
     tile = out[:, 2:18, 2:18]
     assert tile[:, 0, 0].tolist() == [255, 0, 0] and tile[:, 7, 0].tolist() == [255, 0, 0]
     assert tile[:, 12, 12].tolist() == [0, 0, 0]  # outside the box: the image
+
+
+def test_rows_without_samples_are_grey_and_rows_with_few_are_marked_not_zero():
+    fig = confusion_heatmap(torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), ["a", "b", "c"],
+                            row_counts=torch.tensor([10, 2, 0]))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a (n=10)", "b (n=2, few)", "c (n=0)"]
+    texts = [t.get_text() for t in ax.texts]
+    assert "no samples" in texts and texts.count("0.00") == 3  # row c prints nothing but "no samples"
+    assert np.ma.getmaskarray(ax.get_images()[0].get_array())[2].all()  # drawn in the "bad" grey
+    with pytest.raises(ValueError, match="Expected `row_counts` to hold 3 counts"):
+        confusion_heatmap(torch.zeros(3, 3), row_counts=torch.tensor([1, 2]))
+
+
+def test_a_change_of_confusion_reads_red_for_more_confusion_and_blue_for_more_right():
+    diff = torch.tensor([[-0.2, 0.2], [0.0, 0.0]])  # class 0: right less often, confused with 1 more often
+    fig = confusion_heatmap(diff, change=True)
+    image = fig.axes[0].get_images()[0]
+    cm, norm, shown = image.get_cmap(), image.norm, image.get_array()
+    for cell in [(0, 0), (0, 1)]:
+        r, _, b, _ = cm(norm(shown[cell]))
+        assert r > b  # both worse: red
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["+0.00", "+0.00", "+0.20", "-0.20"]
+    better = confusion_heatmap(-diff, change=True).axes[0].get_images()[0]
+    r, _, b, _ = better.get_cmap()(better.norm(better.get_array()[0, 1]))
+    assert b > r
