@@ -2,9 +2,11 @@
 
 Concepts are re-discovered at every analysis, so their indices (and k-means' order) change from run to run. To
 follow one concept over time, consecutive analyses are matched: the similarity of two concepts is the mean of
-the cosine of their centroids (the mean member embedding) and the Jaccard overlap of their member patches
-(patches are keyed by image and box, so the overlap is meaningful whenever the probe set and patch method stay
-the same); a Hungarian assignment pairs concepts one to one, and pairs below ``min_similarity`` are new concepts.
+the cosine of their centroids (the mean member embedding, centred on the mean of both analyses' centroids, so
+what all concepts share, e.g. the positive offset of ReLU features, does not make them alike) and the Jaccard
+overlap of their member patches (patches are keyed by image and box, so the overlap is meaningful whenever the
+probe set and patch method stay the same); a Hungarian assignment pairs concepts one to one, and pairs below
+``min_similarity`` are new concepts.
 
 - :func:`concept_similarity`: the ``(previous, current)`` similarity matrix.
 - :func:`match_concepts`: the one-to-one assignment over it.
@@ -31,8 +33,9 @@ def concept_similarity(
 ) -> Tensor:
     """Similarity of every previous concept to every current one, in ``[0, 1]``.
 
-    The mean of the available measures: the centroids' cosine (clamped at 0; only when both sides have
-    centroids of the same width) and the member sets' Jaccard overlap (only when both sides have member keys).
+    The mean of the available measures: the centroids' cosine after centring both sides on the mean of all
+    their centroids (clamped at 0; only when both sides have centroids of the same width) and the member sets'
+    Jaccard overlap (only when both sides have member keys).
 
     Shape:
         - previous_centroids: ``(A, D)``; current_centroids: ``(B, D)``
@@ -42,8 +45,8 @@ def concept_similarity(
         ValueError: if neither measure is available, or the two sides disagree on the number of concepts.
 
     Example:
-        >>> prev = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> concept_similarity(prev, torch.tensor([[0.0, 2.0], [3.0, 0.0]])).tolist()
+        >>> prev = torch.tensor([[5.0, 1.0], [1.0, 5.0]])
+        >>> concept_similarity(prev, torch.tensor([[1.0, 5.0], [5.0, 1.0]])).round(decimals=3).tolist()
         [[0.0, 1.0], [1.0, 0.0]]
         >>> concept_similarity(None, None, [frozenset({1, 2})], [frozenset({2, 3}), frozenset({1, 2})]).tolist()
         [[0.3333333432674408, 1.0]]
@@ -55,6 +58,8 @@ def concept_similarity(
         if a.dim() != 2 or b.dim() != 2:
             raise ValueError(f"Expected centroids of shape (C, D), but got {tuple(a.shape)!r} and {tuple(b.shape)!r}.")
         if a.shape[1] == b.shape[1]:
+            centre = torch.cat([a, b]).mean(0, keepdim=True)
+            a, b = a - centre, b - centre
             cos = torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T
             measures.append(cos.clamp(min=0.0))
             sizes.add((a.shape[0], b.shape[0]))

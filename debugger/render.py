@@ -512,7 +512,7 @@ def report_images(
 
 # -- captions: what an image in TensorBoard shows, drawn into it ------------------------------------------------
 
-CAPTION_FONT = 8  # points at 100 dpi, about 11 px tall
+CAPTION_FONT = 10  # points at 100 dpi, about 14 px tall: legible when TensorBoard shrinks an image to its card
 
 
 def concept_color(concept_id: int) -> tuple[float, float, float]:

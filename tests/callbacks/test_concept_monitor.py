@@ -224,8 +224,9 @@ def test_a_concept_found_again_keeps_its_number_and_its_gallery_tag_across_epoch
     from debugger.identity import member_keys
     from debugger.report import ConceptReport
 
+    torch.manual_seed(0)  # the loader's shuffle: the same run whatever ran before in this process
     mon = _monitor(grid=None, projector=False, max_galleries=3)
-    module = make_module("pytorch_lightning", lr=0.01)
+    module = make_module("pytorch_lightning", lr=0.001)
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=3).fit(module)
     log_dir = tmp_path / "run" / "version_0"
     store = log_dir / "conceptfix" / "concepts" / "reports"

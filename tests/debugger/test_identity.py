@@ -8,16 +8,19 @@ import torch
 from debugger.identity import ConceptTracker, concept_similarity, match_concepts
 
 
-def test_similarity_averages_centroid_cosine_and_member_jaccard() -> None:
-    prev = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    cur = torch.tensor([[1.0, 1.0]])
+def test_similarity_averages_centred_centroid_cosine_and_member_jaccard() -> None:
+    prev = torch.tensor([[4.0, 1.0], [1.0, 4.0]])
+    cur = torch.tensor([[4.0, 1.0], [4.0, 4.0]])  # the centre of all four is (3.25, 2.5)
     members_prev = [frozenset({1, 2, 3}), frozenset({4})]
-    members_cur = [frozenset({2, 3, 4})]
+    members_cur = [frozenset({2, 3, 4}), frozenset()]
     sim = concept_similarity(prev, cur, members_prev, members_cur)
-    cos = 2 ** -0.5
-    torch.testing.assert_close(sim, torch.tensor([[(cos + 0.5) / 2], [(cos + 1 / 3) / 2]]))
-    # opposite centroids count as unrelated, not as negative similarity
-    assert float(concept_similarity(prev[:1], -prev[:1])) == 0.0
+    centred_prev, centred_cur = prev - torch.tensor([3.25, 2.5]), cur - torch.tensor([3.25, 2.5])
+    cos = torch.nn.functional.cosine_similarity(centred_prev.unsqueeze(1), centred_cur.unsqueeze(0), dim=2)
+    jaccard = torch.tensor([[0.5, 0.0], [1 / 3, 0.0]])
+    torch.testing.assert_close(sim, (cos.clamp(min=0) + jaccard) / 2)
+    # features all concepts share (a common positive offset) do not make two different concepts alike
+    offset = torch.tensor([[100.0, 100.0]])
+    assert float(concept_similarity(prev[:1] + offset, prev[1:] + offset)) == 0.0
 
 
 def test_similarity_without_anything_comparable_says_so() -> None:
