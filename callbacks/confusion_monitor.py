@@ -374,5 +374,5 @@ def _heatmap(matrix: Tensor, classes: Sequence[str] | None, name: str, kind: str
         support = int(matrix.sum())
         q = "" if quality is None or math.isnan(quality) else f", {kind} {quality:.2f}"
         fig = confusion_heatmap(normalize_confusion(matrix.cpu(), "true"), classes, row_counts=matrix.sum(1),
-                                title=f"{name} (n={support}{q}; share of each row)")
+                                title=f"{name} (n={support}{q}); % of each row")
     return figure_to_array(fig).float() / 255.0

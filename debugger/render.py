@@ -69,7 +69,8 @@ def confusion_heatmap(
     use ``RdBu`` centred at 0 with symmetric limits, so red is negative and blue positive. A change of a
     confusion matrix (``change=True``, e.g. :func:`~debugger.confusion.confusion_difference`) is coloured by
     what it means: more on the diagonal or less off it is better (blue), more confusion off the diagonal is
-    worse (red); the cells still print the signed change.
+    worse (red); the cells print the signed change in percentage points. Proportions print as whole percents;
+    annotated maps have no colour bar (the numbers say it) and are sized to be read at TensorBoard's card width.
 
     Args:
         matrix: proportions, counts, or a difference.
@@ -120,8 +121,16 @@ def confusion_heatmap(
     labels = names if counts is None else [
         f"{n} (n={c}{', few' if 0 < c < min_row_count else ''})" for n, c in zip(names, counts, strict=True)
     ]
-    cell = 0.5
-    fig, ax = plt.subplots(figsize=(1.6 + 0.06 * max(map(len, labels)) + cell * k, 1.4 + cell * k), dpi=100)
+    annotated = annotate if annotate is not None else k <= 12
+    percent = matrix.is_floating_point() and not diverging  # proportions: whole percents fit a small cell
+    # Sized in pixels for TensorBoard's image card (about 350 px wide): small cells, numbers instead of a colour
+    # bar when the cells are annotated, so the picture is read at the card's width without enlarging it.
+    cell = 28 if k > 6 else 40
+    label_px = 14 + 6.5 * max(map(len, labels))
+    name_px = 6.5 * max(map(len, names)) if max(map(len, names)) > 3 else 12
+    width_px = label_px + cell * k + 34 + (0 if annotated and not change else 70)
+    height_px = 44 + cell * k + name_px + 24
+    fig, ax = plt.subplots(figsize=(width_px / 100, height_px / 100), dpi=100)
     if diverging:
         finite = np.abs(shown[np.isfinite(shown)])
         limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
@@ -132,10 +141,11 @@ def confusion_heatmap(
         top = float(np.nanmax(values)) if is_count and values.size and np.nanmax(values) > 0 else 1.0
         colors = plt.get_cmap(cmap or "Blues").with_extremes(bad="0.85")
         image = ax.imshow(shown, cmap=colors, vmin=0.0, vmax=top)
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if change:
-        bar.set_label("blue = better, red = worse", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+    if not annotated or change:
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if change:
+            bar.set_label("blue = better, red = worse", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     ax.set_xticks(range(k), names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=8)
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("predicted", fontsize=8)
@@ -144,7 +154,7 @@ def confusion_heatmap(
         ax.set_title(title, fontsize=9)
     for i in np.flatnonzero(empty):
         ax.text((k - 1) / 2, i, "no samples", ha="center", va="center", fontsize=8, color="0.35")
-    if annotate if annotate is not None else k <= 12:
+    if annotated:
         norm, cm = image.norm, image.get_cmap()
         for (i, j), v in np.ndenumerate(values):
             if not np.isfinite(v) or empty[i]:
@@ -153,8 +163,13 @@ def confusion_heatmap(
             color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
             if counts is not None and counts[i] < min_row_count:
                 color = "0.45"
-            text = f"{int(v)}" if not matrix.is_floating_point() else (f"{v:+.2f}" if change else f"{v:.2f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+            if not matrix.is_floating_point():
+                text = f"{int(v)}"
+            elif change:
+                text = f"{100 * v:+.0f}"
+            else:
+                text = f"{100 * v:.0f}" if percent else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if cell < 40 else 8, color=color)
     fig.tight_layout()
     return fig
 

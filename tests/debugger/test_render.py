@@ -250,7 +250,7 @@ def test_rows_without_samples_are_grey_and_rows_with_few_are_marked_not_zero():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a (n=10)", "b (n=2, few)", "c (n=0)"]
     texts = [t.get_text() for t in ax.texts]
-    assert "no samples" in texts and texts.count("0.00") == 3  # row c prints nothing but "no samples"
+    assert "no samples" in texts and texts.count("0") == 3  # row c prints nothing but "no samples"
     assert np.ma.getmaskarray(ax.get_images()[0].get_array())[2].all()  # drawn in the "bad" grey
     with pytest.raises(ValueError, match="Expected `row_counts` to hold 3 counts"):
         confusion_heatmap(torch.zeros(3, 3), row_counts=torch.tensor([1, 2]))
@@ -264,7 +264,15 @@ def test_a_change_of_confusion_reads_red_for_more_confusion_and_blue_for_more_ri
     for cell in [(0, 0), (0, 1)]:
         r, _, b, _ = cm(norm(shown[cell]))
         assert r > b  # both worse: red
-    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["+0.00", "+0.00", "+0.20", "-0.20"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["+0", "+0", "+20", "-20"]
     better = confusion_heatmap(-diff, change=True).axes[0].get_images()[0]
     r, _, b, _ = better.get_cmap()(better.norm(better.get_array()[0, 1]))
     assert b > r
+
+
+def test_a_ten_class_matrix_fits_a_tensorboard_card_with_percent_cells():
+    fig = confusion_heatmap(torch.full((10, 10), 0.1), [f"class{i}" for i in range(10)], title="shadow",
+                            row_counts=torch.full((10,), 20))
+    assert len(fig.axes) == 1  # annotated: numbers instead of a colour bar
+    assert {t.get_text() for t in fig.axes[0].texts} == {"10"}
+    assert figure_to_array(fig).shape[2] <= 480
