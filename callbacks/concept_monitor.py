@@ -14,7 +14,8 @@ Each run is one :class:`debugger.pipeline.ConceptAnalysis` over the probe set (p
   concept's patch outlined.
 - ``concepts/grid``: the de-cluttered patch grid of seed 000 §5.1 (a 2-D layout of patch embeddings, one
   patch per cell, hidden when the grid is full), borders by correctness.
-- the projector (``concepts/patches <layer> epoch <n>``, the latest run first so the projector opens on it):
+- the projector (``concepts/patches <layer> epoch <n>``; the latest run's marked ``(latest)`` so the projector
+  opens on it):
   patch embeddings with thumbnails and metadata (concept by its lasting number, correct, class, image, dominant
   ground-truth concept; colour the points by "concept" or "correct"), subsampled to ``max_projector_points``
   (≤ 10,000, the projector's own limit) with thumbnails shrunk so the sprite stays ≤ 8192 px a side.
@@ -493,13 +494,21 @@ def _projector_tag(tensor_name: str) -> str:
     return tensor_name.rsplit(":", 1)[0]
 
 
+LATEST = "(latest) "
+
+
 def latest_first(writer: Any) -> None:
-    """Order the projector's embeddings newest step first, so TensorBoard's projector opens on the latest run
-    (it opens on the first entry of ``projector_config.pbtxt``). A writer that kept no list is left alone."""
+    """Mark the projector's newest embedding ``(latest)`` and list it first, so TensorBoard's projector opens on it.
+
+    The projector opens on the first tensor of its own order (tensors with metadata first, then more points first,
+    then by name), not on the config's first entry: ``concepts/patches (latest) layer2 epoch 3`` sorts before
+    ``concepts/patches layer2 epoch 2`` among tensors of as many points. The mark moves on at every run (the
+    writer's list is changed too, as it rewrites the config from it). A writer that kept no list is left alone.
+    """
     from google.protobuf import text_format
 
     config = getattr(writer, "_projector_config", None)
-    if config is None or not hasattr(writer, "get_logdir"):
+    if config is None or not hasattr(writer, "get_logdir") or not config.embeddings:
         return
 
     def step(e: Any) -> int:
@@ -510,6 +519,9 @@ def latest_first(writer: Any) -> None:
     copies = [type(e)() for e in ordered]
     for c, e in zip(copies, ordered, strict=True):
         c.CopyFrom(e)
+        c.tensor_name = c.tensor_name.replace(LATEST, "")
+    head, _, rest = copies[0].tensor_name.partition(" ")
+    copies[0].tensor_name = f"{head} {LATEST}{rest}" if rest else f"{LATEST}{head}"
     del config.embeddings[:]
     config.embeddings.extend(copies)
     atomic_write(Path(writer.get_logdir()) / "projector_config.pbtxt", text_format.MessageToString(config))

@@ -86,7 +86,8 @@ def test_galleries_grid_projector_and_store_after_a_real_run(tmp_path: Path) -> 
     config = (log_dir / "projector_config.pbtxt").read_text()
     assert config.count("embeddings {") == 2 and "sprite" in config
     names = [line.split('"')[1] for line in config.splitlines() if "tensor_name" in line]
-    assert names == ["concepts/patches layer1 epoch 1:00006", "concepts/patches layer1 epoch 0:00003"]  # latest first
+    assert names == ["concepts/patches (latest) layer1 epoch 1:00006", "concepts/patches layer1 epoch 0:00003"]
+    assert min(names) == names[0]  # the projector opens on the first name in its order: the latest run
     sprite_dirs = sorted(p.parent for p in log_dir.glob("*/*/sprite.png"))
     assert len(sprite_dirs) == 2
     from PIL import Image
@@ -192,7 +193,8 @@ def test_keep_last_bounds_the_projector_tensors_and_reports_on_disk(tmp_path: Pa
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=3).fit(make_module("pytorch_lightning"))
     log_dir = tmp_path / "run" / "version_0"
     config = (log_dir / "projector_config.pbtxt").read_text()
-    assert config.count("embeddings {") == 1 and 'tensor_name: "concepts/patches layer1 epoch 2:00009"' in config
+    assert config.count("embeddings {") == 1
+    assert 'tensor_name: "concepts/patches (latest) layer1 epoch 2:00009"' in config
     assert [p.parent.parent.name for p in log_dir.glob("*/*/tensors.tsv")] == ["00009"]
     assert sorted(p.name for p in log_dir.iterdir() if p.name.isdigit()) == ["00009"]  # empty step folders go too
     store = log_dir / "conceptfix" / "concepts" / "reports"
