@@ -357,7 +357,7 @@ class ConceptMonitor(Monitor):
                 continue
             keep = torch.tensor(picks)
             examples = outlined_images(images, report.patches.image_index[keep], report.patches.boxes[keep], size=96)
-            text = [f"{name} - misclassified probe images, its patch outlined",
+            text = [f"{name}: misclassified probe images, its patch outlined",
                     f"{len(picks)} of the {int(wrong.sum())} misclassified probe images"]
             self.log_image(ctx, f"failure_images/concept_{number:02d}",
                            with_caption(examples, text, color).float() / 255.0)

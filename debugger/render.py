@@ -564,13 +564,13 @@ def gallery_caption(name: str, failure: Any | None = None, shows: str | None = N
         >>> from types import SimpleNamespace as row
         >>> gallery_caption("concept 7", row(lift=2.5, lift_low=1.25, lift_high=4.0, error_in=0.5, error_out=0.2,
         ...                                   support=12, is_failure=True), "shadow 80%")
-        ['concept 7 - FAILURE - shows shadow 80%', 'lift 2.50 [1.25, 4.00] · error in 50% / out 20% · 12 images']
+        ['concept 7 · FAILURE · shows shadow 80%', 'lift 2.50 [1.25, 4.00] · error in 50% / out 20% · 12 images']
     """
     head = name
     if failure is not None and bool(getattr(failure, "is_failure", False)):
-        head += " - FAILURE"
+        head += " · FAILURE"
     if shows:
-        head += f" - shows {shows}"
+        head += f" · shows {shows}"
     if failure is None:
         return [head, "not ranked"]
     stats = (f"lift {_ratio(failure.lift)} [{_ratio(failure.lift_low)}, {_ratio(failure.lift_high)}] · "

@@ -216,7 +216,7 @@ def test_gallery_caption_reads_name_verdict_annotation_and_statistics_exactly() 
                           support=4, is_failure=False)
     assert gallery_caption("concept 03", row) == [
         "concept 03", "lift inf [1.50, inf] · error in 25% / out 0% · 4 images"]
-    assert gallery_caption("concept 03", None, "shadow 90%") == ["concept 03 - shows shadow 90%", "not ranked"]
+    assert gallery_caption("concept 03", None, "shadow 90%") == ["concept 03 · shows shadow 90%", "not ranked"]
 
 
 def test_caption_band_keeps_the_width_wraps_long_lines_and_draws_text_and_swatch() -> None:
