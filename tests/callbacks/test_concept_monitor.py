@@ -118,6 +118,12 @@ def test_projector_points_are_capped_and_the_report_survives_resume(tmp_path: Pa
     assert restored.latest_report.concept_names == mon.latest_report.concept_names  # type: ignore[union-attr]
     found = restored.finding(ConceptReportFinding)
     assert found is not None and list(found.probe_indices) == mon.probe_indices  # what consumers read on resume
+    # concept numbers go on from the stored report: the same concepts keep their numbers after a resume
+    from debugger.identity import member_keys
+
+    report = mon.latest_report
+    assert report is not None
+    assert restored._tracker.update(report.centroids, member_keys(report)) == report.meta["concept_ids"]
 
 
 def test_the_report_finding_maps_its_concept_slices_onto_another_probe_by_dataset_index(tmp_path: Path) -> None:
