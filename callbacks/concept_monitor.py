@@ -15,10 +15,10 @@ Each run is one :class:`debugger.pipeline.ConceptAnalysis` over the probe set (p
 - ``concepts/grid``: the de-cluttered patch grid of seed 000 §5.1 (a 2-D layout of patch embeddings, one
   patch per cell, hidden when the grid is full), borders by correctness.
 - the projector (``concepts/patches <layer> epoch <n>``; the latest run's marked ``(latest)`` so the projector
-  opens on it):
-  patch embeddings with thumbnails and metadata (concept by its lasting number, correct, class, image, dominant
-  ground-truth concept; colour the points by "concept" or "correct"), subsampled to ``max_projector_points``
-  (≤ 10,000, the projector's own limit) with thumbnails shrunk so the sprite stays ≤ 8192 px a side.
+  opens on it): patch embeddings with thumbnails and metadata (concept by its lasting number, correct, both in
+  one column, class, image, dominant ground-truth concept; colour the points by "concept and correct"),
+  subsampled to ``max_projector_points`` (≤ 10,000, the projector's own limit) with thumbnails shrunk so the
+  sprite stays ≤ 8192 px a side.
 - scalars: number of concepts and failure concepts, the top failure's lift and slice accuracy.
 - the concept store: every run's :class:`~debugger.report.ConceptReport` as JSON in
   ``<run dir>/conceptfix/concepts/reports/`` plus ``latest.json`` (written atomically), for ``conceptfix
@@ -404,11 +404,13 @@ class ConceptMonitor(Monitor):
             if overlap is not None and overlap.shape[1] and float(overlap[p].max()) > 0:
                 gt = gt_names[int(overlap[p].argmax())] if gt_names else str(int(overlap[p].argmax()))
             concept = names[int(best[j])] if names else "none"
-            rows.append([concept, "yes" if float(patch_correct[p]) >= 0.5 else "no", cls, str(img), gt])
+            right = float(patch_correct[p]) >= 0.5
+            rows.append([concept, "yes" if right else "no", f"{concept} {'right' if right else 'wrong'}", cls,
+                         str(img), gt])
         writer.add_embedding(
             embeddings[keep],
             metadata=rows,
-            metadata_header=["concept", "correct", "class", "image", "ground truth"],
+            metadata_header=["concept", "correct", "concept and correct", "class", "image", "ground truth"],
             label_img=thumbs,
             global_step=ctx.global_step,
             tag=f"{self.tag_prefix}/patches {self.layer} epoch {ctx.epoch}",

@@ -96,7 +96,9 @@ def test_galleries_grid_projector_and_store_after_a_real_run(tmp_path: Path) -> 
     assert n_points == len(mon.latest_report.patches)  # type: ignore[union-attr]
     assert max(Image.open(sprite_dirs[-1] / "sprite.png").size) <= 8192
     header = (sprite_dirs[-1] / "metadata.tsv").read_text().splitlines()[0].split("\t")
-    assert header == ["concept", "correct", "class", "image", "ground truth"]
+    assert header == ["concept", "correct", "concept and correct", "class", "image", "ground truth"]
+    first = (sprite_dirs[-1] / "metadata.tsv").read_text().splitlines()[1].split("\t")
+    assert first[0].startswith("concept ") and first[2] == f"{first[0]} {'right' if first[1] == 'yes' else 'wrong'}"
 
     store = log_dir / "conceptfix" / "concepts" / "reports"
     assert len(list(store.glob("report-epoch*.json"))) == 2
