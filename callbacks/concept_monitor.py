@@ -326,7 +326,14 @@ class ConceptMonitor(Monitor):
                     old.unlink(missing_ok=True)
 
     def _galleries(self, ctx: RunContext, report: Any, images: Tensor, patch_correct: Tensor) -> None:
-        from debugger.render import concept_color, concept_gallery, gallery_caption, outlined_images, with_caption
+        from debugger.render import (
+            concept_color,
+            concept_gallery,
+            failure_images_caption,
+            gallery_caption,
+            outlined_images,
+            with_caption,
+        )
 
         ids = concept_numbers(report)
         index = {c.id: i for i, c in enumerate(report.concepts)}
@@ -357,10 +364,30 @@ class ConceptMonitor(Monitor):
                 continue
             keep = torch.tensor(picks)
             examples = outlined_images(images, report.patches.image_index[keep], report.patches.boxes[keep], size=96)
-            text = [f"{name}: misclassified probe images, its patch outlined",
-                    f"{len(picks)} of the {int(wrong.sum())} misclassified probe images"]
+            pairs = self._true_predicted(ctx, report.patches.image_index[keep].long())
+            text = failure_images_caption(name, int(wrong.sum()), pairs)
+            if not pairs:  # segmentation: no class per image
+                text.append(f"{len(picks)} of the {int(wrong.sum())} probe images the model gets mostly wrong")
             self.log_image(ctx, f"failure_images/concept_{number:02d}",
                            with_caption(examples, text, color).float() / 255.0)
+
+    def _true_predicted(self, ctx: RunContext, image_index: Tensor) -> list[str]:
+        """``"ring → crescent"`` for each of a few probe images (classification; empty for segmentation)."""
+        from debugger.capture import first_tensor, model_input
+
+        batch = ctx.probe.batch
+        targets = batch.targets[image_index.to(batch.targets.device)]
+        if targets.dim() != 1:
+            return []
+        with torch.no_grad():
+            x = model_input(ctx.pl_module, batch.images[image_index.to(batch.images.device)])
+            preds = first_tensor(ctx.pl_module(x), "the model's output").argmax(1).cpu().tolist()
+        names = self._class_names()
+
+        def label(c: int) -> str:
+            return names[c] if names is not None and 0 <= c < len(names) else str(c)
+
+        return [f"{label(int(t))} → {label(p)}" for t, p in zip(targets.cpu().tolist(), preds, strict=True)]
 
     def _grid(self, ctx: RunContext, report: Any, embeddings: Tensor, images: Tensor, patch_correct: Tensor) -> None:
         from debugger.render import tsne_grid

@@ -578,6 +578,24 @@ def gallery_caption(name: str, failure: Any | None = None, shows: str | None = N
     return [head, stats]
 
 
+def failure_images_caption(name: str, wrong: int, pairs: Sequence[str] = ()) -> list[str]:
+    """The caption lines of a failure concept's misclassified images: what they are, how many of how many
+    misclassified probe images, and ``true → predicted`` for each, left to right.
+
+    Example:
+        >>> for line in failure_images_caption("concept 02", 9, ["ring → bar", "star → tee"]):
+        ...     print(line)
+        concept 02: misclassified probe images, its patch outlined
+        2 of the 9 misclassified probe images
+        true → predicted, left to right: ring → bar, star → tee
+    """
+    lines = [f"{name}: misclassified probe images, its patch outlined"]
+    if pairs:
+        lines += [f"{len(pairs)} of the {wrong} misclassified probe images",
+                  "true → predicted, left to right: " + ", ".join(pairs)]
+    return lines
+
+
 def caption_band(
     lines: Sequence[str], width: int, color: Sequence[float] | None = None, fontsize: int = CAPTION_FONT
 ) -> Tensor:

@@ -279,3 +279,36 @@ def test_galleries_carry_a_caption_band_above_the_patches(tmp_path: Path) -> Non
     band = img[: img.shape[0] - mosaic_height]
     dark = (band.mean(axis=2) < 100).mean()
     assert 0.01 < dark < 0.5  # text is drawn on the white band
+
+
+def test_a_failure_concept_shows_whole_misclassified_images_with_true_and_predicted_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from debugger.ranking import ConceptFailure
+
+    # Tiny data holds no significant failure: every ranked concept is taken for one, to draw its images.
+    monkeypatch.setattr(ConceptFailure, "reported", property(lambda self: True))
+    torch.manual_seed(0)
+    mon = _monitor(grid=None, projector=False, max_galleries=1)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(make_module("pytorch_lightning"))
+    report = mon.latest_report
+    assert report is not None and report.image_accuracy is not None
+    number = report.meta["concept_ids"][[c.id for c in report.concepts].index(report.ranking[0].concept)]
+    acc = event_accumulator(tmp_path / "run" / "version_0")
+    tag = f"concepts/failure_images/concept_{number:02d}"
+    assert tag in acc.Tags()["images"]
+    img = np.asarray(Image.open(io.BytesIO(acc.Images(tag)[0].encoded_image_string)).convert("RGB"))
+    i = [c.id for c in report.concepts].index(report.ranking[0].concept)
+    top_images = report.patches.image_index[report.top_patches[i]].tolist()
+    wrong = {m for m in top_images if float(report.image_accuracy[m]) < 0.5}
+    tiles = min(8, len(wrong))
+    assert img.shape[1] == 2 + min(4, tiles) * (96 + 2)  # whole images, 96 px, 4 a row
+    rows = -(-tiles // 4)
+    band = img[: img.shape[0] - (2 + rows * (96 + 2))]
+    assert band.shape[0] >= 3 * 14  # name, count, and true → predicted lines
+    assert 0.005 < (band.mean(axis=2) < 100).mean() < 0.5  # text on the white band
