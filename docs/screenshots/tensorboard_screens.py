@@ -78,6 +78,7 @@ def demo_run(logdir: Path, epochs: int) -> None:
     from recipes.models import ResNetClassifier
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    pl.seed_everything(0, workers=True)  # the same run, and the same screens, every time
     dm = PlantedConceptsDataModule(train_size=3000, val_size=600, test_size=64, batch_size=64)
     monitors = default_monitors("layer2", "layer3", probe_size=96)
     logger = pl.loggers.TensorBoardLogger(str(logdir), name="planted", version=0, default_hp_metric=False)
