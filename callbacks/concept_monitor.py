@@ -3,16 +3,22 @@
 Each run is one :class:`debugger.pipeline.ConceptAnalysis` over the probe set (patches → embeddings at
 ``layer`` → k-means/NMF concepts → concept-conditioned confusion → failure ranking), logged as:
 
-- ``concepts/gallery/rank_01`` … ``rank_<max_galleries>``: the top patches of the concept ranked 1st, 2nd, …
-  as a failure (borders blue = the model is right on the patch's image, red = wrong). Concepts are re-discovered
-  every run, so a tag follows a *rank*, not a cluster id; the ``concepts/summary`` text (the report's
-  markdown) says which concept holds each rank. One image per tag per run keeps the step slider meaningful
-  within TensorBoard's 10-images-per-tag default.
+- ``concepts/gallery/concept_07``: the top patches of concept 7 (borders blue = the model is right on the
+  patch's image, red = wrong) under a caption: its name, FAILURE when it is one, the annotated concept its top
+  patches show (where the data has annotations), lift with its interval, error inside / outside its slice and
+  the images in the slice; the swatch is the concept's colour. Concepts are re-discovered every run and
+  matched to the previous run's (:mod:`debugger.identity`: centroid cosine and member overlap, a Hungarian
+  assignment), so a concept keeps its number, and its tag, while it lasts: the step slider shows one concept
+  over time. Galleries are drawn for the ``max_galleries`` worst-ranked concepts of each run.
+- ``concepts/failure_images/concept_07``: for a failure concept, whole misclassified probe images with the
+  concept's patch outlined.
 - ``concepts/grid``: the de-cluttered patch grid of seed 000 §5.1 (a 2-D layout of patch embeddings, one
   patch per cell, hidden when the grid is full), borders by correctness.
-- the projector (``concepts/patches``): patch embeddings with thumbnails and metadata (concept, correct,
-  class, image, dominant ground-truth concept), subsampled to ``max_projector_points`` (≤ 10,000, the
-  projector's own limit) with thumbnails shrunk so the sprite stays ≤ 8192 px a side.
+- the projector (``concepts/patches <layer> epoch <n>``; the latest run's marked ``(latest)`` so the projector
+  opens on it): patch embeddings with thumbnails and metadata (concept by its lasting number, correct, both in
+  one column, class, image, dominant ground-truth concept; colour the points by "concept and correct"),
+  subsampled to ``max_projector_points`` (≤ 10,000, the projector's own limit) with thumbnails shrunk so the
+  sprite stays ≤ 8192 px a side.
 - scalars: number of concepts and failure concepts, the top failure's lift and slice accuracy.
 - the concept store: every run's :class:`~debugger.report.ConceptReport` as JSON in
   ``<run dir>/conceptfix/concepts/reports/`` plus ``latest.json`` (written atomically), for ``conceptfix
@@ -38,6 +44,7 @@ from callbacks._probe import AnalysisSkipped, ProbeSet, RunContext, _unwrap_data
 from callbacks.findings import ConceptReportFinding
 from debugger.capture import preserve_training_mode
 from debugger.files import atomic_write
+from debugger.identity import ConceptTracker, member_keys
 
 Layout = Literal["pca", "tsne"]
 PatchMethod = Literal["superpixel", "slic", "quickshift", "window", "windows"]
@@ -175,6 +182,7 @@ class ConceptMonitor(Monitor):
         self.keep_last = keep_last
         self.analysis_kwargs = dict(analysis_kwargs or {})
         self.latest_report_path: str | None = None  # where the last run's report was stored (checkpointed)
+        self._tracker = ConceptTracker()  # lasting concept numbers across runs (checkpointed)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -191,7 +199,8 @@ class ConceptMonitor(Monitor):
     def extra_state(self) -> dict[str, Any]:
         found = self.finding(ConceptReportFinding)
         return {"latest_report_path": self.latest_report_path,
-                "latest_probe_indices": [] if found is None else list(found.probe_indices)}
+                "latest_probe_indices": [] if found is None else list(found.probe_indices),
+                "next_concept_id": self._tracker.next_id}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         # The finding is re-read from the concept store, so consumers see the same report after a resume.
@@ -203,6 +212,8 @@ class ConceptMonitor(Monitor):
             indices = tuple(int(i) for i in state.get("latest_probe_indices", []))
             epoch, step = int(report.meta.get("epoch", -1)), int(report.meta.get("global_step", -1))
             self.publish(ConceptReportFinding(epoch, step, report, indices, self.latest_report_path))
+            ids = report.meta.get("concept_ids") or list(range(len(report.concepts)))
+            self._tracker.restore(ids, int(state.get("next_concept_id", 0)), report.centroids, member_keys(report))
 
     def make_analysis(self, model: Any) -> Any:
         """The :class:`~debugger.pipeline.ConceptAnalysis` this monitor runs (configuration only)."""
@@ -227,6 +238,7 @@ class ConceptMonitor(Monitor):
         probe = ctx.probe
         analysis = self.make_analysis(ctx.pl_module)
         report = self._discover(ctx, analysis)
+        report.meta["concept_ids"] = self._tracker.update(report.centroids, member_keys(report))
         summary: dict[str, Any] = {
             "concepts": len(report.concepts),
             "failures": [f.name for f in report.failures],
@@ -243,7 +255,8 @@ class ConceptMonitor(Monitor):
             scalars["top/error_in"] = top.error_in
         self.log_scalars(ctx, scalars)
         if ctx.writer is not None:
-            ctx.writer.add_text(f"{self.tag_prefix}/summary", report.to_markdown(), global_step=ctx.global_step)
+            ctx.writer.add_text(f"{self.tag_prefix}/summary", _numbering(report) + report.to_markdown(),
+                               global_step=ctx.global_step)
 
         images = to_display(probe.batch.images).cpu()
         patch_correct = _patch_correctness(report)
@@ -313,15 +326,68 @@ class ConceptMonitor(Monitor):
                     old.unlink(missing_ok=True)
 
     def _galleries(self, ctx: RunContext, report: Any, images: Tensor, patch_correct: Tensor) -> None:
-        from debugger.render import concept_gallery
+        from debugger.render import (
+            concept_color,
+            concept_gallery,
+            failure_images_caption,
+            gallery_caption,
+            outlined_images,
+            with_caption,
+        )
 
-        for rank, row in enumerate(report.ranking[: self.max_galleries], start=1):
-            concept = report.concept(row.concept)
+        ids = concept_numbers(report)
+        index = {c.id: i for i, c in enumerate(report.concepts)}
+        for row in report.ranking[: self.max_galleries]:
+            i = index[row.concept]
+            number, concept = ids[i], report.concepts[i]
+            name, color = concept_label(number), concept_color(number)
             mosaic = concept_gallery(
-                images, report.patches, concept.scores.float(), top_k=self.gallery_size, ncols=8, size=32,
+                images, report.patches, concept.scores.float(), top_k=self.gallery_size, ncols=8, size=48,
                 correct=patch_correct,
             )
-            self.log_image(ctx, f"gallery/rank_{rank:02d}", mosaic.float() / 255.0)
+            caption = gallery_caption(name, row, annotated_concept(report, i))
+            self.log_image(ctx, f"gallery/concept_{number:02d}", with_caption(mosaic, caption, color).float() / 255.0)
+            if not row.reported or report.image_accuracy is None:
+                continue
+            wrong = report.image_accuracy.float().cpu() < 0.5
+            top = report.top_patches[i].long().tolist() if report.top_patches.numel() else []
+            seen: set[int] = set()
+            picks = []
+            for p in top:
+                img = int(report.patches.image_index[p])
+                if bool(wrong[img]) and img not in seen:
+                    seen.add(img)
+                    picks.append(p)
+                if len(picks) == 8:
+                    break
+            if not picks:
+                continue
+            keep = torch.tensor(picks)
+            examples = outlined_images(images, report.patches.image_index[keep], report.patches.boxes[keep], size=96)
+            pairs = self._true_predicted(ctx, report.patches.image_index[keep].long())
+            text = failure_images_caption(name, int(wrong.sum()), pairs)
+            if not pairs:  # segmentation: no class per image
+                text.append(f"{len(picks)} of the {int(wrong.sum())} probe images the model gets mostly wrong")
+            self.log_image(ctx, f"failure_images/concept_{number:02d}",
+                           with_caption(examples, text, color).float() / 255.0)
+
+    def _true_predicted(self, ctx: RunContext, image_index: Tensor) -> list[str]:
+        """``"ring → crescent"`` for each of a few probe images (classification; empty for segmentation)."""
+        from debugger.capture import first_tensor, model_input
+
+        batch = ctx.probe.batch
+        targets = batch.targets[image_index.to(batch.targets.device)]
+        if targets.dim() != 1:
+            return []
+        with torch.no_grad():
+            x = model_input(ctx.pl_module, batch.images[image_index.to(batch.images.device)])
+            preds = first_tensor(ctx.pl_module(x), "the model's output").argmax(1).cpu().tolist()
+        names = self._class_names()
+
+        def label(c: int) -> str:
+            return names[c] if names is not None and 0 <= c < len(names) else str(c)
+
+        return [f"{label(int(t))} → {label(p)}" for t, p in zip(targets.cpu().tolist(), preds, strict=True)]
 
     def _grid(self, ctx: RunContext, report: Any, embeddings: Tensor, images: Tensor, patch_correct: Tensor) -> None:
         from debugger.render import tsne_grid
@@ -349,7 +415,7 @@ class ConceptMonitor(Monitor):
         thumbs = patch_tiles(images, report.patches, keep, size=size)
         scores = report.scores[:, keep]  # (C, p)
         best = scores.argmax(0) if scores.numel() else torch.zeros(keep.numel(), dtype=torch.long)
-        names = report.concept_names
+        names = [concept_label(n) for n in concept_numbers(report)]
         targets = probe.batch.targets.cpu()
         classes = self._class_names()
         overlap = report.patches.concept_overlap
@@ -365,17 +431,20 @@ class ConceptMonitor(Monitor):
             if overlap is not None and overlap.shape[1] and float(overlap[p].max()) > 0:
                 gt = gt_names[int(overlap[p].argmax())] if gt_names else str(int(overlap[p].argmax()))
             concept = names[int(best[j])] if names else "none"
-            rows.append([concept, "yes" if float(patch_correct[p]) >= 0.5 else "no", cls, str(img), gt])
+            right = float(patch_correct[p]) >= 0.5
+            rows.append([concept, "yes" if right else "no", f"{concept} {'right' if right else 'wrong'}", cls,
+                         str(img), gt])
         writer.add_embedding(
             embeddings[keep],
             metadata=rows,
-            metadata_header=["concept", "correct", "class", "image", "ground truth"],
+            metadata_header=["concept", "correct", "concept and correct", "class", "image", "ground truth"],
             label_img=thumbs,
             global_step=ctx.global_step,
-            tag=f"{self.tag_prefix}/patches",
+            tag=f"{self.tag_prefix}/patches {self.layer} epoch {ctx.epoch}",
         )
         if self.keep_last is not None:
             prune_projector(writer, f"{self.tag_prefix}/patches", self.keep_last)
+        latest_first(writer)
         return int(keep.numel())
 
     def _class_names(self) -> list[str] | None:
@@ -429,7 +498,8 @@ def prune_projector(writer: Any, tag: str, keep_last: int) -> list[str]:
     if config is None or not hasattr(writer, "get_logdir"):
         return []
     logdir = Path(writer.get_logdir())
-    mine = [e for e in config.embeddings if e.tensor_name.split(":")[0] == tag]
+    mine = [e for e in config.embeddings if _projector_tag(e.tensor_name) in (tag,) or
+            _projector_tag(e.tensor_name).startswith(tag + " ")]
     old = mine[: max(0, len(mine) - keep_last)]
     if not old:
         return []
@@ -447,6 +517,81 @@ def prune_projector(writer: Any, tag: str, keep_last: int) -> list[str]:
             if folder.parent != logdir and folder.parent.is_dir() and not any(folder.parent.iterdir()):
                 folder.parent.rmdir()  # the step folder holds nothing else
     return deleted
+
+
+def _projector_tag(tensor_name: str) -> str:
+    return tensor_name.rsplit(":", 1)[0]
+
+
+LATEST = "(latest) "
+
+
+def latest_first(writer: Any) -> None:
+    """Mark the projector's newest embedding ``(latest)`` and list it first, so TensorBoard's projector opens on it.
+
+    The projector opens on the first tensor of its own order (tensors with metadata first, then more points first,
+    then by name), not on the config's first entry: ``concepts/patches (latest) layer2 epoch 3`` sorts before
+    ``concepts/patches layer2 epoch 2`` among tensors of as many points. The mark moves on at every run (the
+    writer's list is changed too, as it rewrites the config from it). A writer that kept no list is left alone.
+    """
+    from google.protobuf import text_format
+
+    config = getattr(writer, "_projector_config", None)
+    if config is None or not hasattr(writer, "get_logdir") or not config.embeddings:
+        return
+
+    def step(e: Any) -> int:
+        tail = e.tensor_name.rsplit(":", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    ordered = sorted(config.embeddings, key=step, reverse=True)
+    copies = [type(e)() for e in ordered]
+    for c, e in zip(copies, ordered, strict=True):
+        c.CopyFrom(e)
+        c.tensor_name = c.tensor_name.replace(LATEST, "")
+    head, _, rest = copies[0].tensor_name.partition(" ")
+    copies[0].tensor_name = f"{head} {LATEST}{rest}" if rest else f"{LATEST}{head}"
+    del config.embeddings[:]
+    config.embeddings.extend(copies)
+    atomic_write(Path(writer.get_logdir()) / "projector_config.pbtxt", text_format.MessageToString(config))
+
+
+def concept_numbers(report: Any) -> list[int]:
+    """The lasting number of each concept of a report (``meta["concept_ids"]``, set by :class:`ConceptMonitor`),
+    or its position for reports without them."""
+    ids = report.meta.get("concept_ids")
+    if ids is None or len(ids) != len(report.concepts):
+        return list(range(len(report.concepts)))
+    return [int(i) for i in ids]
+
+
+def concept_label(number: int) -> str:
+    """How a concept with a lasting number is named in TensorBoard.
+
+    Example:
+        >>> concept_label(7)
+        'concept 07'
+    """
+    return f"concept {number:02d}"
+
+
+def annotated_concept(report: Any, index: int, least: float = 0.5) -> str | None:
+    """The annotated concept most of a concept's top patches show (``"shadow 80%"``), or None without
+    annotations or when no annotated concept reaches ``least`` of them."""
+    precision = report.ground_truth_precision
+    names = report.patches.concept_names
+    if precision is None or precision.numel() == 0 or not names:
+        return None
+    row = precision[index].float()
+    best = int(row.argmax())
+    value = float(row[best])
+    return f"{names[best]} {100 * value:.0f}%" if value >= least else None
+
+
+def _numbering(report: Any) -> str:
+    numbers = concept_numbers(report)
+    pairs = ", ".join(f"{c.name} = {concept_label(n)}" for c, n in zip(report.concepts, numbers, strict=True))
+    return f"Lasting concept numbers (galleries, projector): {pairs}.\n\n"
 
 
 def _probe_batches(probe: ProbeSet, size: int) -> list[dict[str, Tensor]]:

@@ -13,10 +13,11 @@ needs are gathered by a second ``Metric``, so every rank takes part in the same 
 a single process's.
 
 TensorBoard (``confusion/`` tags, one entry per run each): ``matrix/<slice>`` (row-normalised matrix of the
-``max_matrix_slices`` worst-ranked slices), ``diff/<slice>`` (change since the previous run, blue = better),
-scalars ``accuracy/<slice>`` (classification) or ``iou/<slice>`` (segmentation mean IoU), ``lift/<slice>`` and
-``accuracy_change/<slice>``, and a text table ``failure_ranking``. Every run's counts and ranking are also
-appended to ``ranking.json`` in the run directory.
+``max_matrix_slices`` worst-ranked slices), ``diff/<slice>`` (change since the previous run: blue = better,
+red = more confusion), each class's samples (``n=``) beside its row, rows without samples grey and rows of
+fewer than 5 marked "few"; scalars ``accuracy/<slice>`` (classification) or ``iou/<slice>`` (segmentation mean
+IoU), ``lift/<slice>`` and ``accuracy_change/<slice>``, and a text table ``failure_ranking``. Every run's counts
+and ranking are also appended to ``ranking.json`` in the run directory.
 
 Discovered concepts (``source="discovered"`` slices) enter the ranking and the JSON only (their names change
 with every discovery, which would make a new tag per run); they are ranked against the images the ConceptMonitor
@@ -260,7 +261,8 @@ class ConfusionMonitor(Monitor):
         for i in order:
             self.log_image(ctx, f"matrix/{names[i]}", _heatmap(counts[i], classes, names[i], key, float(quality[i])))
             if names[i] in diffs:
-                self.log_image(ctx, f"diff/{names[i]}", _heatmap(diffs[names[i]], classes, names[i], "diff", None))
+                self.log_image(ctx, f"diff/{names[i]}", _heatmap(diffs[names[i]], classes, names[i], "diff", None,
+                                                                 counts[i].sum(-1).cpu()))
         table = _ranking_markdown(ranking, sources)
         if ctx.writer is not None:
             ctx.writer.add_text(f"{self.tag_prefix}/failure_ranking", table, global_step=ctx.global_step)
@@ -357,15 +359,20 @@ def _ranking_markdown(ranking: Sequence[Any], sources: Sequence[SliceSource]) ->
     return "\n".join(rows)
 
 
-def _heatmap(matrix: Tensor, classes: Sequence[str] | None, name: str, kind: str, quality: float | None) -> Tensor:
-    """One slice's row-normalised confusion matrix, or its change since the previous run, as a ``(3, H, W)`` image."""
+def _heatmap(matrix: Tensor, classes: Sequence[str] | None, name: str, kind: str, quality: float | None,
+             counts: Tensor | None = None) -> Tensor:
+    """One slice's row-normalised confusion matrix (samples per row beside the class, empty rows grey), or its
+    change since the previous run (blue = better, red = worse; ``counts`` are this run's samples per row), as a
+    ``(3, H, W)`` image."""
     from debugger.confusion import normalize_confusion
     from debugger.render import confusion_heatmap, figure_to_array
 
     if kind == "diff":
-        fig = confusion_heatmap(matrix.float().cpu(), classes, title=f"{name}: change since last run", diverging=True)
+        fig = confusion_heatmap(matrix.float().cpu(), classes, title=f"{name}: change since last run", change=True,
+                                row_counts=counts)
     else:
         support = int(matrix.sum())
         q = "" if quality is None or math.isnan(quality) else f", {kind} {quality:.2f}"
-        fig = confusion_heatmap(normalize_confusion(matrix.cpu(), "true"), classes, title=f"{name} (n={support}{q})")
+        fig = confusion_heatmap(normalize_confusion(matrix.cpu(), "true"), classes, row_counts=matrix.sum(1),
+                                title=f"{name} (n={support}{q}); % of each row")
     return figure_to_array(fig).float() / 255.0

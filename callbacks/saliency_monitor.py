@@ -1,10 +1,12 @@
 """SaliencyMonitor: saliency maps of a fixed probe set over training, and how much they drift.
 
 Every run computes one Extract & Aggregate map per probe image (Grad-CAM by default, seed 004 C.2) at a chosen
-layer and logs it as a heat-map overlay. Tags are one per shown probe image
-(``saliency/overlay/probe_00`` ...), each holding one ``[image | overlay]`` pair per run, so TensorBoard's step
-slider on that tag shows attention moving over epochs (TensorBoard keeps 10 steps per image tag unless started
-with ``--samples_per_plugin images=N``); ``saliency/overlays`` holds all shown probes in one grid.
+layer and logs it as a heat-map overlay (blue = low, red = high saliency). Tags are one per shown probe image
+(``saliency/overlay/probe_00`` ...), each holding one ``[image | overlay]`` pair per run, at least ``tile_size``
+pixels a side, under a caption with the true and predicted class (the swatch blue when right, red when wrong)
+and the annotated concepts the image holds where the data has them; TensorBoard's step slider on that tag shows
+attention moving over epochs (TensorBoard keeps 10 steps per image tag unless started with
+``--samples_per_plugin images=N``); ``saliency/overlays`` holds all shown probes in one grid.
 Drift is ``1 - cosine`` between an image's normalised map now and at the previous run, logged per shown probe
 image (``saliency/drift/probe_00``) and as mean/max over the probe set.
 """
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from callbacks._base import Monitor, image_grid, to_display
-from callbacks._probe import RunContext
+from callbacks._probe import RunContext, _unwrap_dataset
 
 Method = Literal["gradcam", "normgrad", "selective_normgrad", "linear_approximation", "gradient"]
 _METHODS = ("gradcam", "normgrad", "selective_normgrad", "linear_approximation", "gradient")
@@ -73,6 +75,30 @@ def heat_overlay(images: Tensor, maps: Tensor, alpha: float = 0.5) -> Tensor:
     return (1 - alpha) * rgb + alpha * heat
 
 
+def saliency_caption(
+    probe: int, true: str | None, predicted: str | None, concepts: list[str] | None = None
+) -> list[str]:
+    """The caption lines of one probe image's saliency pair: which probe, true vs predicted class, its concepts.
+
+    Example:
+        >>> saliency_caption(3, "cat", "dog", ["shadow"])
+        ['probe 03 · true cat · predicted dog (wrong)', 'concepts: shadow']
+        >>> saliency_caption(0, "cat", "cat")
+        ['probe 00 · true cat · predicted cat (right)']
+    """
+    head = f"probe {probe:02d}"
+    if true is not None:
+        head += f" · true {true}"
+    if predicted is not None:
+        head += f" · predicted {predicted}"
+        if true is not None:
+            head += " (right)" if true == predicted else " (wrong)"
+    lines = [head]
+    if concepts is not None:
+        lines.append("concepts: " + (", ".join(concepts) if concepts else "none annotated"))
+    return lines
+
+
 def _normalise(maps: Tensor) -> Tensor:
     flat = maps.flatten(1)
     lo, hi = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
@@ -90,6 +116,7 @@ class SaliencyMonitor(Monitor):
         num_images: how many probe images get their own overlay tag and drift scalar (the drift mean/max covers
             the whole probe set).
         drift_size: resolution at which maps are kept between runs (and in the checkpoint) for drift.
+        tile_size: least side of the shown image and overlay in pixels (small images are enlarged to it).
         **kwargs: scheduling, probe and budget options of :class:`callbacks._base.Monitor`.
 
     Example:
@@ -106,6 +133,7 @@ class SaliencyMonitor(Monitor):
         explain: Explain = "predicted",
         num_images: int = 8,
         drift_size: int = 16,
+        tile_size: int = 128,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -119,6 +147,9 @@ class SaliencyMonitor(Monitor):
             raise ValueError(f"Expected `num_images` to be a non-negative integer, but got {num_images!r}.")
         if not isinstance(drift_size, int) or drift_size < 1:
             raise ValueError(f"Expected `drift_size` to be a positive integer, but got {drift_size!r}.")
+        if not isinstance(tile_size, int) or tile_size < 8:
+            raise ValueError(f"Expected `tile_size` to be an integer of at least 8, but got {tile_size!r}.")
+        self.tile_size = tile_size
         self.layer = layer
         self.method = method
         self.explain = explain
@@ -161,10 +192,8 @@ class SaliencyMonitor(Monitor):
 
         shown = min(self.num_images, n)
         overlays = heat_overlay(images, maps)
-        for i in range(shown):
-            pair = image_grid(torch.stack([images[i].expand(3, -1, -1), overlays[i]]), nrow=2, padding=1)
-            self.log_image(ctx, f"overlay/probe_{i:02d}", pair)
         if shown:
+            self._log_pairs(ctx, images[:shown], overlays[:shown])
             self.log_image(ctx, "overlays", image_grid(overlays[:shown], nrow=min(shown, 8)))
 
         have = [j for j, idx in enumerate(indices) if idx in self._previous]
@@ -180,3 +209,40 @@ class SaliencyMonitor(Monitor):
         for j, idx in enumerate(indices):
             self._previous[idx] = small[j]
         return summary
+
+    def _log_pairs(self, ctx: RunContext, images: Tensor, overlays: Tensor) -> None:
+        """One captioned, enlarged ``[image | overlay]`` pair per shown probe image."""
+        from debugger.capture import first_tensor, model_input
+        from debugger.render import CORRECT, WRONG, with_caption
+
+        shown = int(images.shape[0])
+        batch = ctx.probe.batch
+        targets = batch.targets[:shown]
+        classification = targets.dim() == 1
+        preds = None
+        if classification:
+            with torch.no_grad():
+                x = model_input(ctx.pl_module, batch.images[:shown])
+                preds = first_tensor(ctx.pl_module(x), "the model's output").argmax(1).cpu()
+        names = getattr(_unwrap_dataset(self._dataset), "classes", None)
+
+        def label(c: int) -> str:
+            return str(names[c]) if names is not None and 0 <= c < len(names) else str(c)
+
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        scale = max(1.0, self.tile_size / min(h, w))
+        size = (round(h * scale), round(w * scale))
+        big = F.interpolate(torch.cat([images.expand(-1, 3, -1, -1), overlays]).float().cpu(), size=size,
+                            mode="nearest" if scale >= 2 else "bilinear")
+        present = batch.concepts[:shown].cpu() if batch.concepts is not None else None
+        for i in range(shown):
+            pair = image_grid(torch.stack([big[i], big[shown + i]]), nrow=2, padding=2)
+            true = label(int(targets[i])) if classification else None
+            pred = label(int(preds[i])) if preds is not None else None
+            concepts = None
+            if present is not None and ctx.probe.concept_names:
+                concepts = [n for n, on in zip(ctx.probe.concept_names, present[i].tolist(), strict=False) if on > 0]
+            color = None if true is None or pred is None else (CORRECT if true == pred else WRONG)
+            caption = saliency_caption(i, true, pred, concepts)
+            pair = with_caption((pair.clamp(0, 1) * 255).round().to(torch.uint8), caption, color)
+            self.log_image(ctx, f"overlay/probe_{i:02d}", pair.float() / 255.0)

@@ -1,7 +1,9 @@
 """Pictures of a concept analysis, for TensorBoard and reports (matplotlib on the Agg backend, no display).
 
-- :func:`confusion_heatmap`: a sequential colour map for one model's proportions, a diverging one centred at 0
-  for differences (red = worse, blue = better, as in seed 000 §5.3).
+- :func:`confusion_heatmap`: a sequential colour map for one model's proportions (samples per row beside the
+  class, empty rows grey), a diverging one centred at 0 for differences (red = worse, blue = better, as in seed
+  000 §5.3; for a change of a confusion matrix, more confusion off the diagonal is worse).
+- :func:`gallery_caption` / :func:`caption_band` / :func:`with_caption`: what a picture shows, drawn into it.
 - :func:`patch_tiles` / :func:`concept_gallery`: a concept's top patches cut out of their images (superpixels
   on neutral gray) as a mosaic.
 - :func:`declutter_grid` / :func:`tsne_grid`: the image patch view of seed 000 §5.1 — t-SNE of the patch
@@ -57,11 +59,18 @@ def confusion_heatmap(
     diverging: bool = False,
     annotate: bool | None = None,
     cmap: str | None = None,
+    row_counts: Tensor | None = None,
+    min_row_count: int = 5,
+    change: bool = False,
 ) -> Figure:
     """A confusion matrix (rows = ground truth, columns = prediction) as a heatmap.
 
     Proportions use a sequential map over ``[0, 1]``; counts over ``[0, max]``; differences (``diverging=True``)
-    use ``RdBu`` centred at 0 with symmetric limits, so red is negative and blue positive.
+    use ``RdBu`` centred at 0 with symmetric limits, so red is negative and blue positive. A change of a
+    confusion matrix (``change=True``, e.g. :func:`~debugger.confusion.confusion_difference`) is coloured by
+    what it means: more on the diagonal or less off it is better (blue), more confusion off the diagonal is
+    worse (red); the cells print the signed change in percentage points. Proportions print as whole percents;
+    annotated maps have no colour bar (the numbers say it) and are sized to be read at TensorBoard's card width.
 
     Args:
         matrix: proportions, counts, or a difference.
@@ -70,17 +79,26 @@ def confusion_heatmap(
         diverging: draw a difference.
         annotate: write values in the cells (default: when ``K <= 12``).
         cmap: override the colour map.
+        row_counts: samples behind each row: printed beside the class (``n=12``); rows without samples are
+            greyed with "no samples" (not a row of zeros reading as "never right"), rows with fewer than
+            ``min_row_count`` are marked "few" and their values printed in grey.
+        min_row_count: fewest samples for a row to read without a mark.
+        change: colour a difference of confusion matrices by better (blue) / worse (red); implies diverging.
 
     Shape:
-        - matrix: ``(K, K)``
+        - matrix: ``(K, K)``; row_counts: ``(K,)``
 
     Raises:
-        ValueError: if ``matrix`` is not square or ``class_names`` has the wrong length.
+        ValueError: if ``matrix`` is not square or ``class_names`` / ``row_counts`` has the wrong length.
 
     Example:
         >>> fig = confusion_heatmap(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), ["cat", "dog"])
         >>> figure_to_array(fig).dtype
         torch.uint8
+        >>> fig = confusion_heatmap(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), ["cat", "dog"],
+        ...                         row_counts=torch.tensor([3, 0]))
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['cat (n=3, few)', 'dog (n=0)']
     """
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"Expected `matrix` to be a square (K, K) tensor, but got {tuple(matrix.shape)!r}.")
@@ -88,32 +106,70 @@ def confusion_heatmap(
     names = [str(i) for i in range(k)] if class_names is None else list(class_names)
     if len(names) != k:
         raise ValueError(f"Expected `class_names` to hold {k} names, but got {len(names)}.")
+    counts = None
+    if row_counts is not None:
+        counts = [int(c) for c in row_counts.reshape(-1).tolist()]
+        if len(counts) != k:
+            raise ValueError(f"Expected `row_counts` to hold {k} counts, but got {len(counts)}.")
     values = matrix.detach().double().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k), dpi=100)
+    shown = values.copy()
+    if change:
+        diverging = True
+        shown = np.where(np.eye(k, dtype=bool), values, -values)  # > 0 = better everywhere
+    empty = np.zeros(k, dtype=bool) if counts is None else np.array([c == 0 for c in counts])
+    shown[empty] = np.nan  # drawn as the colour map's "bad" grey
+    labels = names if counts is None else [
+        f"{n} (n={c}{', few' if 0 < c < min_row_count else ''})" for n, c in zip(names, counts, strict=True)
+    ]
+    annotated = annotate if annotate is not None else k <= 12
+    percent = matrix.is_floating_point() and not diverging  # proportions: whole percents fit a small cell
+    # Sized in pixels for TensorBoard's image card (about 350 px wide): small cells, numbers instead of a colour
+    # bar when the cells are annotated, so the picture is read at the card's width without enlarging it.
+    cell = 28 if k > 6 else 40
+    label_px = 14 + 6.5 * max(map(len, labels))
+    name_px = 6.5 * max(map(len, names)) if max(map(len, names)) > 3 else 12
+    width_px = label_px + cell * k + 34 + (0 if annotated and not change else 70)
+    height_px = 44 + cell * k + name_px + 24
+    fig, ax = plt.subplots(figsize=(width_px / 100, height_px / 100), dpi=100)
     if diverging:
-        finite = np.abs(values[np.isfinite(values)])
+        finite = np.abs(shown[np.isfinite(shown)])
         limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        image = ax.imshow(values, cmap=cmap or "RdBu", norm=TwoSlopeNorm(0.0, -limit, limit))
+        colors = plt.get_cmap(cmap or "RdBu").with_extremes(bad="0.85")
+        image = ax.imshow(shown, cmap=colors, norm=TwoSlopeNorm(0.0, -limit, limit))
     else:
         is_count = not matrix.is_floating_point()
         top = float(np.nanmax(values)) if is_count and values.size and np.nanmax(values) > 0 else 1.0
-        image = ax.imshow(values, cmap=cmap or "Blues", vmin=0.0, vmax=top)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=7)
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
+        colors = plt.get_cmap(cmap or "Blues").with_extremes(bad="0.85")
+        image = ax.imshow(shown, cmap=colors, vmin=0.0, vmax=top)
+    if not annotated or change:
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if change:
+            bar.set_label("blue = better, red = worse", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    ax.set_xticks(range(k), names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("ground truth", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    if annotate if annotate is not None else k <= 12:
+    for i in np.flatnonzero(empty):
+        ax.text((k - 1) / 2, i, "no samples", ha="center", va="center", fontsize=8, color="0.35")
+    if annotated:
         norm, cm = image.norm, image.get_cmap()
         for (i, j), v in np.ndenumerate(values):
-            if not np.isfinite(v):
+            if not np.isfinite(v) or empty[i]:
                 continue
-            r, g, b, _ = cm(norm(v))
+            r, g, b, _ = cm(norm(shown[i, j]))
             color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
-            text = f"{int(v)}" if not matrix.is_floating_point() else f"{v:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
+            if counts is not None and counts[i] < min_row_count:
+                color = "0.45"
+            if not matrix.is_floating_point():
+                text = f"{int(v)}"
+            elif change:
+                text = f"{100 * v:+.0f}"
+            else:
+                text = f"{100 * v:.0f}" if percent else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if cell < 40 else 8, color=color)
     fig.tight_layout()
     return fig
 
@@ -458,11 +514,183 @@ def report_images(
         concept = report.concepts[i]
         prefix = f"concepts/{row.rank:02d}-{concept.name}"
         title = f"{concept.name}: error {100 * row.error_in:.0f}% vs {100 * row.error_out:.0f}%"
-        fig = confusion_heatmap(normalize_confusion(report.confusion[i]), names, title=title)
+        fig = confusion_heatmap(normalize_confusion(report.confusion[i]), names, title=title,
+                                row_counts=report.confusion[i].sum(-1))
         out[f"{prefix}/confusion"] = figure_to_array(fig)
         out[f"{prefix}/gallery"] = concept_gallery(images, report.patches, concept.scores, top_k=gallery_size,
                                                    size=tile, correct=correct)
         for diff_name, diff in report.diffs.items():
-            fig = confusion_heatmap(diff[i], names, title=f"{diff_name}: {concept.name}", diverging=True)
+            fig = confusion_heatmap(diff[i], names, title=f"{diff_name}: {concept.name}", change=True)
             out[f"diffs/{diff_name}/{row.rank:02d}-{concept.name}"] = figure_to_array(fig)
     return out
+
+
+# -- captions: what an image in TensorBoard shows, drawn into it ------------------------------------------------
+
+CAPTION_FONT = 10  # points at 100 dpi, about 14 px tall: legible when TensorBoard shrinks an image to its card
+
+
+def concept_color(concept_id: int) -> tuple[float, float, float]:
+    """The colour of a concept id (matplotlib's ``tab10``, cycled), the same in every picture of a run.
+
+    Example:
+        >>> concept_color(0) == concept_color(10)
+        True
+    """
+    r, g, b, _ = plt.get_cmap("tab10")(int(concept_id) % 10)
+    return (float(r), float(g), float(b))
+
+
+def _percent(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _ratio(x: float) -> str:
+    if np.isnan(x):
+        return "n/a"
+    return "inf" if np.isinf(x) else f"{x:.2f}"
+
+
+def gallery_caption(name: str, failure: Any | None = None, shows: str | None = None) -> list[str]:
+    """The caption lines of a concept gallery: its name and what it shows, then its failure statistics.
+
+    Args:
+        name: the concept's lasting name (e.g. ``concept 7``).
+        failure: its :class:`~debugger.ranking.ConceptFailure` row (lift with interval, error inside / outside
+            its slice, images in the slice), or None when it was not ranked.
+        shows: the annotated concept its top patches show (e.g. ``shadow 80%``), where the data has annotations.
+
+    Example:
+        >>> from types import SimpleNamespace as row
+        >>> gallery_caption("concept 7", row(lift=2.5, lift_low=1.25, lift_high=4.0, error_in=0.5, error_out=0.2,
+        ...                                   support=12, is_failure=True), "shadow 80%")
+        ['concept 7 · FAILURE · shows shadow 80%', 'lift 2.50 [1.25, 4.00] · error in 50% / out 20% · 12 images']
+    """
+    head = name
+    if failure is not None and bool(getattr(failure, "is_failure", False)):
+        head += " · FAILURE"
+    if shows:
+        head += f" · shows {shows}"
+    if failure is None:
+        return [head, "not ranked"]
+    stats = (f"lift {_ratio(failure.lift)} [{_ratio(failure.lift_low)}, {_ratio(failure.lift_high)}] · "
+             f"error in {_percent(failure.error_in)} / out {_percent(failure.error_out)} · {failure.support} images")
+    return [head, stats]
+
+
+def failure_images_caption(name: str, wrong: int, pairs: Sequence[str] = ()) -> list[str]:
+    """The caption lines of a failure concept's misclassified images: what they are, how many of how many
+    misclassified probe images, and ``true → predicted`` for each, left to right.
+
+    Example:
+        >>> for line in failure_images_caption("concept 02", 9, ["ring → bar", "star → tee"]):
+        ...     print(line)
+        concept 02: misclassified probe images, its patch outlined
+        2 of the 9 misclassified probe images
+        true → predicted, left to right: ring → bar, star → tee
+    """
+    lines = [f"{name}: misclassified probe images, its patch outlined"]
+    if pairs:
+        lines += [f"{len(pairs)} of the {wrong} misclassified probe images",
+                  "true → predicted, left to right: " + ", ".join(pairs)]
+    return lines
+
+
+def caption_band(
+    lines: Sequence[str], width: int, color: Sequence[float] | None = None, fontsize: int = CAPTION_FONT
+) -> Tensor:
+    """Lines of text on a white band ``width`` pixels wide (long lines wrap), with a colour swatch at the left
+    when ``color`` is given (a concept's legend colour).
+
+    Shape:
+        - output: ``(3, h, width)`` uint8
+
+    Example:
+        >>> tuple(caption_band(["hello"], 120).shape[::2])
+        (3, 120)
+    """
+    import textwrap
+
+    if not isinstance(width, int) or width < 16:
+        raise ValueError(f"Expected `width` to be an integer of at least 16 pixels, but got {width!r}.")
+    swatch = 14 if color is not None else 0
+    chars = max(8, int((width - swatch - 6) / (0.5 * fontsize * 100 / 72)))
+    wrapped = [w for line in lines for w in (textwrap.wrap(line, chars) or [""])]
+    line_px = 1.45 * fontsize * 100 / 72
+    height = int(np.ceil(line_px * max(1, len(wrapped)) + 6))
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    fig.patch.set_facecolor("white")
+    if color is not None:
+        fig.patches.append(matplotlib.patches.Rectangle((3 / width, 3 / height), 8 / width, 1 - 6 / height,
+                                                        transform=fig.transFigure, color=tuple(color)[:3]))
+    for i, text in enumerate(wrapped):
+        y = 1 - (3 + line_px * (i + 0.5)) / height
+        fig.text((swatch + 3) / width, y, text, fontsize=fontsize, va="center", ha="left", family="DejaVu Sans")
+    band = figure_to_array(fig)
+    out = torch.full((3, band.shape[1], width), 255, dtype=torch.uint8)
+    w = min(width, band.shape[2])
+    out[:, :, :w] = band[:, :, :w]
+    return out
+
+
+def with_caption(image: Tensor, lines: Sequence[str], color: Sequence[float] | None = None) -> Tensor:
+    """``image`` (``uint8`` or ``[0, 1]`` float, ``(3, H, W)``) under a :func:`caption_band` of its width.
+
+    Shape:
+        - output: ``(3, h + H, W)`` uint8
+
+    Example:
+        >>> with_caption(torch.zeros(3, 10, 100, dtype=torch.uint8), ["a"]).shape[0]
+        3
+    """
+    img = image if image.dtype == torch.uint8 else _to_uint8(image.float())
+    if img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"Expected `image` of shape (3, H, W), but got {tuple(image.shape)!r}.")
+    width = max(int(img.shape[2]), 16)
+    if img.shape[2] < width:
+        img = torch.cat([img, torch.full((3, img.shape[1], width - img.shape[2]), 255, dtype=torch.uint8)], 2)
+    return torch.cat([caption_band(lines, width, color), img], 1)
+
+
+def outlined_images(
+    images: Tensor,
+    image_index: Tensor,
+    boxes: Tensor,
+    size: int = 96,
+    color: Sequence[float] = WRONG,
+    ncols: int = 4,
+) -> Tensor:
+    """Whole images, each with one box outlined (e.g. a failure concept's patch on a misclassified image).
+
+    Shape:
+        - images: ``(N, C, H, W)`` in ``[0, 1]``
+        - image_index: ``(k,)`` which image each example shows; boxes: ``(k, 4)`` ``x0, y0, x1, y1`` in its pixels
+        - output: ``(3, H', W')`` uint8
+
+    Example:
+        >>> outlined_images(torch.rand(2, 3, 8, 8), torch.tensor([1]), torch.tensor([[0, 0, 4, 4]]), size=16).shape
+        torch.Size([3, 20, 20])
+    """
+    if not isinstance(size, int) or size < 4:
+        raise ValueError(f"Expected `size` to be an integer of at least 4, but got {size!r}.")
+    imgs = images.detach().float().cpu()
+    if imgs.shape[1] == 1:
+        imgs = imgs.expand(-1, 3, -1, -1)
+    k = int(image_index.numel())
+    tiles = torch.ones(max(k, 1), 3, size, size)
+    line = max(1, size // 32)
+    c = torch.tensor(tuple(color)[:3], dtype=torch.float32).view(3, 1, 1)
+    for t in range(k):
+        img = imgs[int(image_index[t])]
+        h, w = img.shape[-2:]
+        tile = F.interpolate(img.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False)[0]
+        x0, y0, x1, y1 = boxes[t].tolist()
+        sx, sy = size / w, size / h
+        a0, b0 = int(x0 * sx), int(y0 * sy)
+        a1, b1 = min(size, max(a0 + 2 * line, int(round(x1 * sx)))), min(size, max(b0 + 2 * line, int(round(y1 * sy))))
+        tile[:, b0:b1, a0 : a0 + line] = c
+        tile[:, b0:b1, a1 - line : a1] = c
+        tile[:, b0 : b0 + line, a0:a1] = c
+        tile[:, b1 - line : b1, a0:a1] = c
+        tiles[t] = tile
+    return mosaic(tiles.clamp(0, 1), ncols=min(ncols, max(k, 1)))

@@ -10,8 +10,12 @@ Steps:
 2. start ``tensorboard --logdir ... --samples_per_plugin images=100`` on a free local port and check through
    its HTTP API that the galleries, overlays, matrices, grid and projector data are there (exit status 1 if not);
 3. open each view in headless Chromium (``--headless --no-sandbox --disable-gpu --disable-background-networking
-   --disable-component-update --no-first-run``) and write PNGs next to this script. The projector needs WebGL,
-   which ``--disable-gpu`` turns off, so its screen uses SwiftShader (software WebGL) instead of that flag.
+   --disable-component-update --no-first-run``) and write PNGs next to this script, reduced to 256 colours so
+   they stay small. The projector needs WebGL, which ``--disable-gpu`` turns off, so its screen uses
+   SwiftShader (software WebGL) instead of that flag.
+
+``--only NAME`` (repeatable) takes only some of the screens (names as in ``SCREENS``: ``images_concept_galleries``
+...); ``--no-check`` skips step 2 (e.g. for a run without every monitor).
 
 Chromium comes from Debian's ``chromium`` package (``apt-get install chromium``); ``--chromium`` points elsewhere.
 """
@@ -19,6 +23,7 @@ Chromium comes from Debian's ``chromium`` package (``apt-get install chromium``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +34,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,7 @@ SOFTWARE_WEBGL = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--i
 # name, URL fragment, window size, needs WebGL
 SCREENS: list[tuple[str, str, tuple[int, int], bool]] = [
     ("images_concept_galleries", "images&tagFilter=concepts%2Fgallery", (1400, 1300), False),
+    ("images_failure_images", "images&tagFilter=concepts%2Ffailure_images", (1400, 1000), False),
     ("images_concept_grid", "images&tagFilter=concepts%2Fgrid", (1400, 1000), False),
     ("images_saliency_overlays", "images&tagFilter=saliency%2Foverlay%2F", (1400, 1100), False),
     ("images_confusion_matrices", "images&tagFilter=confusion%2F(matrix%7Cdiff)%2Fshadow", (1400, 1000), False),
@@ -71,6 +78,7 @@ def demo_run(logdir: Path, epochs: int) -> None:
     from recipes.models import ResNetClassifier
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    pl.seed_everything(0, workers=True)  # the same run, and the same screens, every time
     dm = PlantedConceptsDataModule(train_size=3000, val_size=600, test_size=64, batch_size=64)
     monitors = default_monitors("layer2", "layer3", probe_size=96)
     logger = pl.loggers.TensorBoardLogger(str(logdir), name="planted", version=0, default_hp_metric=False)
@@ -105,8 +113,9 @@ def check_tags(base: str) -> list[str]:
     problems = []
     images = get_json(f"{base}/data/plugin/images/tags")
     tags = {t for run in images.values() for t in run}
-    for want in ("concepts/gallery/rank_01", "concepts/grid", "saliency/overlay/probe_00", "saliency/overlays",
-                 "confusion/matrix/shadow"):
+    if not any(t.startswith("concepts/gallery/concept_") for t in tags):
+        problems.append(f"no concept gallery tag concepts/gallery/concept_NN (have {sorted(tags)[:12]}...)")
+    for want in ("concepts/grid", "saliency/overlay/probe_00", "saliency/overlays", "confusion/matrix/shadow"):
         if want not in tags:
             problems.append(f"image tag {want!r} missing (have {sorted(tags)[:12]}...)")
     runs = get_json(f"{base}/data/plugin/projector/runs")
@@ -129,25 +138,16 @@ def screenshot(chromium: str, url: str, out: Path, size: tuple[int, int], webgl:
         subprocess.run([*cmd, f"--user-data-dir={profile}"], check=True, capture_output=True, timeout=180)
     if not out.exists() or out.stat().st_size < 10_000:
         raise RuntimeError(f"Expected a screenshot at {out}, but Chromium wrote nothing useful.")
+    from PIL import Image
+
+    with Image.open(out) as shot:
+        small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(out, optimize=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--logdir", type=Path, help="existing TensorBoard run directory (default: make a demo run)")
-    parser.add_argument("--out", type=Path, default=HERE, help="where the PNGs go")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time each page gets to render")
-    args = parser.parse_args()
-
-    tmp = None
-    logdir = args.logdir
-    if logdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="conceptfix-tb-")
-        logdir = Path(tmp.name)
-        print(f"training the demo run into {logdir} ...", flush=True)
-        demo_run(logdir, args.epochs)
-
+@contextlib.contextmanager
+def serve(logdir: Path) -> Iterator[str]:
+    """TensorBoard on a free port of 127.0.0.1 over ``logdir``, for the ``with`` block; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     tb = subprocess.Popen(
@@ -158,18 +158,47 @@ def main() -> int:
     try:
         wait_for(f"{base}/data/plugins_listing")
         time.sleep(3)  # first scan of the event files
-        problems = check_tags(base)
-        for p in problems:
-            print(f"PROBLEM: {p}", flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name, fragment, size, webgl in SCREENS:
-            out = args.out / f"{name}.png"
-            screenshot(args.chromium, f"{base}/?darkMode=false#{fragment}", out, size, webgl, args.budget_ms)
-            print(f"wrote {out}", flush=True)
-        return 1 if problems else 0
+        yield base
     finally:
         tb.terminate()
         tb.wait(timeout=20)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logdir", type=Path, help="existing TensorBoard run directory (default: make a demo run)")
+    parser.add_argument("--out", type=Path, default=HERE, help="where the PNGs go")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time each page gets to render")
+    parser.add_argument("--only", action="append", help="take only this screen (repeatable)")
+    parser.add_argument("--no-check", action="store_true", help="do not check that every view has data")
+    args = parser.parse_args()
+    screens = [sc for sc in SCREENS if not args.only or sc[0] in args.only]
+    unknown = set(args.only or ()) - {sc[0] for sc in SCREENS}
+    if unknown:
+        raise SystemExit(f"Expected --only to name screens of {[sc[0] for sc in SCREENS]}, but got {sorted(unknown)}.")
+
+    tmp = None
+    logdir = args.logdir
+    if logdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="conceptfix-tb-")
+        logdir = Path(tmp.name)
+        print(f"training the demo run into {logdir} ...", flush=True)
+        demo_run(logdir, args.epochs)
+
+    try:
+        with serve(logdir) as base:
+            problems = [] if args.no_check else check_tags(base)
+            for p in problems:
+                print(f"PROBLEM: {p}", flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            for name, fragment, size, webgl in screens:
+                out = args.out / f"{name}.png"
+                screenshot(args.chromium, f"{base}/?darkMode=false#{fragment}", out, size, webgl, args.budget_ms)
+                print(f"wrote {out}", flush=True)
+            return 1 if problems else 0
+    finally:
         if tmp is not None:
             tmp.cleanup()
 

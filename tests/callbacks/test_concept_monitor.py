@@ -75,14 +75,19 @@ def test_galleries_grid_projector_and_store_after_a_real_run(tmp_path: Path) -> 
     log_dir = tmp_path / "run" / "version_0"
     acc = event_accumulator(log_dir)
     tags = acc.Tags()
-    assert {"concepts/gallery/rank_01", "concepts/gallery/rank_02", "concepts/grid"} <= set(tags["images"])
-    assert "concepts/gallery/rank_03" not in tags["images"]
+    galleries = {t for t in tags["images"] if t.startswith("concepts/gallery/concept_")}
+    assert len(galleries) >= 2 and "concepts/grid" in tags["images"]
+    assert all(len(acc.Images(t)) <= 2 for t in galleries)  # one per run per concept number
+    assert sum(len(acc.Images(t)) for t in galleries) == 4  # max_galleries per run
     assert [e.step for e in acc.Images("concepts/grid")] == [3, 6]
     assert {"concepts/count", "concepts/failures", "concepts/top/error_in"} <= set(tags["scalars"])
     assert "concepts/summary/text_summary" in tags["tensors"]
 
     config = (log_dir / "projector_config.pbtxt").read_text()
     assert config.count("embeddings {") == 2 and "sprite" in config
+    names = [line.split('"')[1] for line in config.splitlines() if "tensor_name" in line]
+    assert names == ["concepts/patches (latest) layer1 epoch 1:00006", "concepts/patches layer1 epoch 0:00003"]
+    assert min(names) == names[0]  # the projector opens on the first name in its order: the latest run
     sprite_dirs = sorted(p.parent for p in log_dir.glob("*/*/sprite.png"))
     assert len(sprite_dirs) == 2
     from PIL import Image
@@ -91,7 +96,9 @@ def test_galleries_grid_projector_and_store_after_a_real_run(tmp_path: Path) -> 
     assert n_points == len(mon.latest_report.patches)  # type: ignore[union-attr]
     assert max(Image.open(sprite_dirs[-1] / "sprite.png").size) <= 8192
     header = (sprite_dirs[-1] / "metadata.tsv").read_text().splitlines()[0].split("\t")
-    assert header == ["concept", "correct", "class", "image", "ground truth"]
+    assert header == ["concept", "correct", "concept and correct", "class", "image", "ground truth"]
+    first = (sprite_dirs[-1] / "metadata.tsv").read_text().splitlines()[1].split("\t")
+    assert first[0].startswith("concept ") and first[2] == f"{first[0]} {'right' if first[1] == 'yes' else 'wrong'}"
 
     store = log_dir / "conceptfix" / "concepts" / "reports"
     assert len(list(store.glob("report-epoch*.json"))) == 2
@@ -113,6 +120,12 @@ def test_projector_points_are_capped_and_the_report_survives_resume(tmp_path: Pa
     assert restored.latest_report.concept_names == mon.latest_report.concept_names  # type: ignore[union-attr]
     found = restored.finding(ConceptReportFinding)
     assert found is not None and list(found.probe_indices) == mon.probe_indices  # what consumers read on resume
+    # concept numbers go on from the stored report: the same concepts keep their numbers after a resume
+    from debugger.identity import member_keys
+
+    report = mon.latest_report
+    assert report is not None
+    assert restored._tracker.update(report.centroids, member_keys(report)) == report.meta["concept_ids"]
 
 
 def test_the_report_finding_maps_its_concept_slices_onto_another_probe_by_dataset_index(tmp_path: Path) -> None:
@@ -188,7 +201,8 @@ def test_keep_last_bounds_the_projector_tensors_and_reports_on_disk(tmp_path: Pa
     make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=3).fit(make_module("pytorch_lightning"))
     log_dir = tmp_path / "run" / "version_0"
     config = (log_dir / "projector_config.pbtxt").read_text()
-    assert config.count("embeddings {") == 1 and 'tensor_name: "concepts/patches:00009"' in config
+    assert config.count("embeddings {") == 1
+    assert 'tensor_name: "concepts/patches (latest) layer1 epoch 2:00009"' in config
     assert [p.parent.parent.name for p in log_dir.glob("*/*/tensors.tsv")] == ["00009"]
     assert sorted(p.name for p in log_dir.iterdir() if p.name.isdigit()) == ["00009"]  # empty step folders go too
     store = log_dir / "conceptfix" / "concepts" / "reports"
@@ -214,3 +228,87 @@ def test_without_a_logger_or_a_root_of_its_own_the_report_is_published_but_not_w
         enable_model_summary=False, num_sanity_val_steps=0).fit(make_module("pytorch_lightning"))
     assert mon.latest_report is not None and mon.finding(ConceptReportFinding) is not None
     assert mon.latest_report_path is None and list(tmp_path.iterdir()) == []
+
+
+def test_a_concept_found_again_keeps_its_number_and_its_gallery_tag_across_epochs(tmp_path: Path) -> None:
+    from debugger.identity import member_keys
+    from debugger.report import ConceptReport
+
+    torch.manual_seed(0)  # the loader's shuffle: the same run whatever ran before in this process
+    mon = _monitor(grid=None, projector=False, max_galleries=3)
+    module = make_module("pytorch_lightning", lr=0.001)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=3).fit(module)
+    log_dir = tmp_path / "run" / "version_0"
+    store = log_dir / "conceptfix" / "concepts" / "reports"
+    reports = [ConceptReport.load(p) for p in sorted(store.glob("report-epoch*.json"))]
+    assert len(reports) == 3
+    kept = 0
+    for before, after in zip(reports, reports[1:], strict=False):
+        ids_before, ids_after = before.meta["concept_ids"], after.meta["concept_ids"]
+        assert len(set(ids_after)) == len(ids_after)  # one number per concept
+        old = dict(zip(member_keys(before), ids_before, strict=True))
+        for keys, number in zip(member_keys(after), ids_after, strict=True):
+            if keys in old:  # the same member patches: the same concept, so the same number
+                assert number == old[keys]
+                kept += 1
+    assert kept >= 1  # a slow learning rate leaves some concepts unchanged between epochs
+    acc = event_accumulator(log_dir)
+    steps = {t: [e.step for e in acc.Images(t)] for t in acc.Tags()["images"] if "/gallery/" in t}
+    ranked = [[after.meta["concept_ids"][[c.id for c in after.concepts].index(r.concept)] for r in after.ranking[:3]]
+              for after in reports]
+    for run, numbers in enumerate(ranked):
+        for n in numbers:
+            assert 3 * (run + 1) in steps[f"concepts/gallery/concept_{n:02d}"]
+    assert any(len(v) > 1 for v in steps.values())  # the step slider of one tag shows one concept over time
+
+
+def test_galleries_carry_a_caption_band_above_the_patches(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    mon = _monitor(grid=None, projector=False, gallery_size=16)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(make_module("pytorch_lightning"))
+    acc = event_accumulator(tmp_path / "run" / "version_0")
+    tag = next(t for t in acc.Tags()["images"] if t.startswith("concepts/gallery/concept_"))
+    event = acc.Images(tag)[0]
+    img = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    mosaic_height = 2 + 2 * (48 + 2)  # 16 tiles of 48 px in rows of 8
+    assert img.shape[0] > mosaic_height + 20 and img.shape[1] == 2 + 8 * (48 + 2)
+    band = img[: img.shape[0] - mosaic_height]
+    dark = (band.mean(axis=2) < 100).mean()
+    assert 0.01 < dark < 0.5  # text is drawn on the white band
+
+
+def test_a_failure_concept_shows_whole_misclassified_images_with_true_and_predicted_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from debugger.ranking import ConceptFailure
+
+    # Tiny data holds no significant failure: every ranked concept is taken for one, to draw its images.
+    monkeypatch.setattr(ConceptFailure, "reported", property(lambda self: True))
+    torch.manual_seed(0)
+    mon = _monitor(grid=None, projector=False, max_galleries=1)
+    make_trainer("pytorch_lightning", tmp_path, [mon], max_epochs=1).fit(make_module("pytorch_lightning"))
+    report = mon.latest_report
+    assert report is not None and report.image_accuracy is not None
+    number = report.meta["concept_ids"][[c.id for c in report.concepts].index(report.ranking[0].concept)]
+    acc = event_accumulator(tmp_path / "run" / "version_0")
+    tag = f"concepts/failure_images/concept_{number:02d}"
+    assert tag in acc.Tags()["images"]
+    img = np.asarray(Image.open(io.BytesIO(acc.Images(tag)[0].encoded_image_string)).convert("RGB"))
+    i = [c.id for c in report.concepts].index(report.ranking[0].concept)
+    top_images = report.patches.image_index[report.top_patches[i]].tolist()
+    wrong = {m for m in top_images if float(report.image_accuracy[m]) < 0.5}
+    tiles = min(8, len(wrong))
+    assert img.shape[1] == 2 + min(4, tiles) * (96 + 2)  # whole images, 96 px, 4 a row
+    rows = -(-tiles // 4)
+    band = img[: img.shape[0] - (2 + rows * (96 + 2))]
+    assert band.shape[0] >= 3 * 14  # name, count, and true → predicted lines
+    assert 0.005 < (band.mean(axis=2) < 100).mean() < 0.5  # text on the white band

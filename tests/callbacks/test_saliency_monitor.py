@@ -81,6 +81,23 @@ def test_overlays_and_drift_land_in_tensorboard_once_per_run(tmp_path: Any) -> N
         [saliency_drift(a, b).max().item() for a, b in zip(kept, kept[1:], strict=False)], abs=1e-6)
     assert len(mon._previous) == 10 and all(v.shape == (1, 16, 16) for v in mon._previous.values())
 
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pair = np.asarray(Image.open(io.BytesIO(acc.Images("saliency/overlay/probe_00")[0].encoded_image_string)))
+    assert pair.shape[1] == 2 + 2 * (128 + 2)  # two 8 px tiles enlarged to the default 128 px
+    band = pair[: pair.shape[0] - (128 + 4), :, :3]  # the caption above the pair
+    assert band.shape[0] > 10 and 0.005 < (band.mean(axis=2) < 100).mean() < 0.5
+
+
+def test_saliency_caption_says_true_and_predicted_class_and_the_concepts() -> None:
+    from callbacks.saliency_monitor import saliency_caption
+
+    assert saliency_caption(1, "0", "2", []) == ["probe 01 · true 0 · predicted 2 (wrong)", "concepts: none annotated"]
+    assert saliency_caption(12, None, None, ["bright", "stripe"]) == ["probe 12", "concepts: bright, stripe"]
+
 
 def test_gradcam_maps_match_the_engine_on_the_trained_model(tmp_path: Any) -> None:
     from debugger.saliency.cam import GradCAM

@@ -205,3 +205,74 @@ def test_report_images_one_tag_per_picture_worst_first():
     assert len(pictures) == 6 and all(v.dtype == torch.uint8 and v.shape[0] == 3 for v in pictures.values())
     with pytest.raises(ValueError, match="the report's 2 probe images"):
         report_images(report, images[:1])
+
+
+def test_gallery_caption_reads_name_verdict_annotation_and_statistics_exactly() -> None:
+    from types import SimpleNamespace
+
+    from debugger.render import gallery_caption
+
+    row = SimpleNamespace(lift=float("inf"), lift_low=1.5, lift_high=float("inf"), error_in=0.25, error_out=0.0,
+                          support=4, is_failure=False)
+    assert gallery_caption("concept 03", row) == [
+        "concept 03", "lift inf [1.50, inf] · error in 25% / out 0% · 4 images"]
+    assert gallery_caption("concept 03", None, "shadow 90%") == ["concept 03 · shows shadow 90%", "not ranked"]
+
+
+def test_caption_band_keeps_the_width_wraps_long_lines_and_draws_text_and_swatch() -> None:
+    from debugger.render import caption_band, concept_color, with_caption
+
+    short = caption_band(["one line"], 200)
+    long = caption_band(["word " * 60], 200)
+    assert short.shape[2] == long.shape[2] == 200 and long.shape[1] > short.shape[1]
+    assert (short.float().mean(0) < 100).any()  # dark text on white
+    band = caption_band(["x"], 200, color=concept_color(1))
+    swatch = band[:, band.shape[1] // 2, 5].float() / 255
+    torch.testing.assert_close(swatch, torch.tensor(concept_color(1)), atol=0.02, rtol=0)
+    image = torch.zeros(3, 30, 200, dtype=torch.uint8)
+    out = with_caption(image, ["x"])
+    assert out.shape[1:] == (30 + caption_band(["x"], 200).shape[1], 200) and out[:, -30:].eq(0).all()
+
+
+def test_outlined_images_draw_the_box_in_the_colour_on_the_whole_image() -> None:
+    from debugger.render import outlined_images
+
+    images = torch.zeros(2, 3, 8, 8)
+    out = outlined_images(images, torch.tensor([1]), torch.tensor([[0, 0, 4, 4]]), size=16, color=(1.0, 0.0, 0.0))
+    tile = out[:, 2:18, 2:18]
+    assert tile[:, 0, 0].tolist() == [255, 0, 0] and tile[:, 7, 0].tolist() == [255, 0, 0]
+    assert tile[:, 12, 12].tolist() == [0, 0, 0]  # outside the box: the image
+
+
+def test_rows_without_samples_are_grey_and_rows_with_few_are_marked_not_zero():
+    fig = confusion_heatmap(torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), ["a", "b", "c"],
+                            row_counts=torch.tensor([10, 2, 0]))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a (n=10)", "b (n=2, few)", "c (n=0)"]
+    texts = [t.get_text() for t in ax.texts]
+    assert "no samples" in texts and texts.count("0") == 3  # row c prints nothing but "no samples"
+    assert np.ma.getmaskarray(ax.get_images()[0].get_array())[2].all()  # drawn in the "bad" grey
+    with pytest.raises(ValueError, match="Expected `row_counts` to hold 3 counts"):
+        confusion_heatmap(torch.zeros(3, 3), row_counts=torch.tensor([1, 2]))
+
+
+def test_a_change_of_confusion_reads_red_for_more_confusion_and_blue_for_more_right():
+    diff = torch.tensor([[-0.2, 0.2], [0.0, 0.0]])  # class 0: right less often, confused with 1 more often
+    fig = confusion_heatmap(diff, change=True)
+    image = fig.axes[0].get_images()[0]
+    cm, norm, shown = image.get_cmap(), image.norm, image.get_array()
+    for cell in [(0, 0), (0, 1)]:
+        r, _, b, _ = cm(norm(shown[cell]))
+        assert r > b  # both worse: red
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["+0", "+0", "+20", "-20"]
+    better = confusion_heatmap(-diff, change=True).axes[0].get_images()[0]
+    r, _, b, _ = better.get_cmap()(better.norm(better.get_array()[0, 1]))
+    assert b > r
+
+
+def test_a_ten_class_matrix_fits_a_tensorboard_card_with_percent_cells():
+    fig = confusion_heatmap(torch.full((10, 10), 0.1), [f"class{i}" for i in range(10)], title="shadow",
+                            row_counts=torch.full((10,), 20))
+    assert len(fig.axes) == 1  # annotated: numbers instead of a colour bar
+    assert {t.get_text() for t in fig.axes[0].texts} == {"10"}
+    assert figure_to_array(fig).shape[2] <= 480
