@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import shutil
 import sys
@@ -126,16 +127,59 @@ def _check_run_dir(value: str | None) -> None:
 # -- running a command ---------------------------------------------------------------------------------------
 
 
+#: options a run directory does not record: where the run goes, how it shows progress, whether a trusted file may
+#: be unpickled, and the files the options came from (their content is recorded, option by option)
+UNRECORDED = ("run_dir", "progress", "overwrite", "allow_pickle", "config", "recipe")
+
+
+def recorded_options(cfg: Any) -> dict[str, Any]:
+    """The options of a parsed command line that decide a run's results, by their command-line names.
+
+    Nested options are flattened as the command line spells them (``data.train_size``, ``data`` for the class);
+    :data:`UNRECORDED` options are left out, so a run resumes whatever they are.
+
+    Example:
+        >>> from recipes.parsers import demo_parser
+        >>> options = recorded_options(demo_parser().parse_args(["--finetune_epochs", "1", "--progress", "true"]))
+        >>> options["finetune_epochs"], "progress" in options, "run_dir" in options
+        (1, False, False)
+    """
+    from debugger.files import json_default
+
+    def plain_value(o: Any) -> Any:
+        try:
+            return json_default(o)
+        except TypeError:
+            return str(o)  # e.g. jsonargparse's Path: as the command line gave it
+
+    plain = json.loads(json.dumps(cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg), default=plain_value))
+    flat: dict[str, Any] = {}
+
+    def walk(name: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                if key.startswith("__"):
+                    continue
+                walk(name if key in ("init_args", "class_path") else f"{name}.{key}" if name else key, inner)
+        else:
+            flat[name] = value
+
+    walk("", {k: v for k, v in plain.items() if k not in UNRECORDED})
+    return flat
+
+
 @contextmanager
-def run_directory(value: str | None, command: str) -> Iterator[Any]:
-    """The command's :class:`~recipes.loop.RunDirectory` (``value``, or a fresh ``runs/<command>-<time>``), made.
+def run_directory(value: str | None, command: str, cfg: Any = None) -> Iterator[Any]:
+    """The command's :class:`~recipes.loop.RunDirectory` (``value``, or a fresh ``runs/<command>-<time>``), made
+    and claimed for ``command`` with the options of ``cfg`` (see :meth:`~recipes.loop.RunDirectory.claim`;
+    ``cfg.overwrite`` empties an earlier run first).
 
     When the command fails on bad input (an unknown layer, data that does not fit, a checkpoint of another
-    architecture) and the directory was made here and holds nothing but ``config.yaml``, it is removed again; an
-    existing directory (a resume) is never touched.
+    architecture) and the directory was made here and holds nothing but ``config.yaml`` and ``state.json``, it is
+    removed again; an existing directory (a resume) is never touched.
 
     Raises:
-        LoopError: if the directory cannot be made.
+        LoopError: if the directory cannot be made, or is another command's run or a run with other options.
     """
     from recipes.loop import LoopError, RunDirectory, default_run_dir
 
@@ -146,11 +190,13 @@ def run_directory(value: str | None, command: str) -> Iterator[Any]:
     except OSError as err:
         raise LoopError(f"Expected `--run_dir` to be a directory that can be created, but got {str(run.path)!r}: "
                         f"{err.strerror or err}.") from err
+    if cfg is not None:
+        run.claim(command, recorded_options(cfg), overwrite=bool(cfg.get("overwrite")))
     try:
         yield run
     except (LoopError, FileNotFoundError, ValueError):
         files = [f for f in run.path.rglob("*") if f.is_file()]
-        if created and all(f == run.path / "config.yaml" for f in files):
+        if created and all(f.name in ("config.yaml", "state.json") and f.parent == run.path for f in files):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
 
@@ -160,6 +206,8 @@ def _progress(value: bool | None) -> bool:
 
 
 def _save_config(run: Any, parser: Any, cfg: Any) -> None:
+    cfg = cfg.clone()
+    cfg.pop("overwrite", None)  # rerunning the saved recipe must not empty its run directory
     try:
         text = parser.dump(cfg, skip_validation=True)
     except Exception:  # noqa: BLE001 - a config holding live objects still gets a readable record
@@ -273,7 +321,7 @@ def demo(argv: Sequence[str]) -> int:
     check_options(cfg, "demo")
     fit_, fit_cfg = demo_config(cfg)
     _threads()
-    with run_directory(cfg.run_dir, "demo") as run:
+    with run_directory(cfg.run_dir, "demo", cfg) as run:
         _save_config(run, fit_, fit_cfg)  # a recipe: `conceptfix fit --config <run>/config.yaml` reruns the demo
         init, dm, model = build_recipe(fit_cfg, fit_)
         share = {split: 100 * float(dm.make_dataset(split).table[0, 0]) for split in ("train", "test")}
@@ -335,7 +383,7 @@ def _run_recipe(cfg: Any, parser: Any, command: str, ckpt: str | None = None) ->
 
     check_options(cfg, command)
     _threads()
-    with run_directory(cfg.run_dir, command) as run:
+    with run_directory(cfg.run_dir, command, cfg) as run:
         saved = cfg.clone()
         for key in ("recipe", "report", "from_run"):  # the recipe is in the config: `fit --config` reruns it
             saved.pop(key, None)
@@ -374,7 +422,7 @@ def diagnose(argv: Sequence[str]) -> int:
     cfg = parse(parser, argv)
     check_options(cfg, "diagnose")
     _threads()
-    with run_directory(cfg.run_dir, "diagnose") as run:
+    with run_directory(cfg.run_dir, "diagnose", cfg) as run:
         _save_config(run, parser, cfg)
         init = _instantiate(parser, cfg)
         model = load_model(cfg.ckpt, init.model, allow_pickle=cfg.allow_pickle)
@@ -405,7 +453,7 @@ def compare(argv: Sequence[str]) -> int:
     cfg = parse(parser, argv)
     check_options(cfg, "compare")
     _threads()
-    with run_directory(cfg.run_dir, "compare") as run:
+    with run_directory(cfg.run_dir, "compare", cfg) as run:
         _save_config(run, parser, cfg)
         init = _instantiate(parser, cfg)
         a = load_model(cfg.ckpt_a, what="`--ckpt-a`", allow_pickle=cfg.allow_pickle)

@@ -66,7 +66,10 @@ def _recipe_action() -> type:
 
 def _common(parser: Any) -> None:
     parser.add_argument("--run_dir", "--run-dir", type=str | None, default=None,
-                        help="directory of this run (default runs/<command>-<time>); an existing one resumes")
+                        help="directory of this run (default runs/<command>-<time>); a run of the same command "
+                             "with the same options resumes, any other is refused")
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="empty an earlier run in --run_dir and start afresh")
     parser.add_argument("--seed", type=int, default=0, help="seeds data order, analysis and training")
     parser.add_argument("--progress", type=bool | None, default=None,
                         help="Lightning progress bars (default: when printing to a terminal)")

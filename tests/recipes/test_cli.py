@@ -8,7 +8,7 @@ import pytest
 
 from debugger.report import ConceptReport
 from recipes.cli import fit_parser, main, resolve_recipe, shipped_recipes
-from recipes.parsers import diagnose_parser, input_hints
+from recipes.parsers import demo_parser, diagnose_parser, input_hints
 
 TINY_DATA = ["--data", "PlantedConceptsDataModule", "--data.train_size", "32", "--data.val_size", "16",
              "--data.test_size", "16", "--data.batch_size", "16"]
@@ -484,8 +484,75 @@ def test_the_error_messages_in_the_docs_are_the_real_ones(capsys, tmp_path, monk
     monkeypatch.setenv("CONCEPTFIX_THREADS", str(__import__("torch").get_num_threads()))
     save_model(ResNetClassifier(), "model.ckpt")
     Path("notes.txt").write_text("a file")
+    from recipes.cli import recorded_options
+    from recipes.loop import RunDirectory
+
+    RunDirectory("demo-run").claim("demo", recorded_options(demo_parser().parse_args([])))  # a demo's record
     for command, expected in examples:
         assert main(shlex.split(command)) == 2, command
         err = capsys.readouterr().err
         err = "".join(line for line in err.splitlines(keepends=True) if "torch thread(s)" not in line)
         assert err.strip() == expected.strip(), command
+
+
+def test_a_run_dir_is_resumed_only_with_its_own_configuration(fitted, capsys):
+    run = fitted["run"]
+    state = json.loads((run / "state.json").read_text())
+    assert state["command"] == "fit" and state["options"]["finetune.epochs"] == 1
+    assert "progress" not in state["options"] and "run_dir" not in state["options"]  # do not change results
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    err = _fails(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run), "--finetune.epochs", "2",
+                  "--data.train_size", "48"], capsys,
+                 f"Expected --run_dir {run} to be resumed with its own configuration, but --data.train_size is 48 "
+                 "here and 32 there, --finetune.epochs is 2 here and 1 there; use another --run_dir or --overwrite.")
+    assert len([line for line in err.strip().splitlines() if "torch thread(s)" not in line]) == 1
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # nothing written
+    # progress display does not count: the same run resumes
+    assert main(["fit", "--config", str(fitted["recipe"]), "--run_dir", str(run), "--progress", "false"]) == 0
+
+
+def test_another_command_never_writes_over_a_run(fitted, capsys, tmp_path):
+    run = fitted["run"]
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    ckpt = str(run / "checkpoints" / "train.ckpt")
+    _fails(["diagnose", "--ckpt", ckpt, *TINY_DATA, *TINY_ANALYSIS, "--run_dir", str(run)], capsys,
+           f"Expected --run_dir {run} to be a new directory or a run of `conceptfix diagnose`, but `conceptfix fit` "
+           "made it (its outputs would be overwritten); use another --run_dir or --overwrite.")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    # a folder of the user's own files is never a run directory, not even with --overwrite
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for extra in ([], ["--overwrite", "true"]):
+        _fails(["diagnose", "--ckpt", ckpt, *TINY_DATA, *TINY_ANALYSIS, "--run_dir", str(mine), *extra], capsys,
+               "but it holds other files")
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_overwrite_starts_a_run_afresh(fitted, capsys, tmp_path):
+    ckpt = str(fitted["run"] / "checkpoints" / "train.ckpt")
+    run = tmp_path / "run"
+    args = ["diagnose", "--ckpt", ckpt, *TINY_DATA, *TINY_ANALYSIS, "--run_dir", str(run)]
+    assert main(args) == 0
+    assert main(args) == 0  # the same diagnosis again: allowed
+    _fails([*args, "--seed", "1"], capsys, "but --seed is 1 here and 0 there")
+    (run / "stale.txt").write_text("from the first run")
+    assert main([*args, "--seed", "1", "--overwrite", "true"]) == 0
+    assert not (run / "stale.txt").exists()
+    assert json.loads((run / "state.json").read_text())["options"]["seed"] == 1
+    assert "overwrite:" not in (run / "config.yaml").read_text()  # rerunning the recipe never empties a run
+
+
+def test_demo_refuses_a_finished_run_of_other_epochs_before_any_work(capsys, tmp_path):
+    from recipes.cli import recorded_options
+    from recipes.loop import RunDirectory
+    from recipes.parsers import demo_parser
+
+    run = RunDirectory(tmp_path / "demo-1")
+    run.claim("demo", recorded_options(demo_parser().parse_args(["--finetune_epochs", "5"])))
+    run.write_text("config.yaml", "finetune:\n  epochs: 5\n")
+    _fails(["demo", "--finetune_epochs", "1", "--run_dir", str(run.path)], capsys,
+           f"Expected --run_dir {run.path} to be resumed with its own configuration, but --finetune_epochs is 1 here "
+           "and 5 there; use another --run_dir or --overwrite.")
+    assert (run.path / "config.yaml").read_text() == "finetune:\n  epochs: 5\n"  # not rewritten
+    assert not (run.path / "checkpoints").exists()
