@@ -64,6 +64,57 @@ def _read_checkpoint(path: Path, allow_pickle: bool) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+PICKLE_MAGIC = b"\x80"  # pickle protocol 2+: torch.save's legacy format
+
+
+def unreadable_reason(path: str | os.PathLike[str], err: BaseException) -> str:
+    """Why ``torch.load`` could not read ``path`` (it raised ``err``), in plain words: empty, not a PyTorch file at
+    all, or a damaged one. Never torch's own advice to load with ``weights_only=False``: that unpickles arbitrary
+    objects, which only a trusted file may do (``allow_pickle``).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> f = Path(tempfile.mkdtemp()) / "notes.ckpt"
+        >>> _ = f.write_text("hello world")
+        >>> unreadable_reason(f, RuntimeError("invalid load key, 'h'."))
+        "it is not a PyTorch checkpoint (neither a zip archive nor a pickle: it starts with b'hello wo')"
+        >>> _ = f.write_bytes(b"")
+        >>> unreadable_reason(f, EOFError())
+        'it is empty'
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as os_err:
+        return f"it cannot be read ({os_err.strerror or os_err})"
+    if not head:
+        return "it is empty"
+    cause = _first_sentence(err)
+    if head.startswith(ZIP_MAGIC):
+        return f"it is a damaged PyTorch checkpoint, cut short or changed after saving ({cause})"
+    if not head.startswith(PICKLE_MAGIC):
+        return f"it is not a PyTorch checkpoint (neither a zip archive nor a pickle: it starts with {head!r})"
+    return f"it is not a PyTorch checkpoint ({cause})"
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The informative part of a ``torch.load`` error: the unpickler's own complaint when there is one, else the
+    first sentence; torch's advice about ``weights_only`` left out."""
+    import re
+
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        return f"unpickling stopped: {found.group(1).strip()}"
+    text = re.sub(r"^PytorchStreamReader failed reading zip archive: ", "", text.strip())
+    sentence = re.split(r"(?<=\.)\s|\n", text, maxsplit=1)[0].rstrip(".") if text else ""
+    if not sentence or "weights_only" in sentence:
+        return type(err).__name__
+    return sentence
+
+
 def _refused_global(err: BaseException) -> str | None:
     """The Python object a weights-only load refused (``module.name``), or None for any other failure."""
     import re
@@ -117,8 +168,10 @@ def load_model(
                 f"(`--allow_pickle true` on the command line); otherwise save the weights again as a plain "
                 f"checkpoint (`recipes.loop.save_model`)."
             ) from err
+        named = f"{what} {path}" if what.startswith("`--") else what  # an option, or a file it names itself
         raise LoopError(
-            f"Expected {what} to be a PyTorch/Lightning checkpoint, but could not read {str(path)!r}: {err}"
+            f"Expected {named} to be a checkpoint written by conceptfix or Lightning, but "
+            f"{unreadable_reason(path, err)}."
         ) from err
     if not isinstance(payload, Mapping) or "state_dict" not in payload:
         got = sorted(payload)[:8] if isinstance(payload, Mapping) else type(payload).__name__
@@ -207,7 +260,7 @@ def resume_point(last: Path, stage: str) -> str | None:
                 f"values, but it holds the Python object {refused}, which is not loaded (unpickling can run code). "
                 f"Delete it to start the stage again."
             ) from err
-        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no data'}"
+        problem = unreadable_reason(last, err)
     if problem is None:
         return str(last)
     aside = last.with_name(last.name + ".corrupt")

@@ -484,6 +484,7 @@ def test_the_error_messages_in_the_docs_are_the_real_ones(capsys, tmp_path, monk
     monkeypatch.setenv("CONCEPTFIX_THREADS", str(__import__("torch").get_num_threads()))
     save_model(ResNetClassifier(), "model.ckpt")
     Path("notes.txt").write_text("a file")
+    Path("empty.ckpt").write_bytes(b"")
     from recipes.cli import recorded_options
     from recipes.loop import RunDirectory
 

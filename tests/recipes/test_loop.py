@@ -112,7 +112,8 @@ def test_missing_checkpoint_says_so(tmp_path):
     with pytest.raises(LoopError, match="Expected `--ckpt-b` to be an existing checkpoint .* which is a directory"):
         load_model(tmp_path, what="`--ckpt-b`")
     (tmp_path / "bad.ckpt").write_bytes(b"garbage")
-    with pytest.raises(LoopError, match="Expected `--ckpt-a` to be a PyTorch/Lightning checkpoint, but could not"):
+    expected = "Expected `--ckpt-a` .*bad.ckpt to be a checkpoint written by conceptfix or Lightning, but it is not a"
+    with pytest.raises(LoopError, match=expected):
         load_model(tmp_path / "bad.ckpt", what="`--ckpt-a`")
 
 
@@ -124,18 +125,45 @@ def test_a_corrupt_checkpoint_of_a_finished_stage_is_named_as_the_run_directorys
         train(ResNetClassifier(width=4), tiny_planted(), 1, run, "train")
     message = str(info.value)
     assert "`--ckpt`" not in message
-    assert "finished stage's checkpoint `checkpoints/train.ckpt`" in message and "could not read" in message
+    assert "finished stage's checkpoint `checkpoints/train.ckpt`" in message
+    assert "is not a PyTorch checkpoint" in message
     assert "Delete `checkpoints/train.ckpt` to train stage 'train' again." in message
 
 
 def test_a_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(LoopError, match="could not read"):
+    with pytest.raises(LoopError, match="is not a PyTorch checkpoint"):
         load_model(bad)
     torch.save({"weights": 1}, tmp_path / "dict.ckpt")
     with pytest.raises(LoopError, match="'state_dict'"):
         load_model(tmp_path / "dict.ckpt")
+
+
+def test_an_unreadable_checkpoint_is_one_plain_line_without_torchs_advice(tmp_path):
+    import io
+
+    cases = {
+        "empty.ckpt": (b"", "but it is empty."),
+        # starts like a pickle: torch's weights-only unpickler stops on it (and advises weights_only=False)
+        "noise.ckpt": (b"\x80\x02" + bytes(range(233, 256)) * 40, "but it is not a PyTorch checkpoint (unpickling "
+                                                                    "stopped: "),
+        "text.ckpt": (b"hello world", "(neither a zip archive nor a pickle: it starts with b'hello wo')"),
+    }
+    buf = io.BytesIO()
+    torch.save({"state_dict": {}}, buf)
+    cases["cut.ckpt"] = (buf.getvalue()[:200], "but it is a damaged PyTorch checkpoint, cut short or changed after "
+                                               "saving (")
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        for allow_pickle in (False, True):
+            with pytest.raises(LoopError) as info:
+                load_model(tmp_path / name, allow_pickle=allow_pickle)
+            message = str(info.value)
+            assert message.startswith(f"Expected `--ckpt` {tmp_path / name} to be a checkpoint written by conceptfix "
+                                      "or Lightning, but it"), message
+            assert expected in message, message
+            assert "weights_only" not in message and "\n" not in message, message
 
 
 def test_checkpoint_of_another_architecture_is_rejected_with_what_was_expected(tmp_path):
@@ -167,9 +195,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_unless_pickle_is_allowed(tm
     assert not marker.exists()
     loaded = load_model(tmp_path / "evil.ckpt", allow_pickle=True)  # the user trusts it: it loads (and runs)
     assert marker.exists() and type(loaded) is ResNetClassifier
-    # a corrupt file is still "could not read", also with unpickling allowed
+    # a corrupt file is still "not a PyTorch checkpoint", also with unpickling allowed
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(LoopError, match="could not read"):
+    with pytest.raises(LoopError, match="is not a PyTorch checkpoint"):
         load_model(tmp_path / "bad.ckpt", allow_pickle=True)
 
 
