@@ -8,6 +8,7 @@ import argparse
 import difflib
 import importlib
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -239,9 +240,31 @@ def parse(parser: Any, argv: Sequence[str]) -> Any:
     try:
         return parser.parse_args(list(argv))
     except argparse.ArgumentError as err:
-        hints = input_hints(parser, argv)
-        message = str(err).rstrip() + "".join(f"\n  hint: {h}" for h in hints)
-        raise UsageError(message) from err
+        problems = input_problems(parser, argv)
+        if problems:  # what was given and is unknown: one plain line each, not the parser's account of it
+            raise UsageError("\n".join(f"Expected `--{option}` to be {accepted}, but {hint}"
+                                       for option, accepted, hint in problems)) from err
+        plain = _plain_type_error(str(err))
+        raise UsageError(plain or str(err).rstrip()) from err
+
+
+#: how a plain type reads in a message
+TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _plain_type_error(message: str) -> str | None:
+    """One line for a value of the wrong type, from jsonargparse's nested account of it, e.g. ``Expected
+    `--data.train_size` to be an integer, but got 'abc'.``; None when the message is about something else.
+
+    Example:
+        >>> _plain_type_error('Parser key "probe_size":\\n  Expected a <class \\'int\\'>. Got value: abc')
+        "Expected `--probe_size` to be an integer, but got 'abc'."
+    """
+    found = re.search(r"Expected a <class '(\w+)'>\. Got value: (.*)", message)
+    keys = re.findall(r'Parser key "([\w.]+)"', message[:found.start()] if found else "")
+    if found is None or not keys or found.group(1) not in TYPE_NAMES:
+        return None
+    return f"Expected `--{'.'.join(keys)}` to be {TYPE_NAMES[found.group(1)]}, but got {found.group(2).strip()!r}."
 
 
 # -- hints for what the user gave ----------------------------------------------------------------------------
@@ -357,6 +380,18 @@ def input_hints(parser: Any, argv: Sequence[str]) -> list[str]:
         ...                                 "--data.trian_size", "4"])
         ["PlantedConceptsDataModule has no option 'trian_size'; did you mean 'train_size'?"]
     """
+    return [hint for _, _, hint in input_problems(parser, argv)]
+
+
+def input_problems(parser: Any, argv: Sequence[str]) -> list[tuple[str, str, str]]:
+    """:func:`input_hints` with the option each hint is about and what that option accepts:
+    ``(option, accepted, hint)``.
+
+    Example:
+        >>> input_problems(diagnose_parser(), ["--ckpt", "m.ckpt", "--model", "Resnet"])
+        [('model', 'a built-in model or an importable class path', "no class 'Resnet'; built-in models: \
+ResNetClassifier, SegmentationNet")]
+    """
     import yaml
 
     keys = parser_keys(parser)
@@ -370,30 +405,34 @@ def input_hints(parser: Any, argv: Sequence[str]) -> list[str]:
                     continue
                 given += _from_file(data, set(keys))
     chosen: dict[str, type | None] = {}
-    hints: list[str] = []
+    problems: list[tuple[str, str, str]] = []
     for key, value in given:
         if key in CLASS_OPTIONS and isinstance(value, str):
             chosen[key] = _resolve_class(key, value)
             if chosen[key] is None:
-                hints.append(_class_hint(key, value))
+                problems.append((key, _accepted_class(key), _class_hint(key, value)))
         elif key in CLASS_OPTIONS and isinstance(value, list):
             for item in value:
                 name = item.get("class_path") if isinstance(item, Mapping) else item
                 if isinstance(name, str) and _resolve_class(key, name) is None:
-                    hints.append(_class_hint(key, name))
+                    problems.append((key, _accepted_class(key), _class_hint(key, name)))
         elif key not in keys:
             owner = next((o for o in CLASS_OPTIONS if key.startswith(f"{o}.")), None)
             if owner is None:
-                hints.append(_unknown_option_hint(key, keys))
+                problems.append((key, "a known option", _unknown_option_hint(key, keys)))
                 continue
             cls = chosen.get(owner)
             arg = key[len(owner) + 1:].removeprefix("init_args.")
             if cls is not None and arg not in ("class_path", "init_args") and arg not in class_parameters(cls):
                 valid = class_parameters(cls)
                 near = difflib.get_close_matches(arg, valid, n=3, cutoff=0.5)
-                hints.append(f"{cls.__name__} has no option {arg!r}"
-                             + (f"; did you mean {near[0]!r}?" if near else f"; it accepts {valid}"))
-    return list(dict.fromkeys(hints))
+                problems.append((key, f"an option of {cls.__name__}", f"{cls.__name__} has no option {arg!r}"
+                                 + (f"; did you mean {near[0]!r}?" if near else f"; it accepts {valid}")))
+    return list({hint: (option, accepted, hint) for option, accepted, hint in problems}.values())
+
+
+def _accepted_class(option: str) -> str:
+    return f"a built-in {CLASS_OPTIONS[option][2].removesuffix('s')} or an importable class path"
 
 
 def _class_hint(option: str, name: str) -> str:

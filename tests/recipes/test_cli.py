@@ -453,7 +453,8 @@ def test_the_demos_config_reruns_with_fit_and_gives_the_same_model(tmp_path, cap
 def test_an_unknown_class_lists_the_valid_ones_of_its_kind(capsys):
     err = _fails(["diagnose", "--ckpt", "x", *TINY_DATA, "--model", "Foo"], capsys,
                  "no class 'Foo'; built-in models: ResNetClassifier, SegmentationNet")
-    assert "PlantedConceptsDataModule" not in err.split("hint:")[1]  # models only, not every class
+    assert "PlantedConceptsDataModule" not in err.split("but ")[1]  # models only, not every class
+    assert "Does not validate" not in err and len(err.strip().splitlines()) == 1  # one plain line
     _fails(["diagnose", "--ckpt", "x", *TINY_DATA, "--model", "ResNetClasifier"], capsys,
            "(did you mean 'ResNetClassifier'?); built-in models:")
     _fails(["fit", "--config", "planted_shadows", "--data", "Foo"], capsys, "built-in data modules: DigitsDataModule")
@@ -557,3 +558,15 @@ def test_demo_refuses_a_finished_run_of_other_epochs_before_any_work(capsys, tmp
            "and 5 there; use another --run_dir or --overwrite.")
     assert (run.path / "config.yaml").read_text() == "finetune:\n  epochs: 5\n"  # not rewritten
     assert not (run.path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--probe_size", "abc"], "Expected `--probe_size` to be an integer, but got 'abc'."),
+    (["--data.train_size", "abc"], "Expected `--data.train_size` to be an integer, but got 'abc'."),
+    (["--probe_sise", "3"], "Expected `--probe_sise` to be a known option, but unknown option 'probe_sise'; did "
+                            "you mean 'probe_size'?"),
+])
+def test_a_rejected_command_line_is_one_plain_line(args, expected, capsys):
+    assert main(["diagnose", "--ckpt", "m.ckpt", "--data", "PlantedConceptsDataModule", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"conceptfix diagnose: error: {expected}"
