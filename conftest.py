@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Any
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ["CONCEPTFIX_CACHE"] = tempfile.mkdtemp(prefix="conceptfix-test-cache-")
+os.environ["CONCEPTFIX_CACHE"] = _CACHE = tempfile.mkdtemp(prefix="conceptfix-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)  # a session's cache goes with it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
