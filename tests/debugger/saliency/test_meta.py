@@ -51,7 +51,8 @@ def test_parameters_grads_modes_and_optimizer_state_stay_bit_identical():
     assert all(torch.equal(b, buffers[n]) for n, b in net.named_buffers())
     assert all(m.training for m in net.modules())
     after = optimizer.state_dict()
-    assert all(torch.equal(after["state"][k]["momentum_buffer"], v["momentum_buffer"]) for k, v in state["state"].items())
+    for k, v in state["state"].items():
+        assert torch.equal(after["state"][k]["momentum_buffer"], v["momentum_buffer"])
     assert all(not m._forward_hooks for m in net.modules())
 
 
