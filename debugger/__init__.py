@@ -102,6 +102,10 @@ _LAZY: dict[str, str] = {
     "nmf_groups": "similarity",
     "MetaSaliency": "saliency",
     "meta_saliency": "saliency",
+    "ChannelAttribution": "channels",
+    "ChannelMasks": "channels",
+    "channel_attribution": "channels",
+    "class_channel_masks": "channels",
 }
 
 __all__ = [
@@ -184,6 +188,10 @@ __all__ = [
     "nmf_groups",
     "MetaSaliency",
     "meta_saliency",
+    "ChannelAttribution",
+    "ChannelMasks",
+    "channel_attribution",
+    "class_channel_masks",
 ]
 
 if TYPE_CHECKING:
@@ -198,6 +206,7 @@ if TYPE_CHECKING:
         run_capture,
         stream_capture,
     )
+    from debugger.channels import ChannelAttribution, ChannelMasks, channel_attribution, class_channel_masks
     from debugger.confusion import (
         ConceptConfusion,
         concept_confusion,

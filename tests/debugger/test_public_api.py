@@ -34,6 +34,7 @@ def test_failure_evidence_and_probe_selection_are_public():
 
 
 def test_the_seeds_other_lenses_are_public():
+    from debugger.channels import ChannelAttribution
     from debugger.dissection import dissect
     from debugger.net2vec import Net2Vec
     from debugger.saliency.meta import MetaSaliency
@@ -43,6 +44,7 @@ def test_the_seeds_other_lenses_are_public():
     assert debugger.Net2Vec is Net2Vec
     assert debugger.MetaSaliency is MetaSaliency
     assert debugger.similarity_overlay is similarity_overlay
+    assert debugger.ChannelAttribution is ChannelAttribution
 
 
 def test_an_unknown_name_raises_attribute_error():
