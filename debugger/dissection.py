@@ -161,12 +161,14 @@ def dissection_iou(
         raise ValueError(f"Expected `chunk_size` to be a positive integer, but got {chunk_size!r}.")
     if thresholds is None:
         thresholds = activation_thresholds(activations, quantile)
-    inter = union = None
+    if activations.shape[0] == 0:
+        raise ValueError("Expected `activations` to hold at least one image, but got 0.")
+    inter = torch.zeros(activations.shape[1], masks.shape[1], dtype=torch.long)
+    union = torch.zeros_like(inter)
     for start in range(0, activations.shape[0], chunk_size):
         i, u = dissection_counts(activations[start:start + chunk_size], masks[start:start + chunk_size], thresholds)
-        inter, union = (i, u) if inter is None else (inter + i, union + u)
-    if inter is None or union is None:
-        raise ValueError("Expected `activations` to hold at least one image, but got 0.")
+        inter += i
+        union += u
     return inter.double().div(union.clamp(min=1)).float()
 
 

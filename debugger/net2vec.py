@@ -140,12 +140,12 @@ def fit_segmentation_vector(
 
 
 def _set_iou(predicted_on: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
-    inter = union = None
+    inter: Tensor | float = 0.0
+    union: Tensor | float = 0.0
     for on, label in predicted_on:
-        i = (on & label[:, None]).flatten(2).sum((0, 2)).double()
-        u = (on | label[:, None]).flatten(2).sum((0, 2)).double()
-        inter, union = (i, u) if inter is None else (inter + i, union + u)
-    if inter is None or union is None:
+        inter = inter + (on & label[:, None]).flatten(2).sum((0, 2)).double()
+        union = union + (on | label[:, None]).flatten(2).sum((0, 2)).double()
+    if not isinstance(inter, Tensor) or not isinstance(union, Tensor):
         raise ValueError("Expected at least one image, but got 0.")
     return (inter / union.clamp(min=1)).float().cpu()
 
@@ -412,7 +412,8 @@ class Net2Vec:
                 row["iou"] = segmentation_iou(acts, m, self.thresholds_, v.segmentation_weights)
                 single = single_filter_iou(acts, m, self.thresholds_)
                 row["single_filter_iou"] = float(single[v.best_filter_segmentation])
-            if v.classification_weights is not None and v.best_filter_classification is not None and present.any():
+            if (v.classification_weights is not None and v.classification_bias is not None
+                    and v.best_filter_classification is not None and present.any()):
                 row["ap"] = average_precision(pooled @ v.classification_weights + v.classification_bias, present)
                 row["single_filter_ap"] = average_precision(pooled[:, v.best_filter_classification], present)
             out[name] = row

@@ -108,12 +108,14 @@ class SteppedModel(nn.Module):
         super().__init__()
         for name, child in model.named_children():
             self.add_module(name, child)
-        object.__setattr__(self, "_model", model)  # not registered: its names would gain a prefix
         self._stepped = parameters
         self.training = model.training
+        # kept in the instance dict, not registered as a submodule: its names would gain a prefix
+        self.__dict__["_model"] = model
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self._model, self._stepped, args, kwargs)
+        model: nn.Module = self.__dict__["_model"]
+        return functional_call(model, self._stepped, args, kwargs)
 
 
 def _per_example(target: TargetLike, i: int, n: int) -> TargetLike:
