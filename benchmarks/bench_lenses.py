@@ -13,7 +13,7 @@ common at validation), then, on a validation probe set:
   and scored on the second half.
 - **Meta-saliency** (seed 004 App. C.2 §4.4): the mean Spearman correlation between the maps for the top and the
   bottom predicted class (lower = more class-sensitive), plain vs meta, for gradient, gradient × input, Grad-CAM
-  and NormGrad.
+  and NormGrad (images whose maps are constant, so have no rank correlation, are left out of the mean).
 - **Channel attribution** (seed 004 Ch. 4 §5): extremal channel masks at ``layer3`` for the predicted class over
   a range of kept-channel counts: the score per count (monotone?), the extremal count, and whether images with a
   concept depend on other channels than images without it (Jaccard of the top channels of the mean masks).
