@@ -150,7 +150,10 @@ def run_channels(model: Any, images: Any, present: Any, names: list[str], args: 
                               iterations=args.channel_iterations)
     seconds = time.perf_counter() - clock
     ratio = res.scores / res.clean[:, None]
-    monotone = (res.scores[:, 1:] >= res.scores[:, :-1] - 1e-3 * res.clean.abs()[:, None]).all(1)
+    rises = res.scores[:, 1:] >= res.scores[:, :-1] - 1e-3 * res.clean.abs()[:, None]
+    monotone = rises.all(1)
+    # keeping every channel keeps the harmful ones too, so the last step may fall: also judged without it
+    below_all = rises[:, : len(args.channel_areas) - 2].all(1) if len(args.channel_areas) > 2 else monotone
     out: dict[str, Any] = {
         "layer": args.channel_layer,
         "images": int(images.shape[0]),
@@ -158,6 +161,7 @@ def run_channels(model: Any, images: Any, present: Any, names: list[str], args: 
         "areas": list(args.channel_areas),
         "mean_score_over_clean_per_area": [round(float(v), 4) for v in ratio.mean(0)],
         "monotone_share": round(float(monotone.float().mean()), 4),
+        "monotone_share_below_all_channels": round(float(below_all.float().mean()), 4),
         "mean_extremal_area": round(float(res.extremal_area().float().mean()), 2),
     }
     # per concept: top-k channels of the mean mask (at the area k) with vs without the concept, and their Jaccard
