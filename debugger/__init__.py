@@ -89,6 +89,23 @@ _LAZY: dict[str, str] = {
     "ExampleSet": "tcav",
     "TCAV": "tcav",
     "TCAVResult": "tcav",
+    # the seeds' other lenses
+    "Dissection": "dissection",
+    "dissect": "dissection",
+    "dissection_iou": "dissection",
+    "activation_thresholds": "dissection",
+    "Net2Vec": "net2vec",
+    "ConceptVector": "net2vec",
+    "SimilarityOverlay": "similarity",
+    "similarity_overlay": "similarity",
+    "location_similarity": "similarity",
+    "nmf_groups": "similarity",
+    "MetaSaliency": "saliency",
+    "meta_saliency": "saliency",
+    "ChannelAttribution": "channels",
+    "ChannelMasks": "channels",
+    "channel_attribution": "channels",
+    "class_channel_masks": "channels",
 }
 
 __all__ = [
@@ -159,6 +176,22 @@ __all__ = [
     "concept_gallery",
     "tsne_grid",
     "report_images",
+    "Dissection",
+    "dissect",
+    "dissection_iou",
+    "activation_thresholds",
+    "Net2Vec",
+    "ConceptVector",
+    "SimilarityOverlay",
+    "similarity_overlay",
+    "location_similarity",
+    "nmf_groups",
+    "MetaSaliency",
+    "meta_saliency",
+    "ChannelAttribution",
+    "ChannelMasks",
+    "channel_attribution",
+    "class_channel_masks",
 ]
 
 if TYPE_CHECKING:
@@ -173,6 +206,7 @@ if TYPE_CHECKING:
         run_capture,
         stream_capture,
     )
+    from debugger.channels import ChannelAttribution, ChannelMasks, channel_attribution, class_channel_masks
     from debugger.confusion import (
         ConceptConfusion,
         concept_confusion,
@@ -181,6 +215,7 @@ if TYPE_CHECKING:
         ensemble_check,
     )
     from debugger.discovery import ConceptDiscovery, concept_precision, discover_concepts, select_k
+    from debugger.dissection import Dissection, activation_thresholds, dissect, dissection_iou
     from debugger.embed import PatchEmbedder, embed_images, embed_patches
     from debugger.extractor import ConceptExtractor
     from debugger.failures import (
@@ -201,12 +236,15 @@ if TYPE_CHECKING:
         match_transforms,
         measure_claims,
     )
+    from debugger.net2vec import ConceptVector, Net2Vec
     from debugger.patches import extract_patches, quickshift_superpixels, slic_superpixels, sliding_windows
     from debugger.pipeline import ConceptAnalysis
     from debugger.probes import ProbeCoverage, probe_coverage, select_probe_indices
     from debugger.ranking import ConceptFailure, rank_failures
     from debugger.render import concept_gallery, confusion_heatmap, report_images, tsne_grid
     from debugger.report import ConceptReport
+    from debugger.saliency import MetaSaliency, meta_saliency
+    from debugger.similarity import SimilarityOverlay, location_similarity, nmf_groups, similarity_overlay
     from debugger.slices import member_slices
     from debugger.structures import Concept, PatchSet
     from debugger.tcav import CAV, TCAV, CAVCache, ExampleSet, TCAVResult

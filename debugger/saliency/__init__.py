@@ -51,6 +51,7 @@ from debugger.saliency.gradient import (
     reduce_channels,
     smoothgrad,
 )
+from debugger.saliency.meta import MetaSaliency, SteppedModel, meta_saliency, stepped_parameters
 from debugger.saliency.perturbation import (
     MeaningfulPerturbation,
     Occlusion,
@@ -75,6 +76,7 @@ __all__ = [
     "LayerCombination",
     "LinearApproximation",
     "MeaningfulPerturbation",
+    "MetaSaliency",
     "NormGrad",
     "Occlusion",
     "PixelTarget",
@@ -83,6 +85,7 @@ __all__ = [
     "SelectiveNormGrad",
     "SmoothGrad",
     "SmoothMaskGenerator",
+    "SteppedModel",
     "blur_pyramid",
     "cascading_randomization",
     "center_baseline",
@@ -101,6 +104,7 @@ __all__ = [
     "layer_saliency",
     "linear_approximation_from",
     "meaningful_perturbation",
+    "meta_saliency",
     "min_max_normalize",
     "normgrad_from",
     "occlusion",
@@ -112,4 +116,5 @@ __all__ = [
     "selective_normgrad_from",
     "smoothgrad",
     "spearman",
+    "stepped_parameters",
 ]

@@ -33,6 +33,20 @@ def test_failure_evidence_and_probe_selection_are_public():
     assert {"Darkening", "concept_darkening", "annotated_membership", "slice_quality"} <= set(debugger.__all__)
 
 
+def test_the_seeds_other_lenses_are_public():
+    from debugger.channels import ChannelAttribution
+    from debugger.dissection import dissect
+    from debugger.net2vec import Net2Vec
+    from debugger.saliency.meta import MetaSaliency
+    from debugger.similarity import similarity_overlay
+
+    assert debugger.dissect is dissect
+    assert debugger.Net2Vec is Net2Vec
+    assert debugger.MetaSaliency is MetaSaliency
+    assert debugger.similarity_overlay is similarity_overlay
+    assert debugger.ChannelAttribution is ChannelAttribution
+
+
 def test_an_unknown_name_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'not_a_thing'"):
         debugger.not_a_thing  # noqa: B018

@@ -17,10 +17,12 @@ from debugger.saliency import (
     LayerCombination,
     LinearApproximation,
     MeaningfulPerturbation,
+    MetaSaliency,
     NormGrad,
     Occlusion,
     SelectiveNormGrad,
     SmoothGrad,
+    gradient,
 )
 
 TARGETS = torch.tensor([0, 3, 1, 4])
@@ -42,10 +44,11 @@ def methods(net):
         Occlusion(net, window=4, stride=4),
         MeaningfulPerturbation(net, iterations=2),
         ExtremalPerturbation(net, areas=(0.2,), iterations=2),
+        MetaSaliency(net, gradient),
     ]
 
 
-N_METHODS = 13
+N_METHODS = 14
 
 
 def test_registry_lists_every_attribution_object(net):
