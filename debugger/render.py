@@ -153,7 +153,7 @@ def confusion_heatmap(
     if title:
         ax.set_title(title, fontsize=9)
     for i in np.flatnonzero(empty):
-        ax.text((k - 1) / 2, i, "no samples", ha="center", va="center", fontsize=8, color="0.35")
+        ax.text((k - 1) / 2, float(i), "no samples", ha="center", va="center", fontsize=8, color="0.35")
     if annotated:
         norm, cm = image.norm, image.get_cmap()
         for (i, j), v in np.ndenumerate(values):
