@@ -40,24 +40,11 @@ import torch  # noqa: E402
 
 import augment  # noqa: E402
 from augment import albu  # noqa: E402
-from benchmarks.harness import compare, record  # noqa: E402
-
-
-def _looped(fn: Callable[[], Any], seconds: float = 0.05) -> tuple[Callable[[], Any], int]:
-    """``fn`` repeated enough times per call to last about ``seconds``, and that count."""
-    t0 = time.perf_counter()
-    fn()
-    n = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
-
-    def many() -> None:
-        for _ in range(n):
-            fn()
-
-    return many, n
+from benchmarks.harness import compare, looped, record  # noqa: E402
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
-    many, n = _looped(fn)
+    many, n = looped(fn)
     many()  # warm-up
     times = []
     for _ in range(repeat):
@@ -95,8 +82,8 @@ def _measure(size: int, batch: int, repeat: int) -> dict[str, Any]:
     ratios = {k: v["images_per_second"] / ref for k, v in per.items()}
     per["speedup_vs_RandomShadow_uint8"] = ratios
     # The target, timed interleaved with its baseline so drifting load hits both alike.
-    line, n_line = _looped(cases["SyntheticShadow line (batched)"])
-    rs_loop, n_rs = _looped(cases["albumentations.RandomShadow (per sample, uint8)"])
+    line, n_line = looped(cases["SyntheticShadow line (batched)"])
+    rs_loop, n_rs = looped(cases["albumentations.RandomShadow (per sample, uint8)"])
     cmp = compare(rs_loop, line, repeat=repeat, warmup=1)
     target = (cmp["candidate_s"] / n_rs) / (cmp["baseline_s"] / n_line)
     per["target_interleaved"] = {"RandomShadow_s_per_batch": cmp["candidate_s"] / n_rs,

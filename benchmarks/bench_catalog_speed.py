@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,26 +37,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from augment.catalog import PerSampleAlbumentations, catalog, entry  # noqa: E402
-from benchmarks.harness import compare, record  # noqa: E402
-
-
-def _looped(fn: Callable[[], Any], seconds: float = 0.05) -> tuple[Callable[[], Any], int]:
-    """``fn`` repeated enough times per call to last about ``seconds``, and that count."""
-    t0 = time.perf_counter()
-    fn()
-    n = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
-
-    def many() -> None:
-        for _ in range(n):
-            fn()
-
-    return many, n
+from benchmarks.harness import compare, looped, record  # noqa: E402
 
 
 def _interleaved(ours: Callable[[], Any], theirs: Callable[[], Any], repeat: int) -> tuple[float, float]:
     """Seconds per call of ``ours`` and ``theirs``, medians of calls timed alternately."""
-    a, na = _looped(ours)
-    b, nb = _looped(theirs)
+    a, na = looped(ours)
+    b, nb = looped(theirs)
     cmp = compare(a, b, repeat=repeat, warmup=1)
     return cmp["candidate_s"] / na, cmp["baseline_s"] / nb
 

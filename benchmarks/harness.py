@@ -63,6 +63,20 @@ def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
+def looped(fn: Callable[[], Any], seconds: float = 0.05) -> tuple[Callable[[], Any], int]:
+    """``fn`` repeated enough times per call to last about ``seconds``, and that count: per-image operations
+    too short to time one by one are timed in loops of equal length."""
+    t0 = time.perf_counter()
+    fn()
+    n = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+
+    def many() -> None:
+        for _ in range(n):
+            fn()
+
+    return many, n
+
+
 def compare(candidate: Callable[[], Any], baseline: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> dict:
     """Time ``candidate`` and ``baseline`` interleaved (so drifting machine load hits both alike).
 
