@@ -66,7 +66,7 @@ def fit_baseline(
     pl.seed_everything(seed, workers=True, verbose=False)
     if model is None:
         model = default_model(datamodule)
-    elif not isinstance(model, pl.LightningModule):
+    elif not isinstance(model, nn.Module):
         model = model()
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
@@ -80,9 +80,22 @@ def fit_baseline(
         "num_sanity_val_steps": 0,
     }
     kwargs.update(trainer_kwargs)
-    pl.Trainer(**kwargs).fit(model, datamodule=datamodule)
+    _flavour_of(model).Trainer(**kwargs).fit(model, datamodule=datamodule)
     model.eval()
     return model
+
+
+def _flavour_of(model: nn.Module) -> Any:
+    """The Lightning package whose Trainer takes ``model``: a user's own module may be of either flavour (the
+    built-in ones are of both)."""
+    if not isinstance(model, pl.LightningModule):
+        try:
+            import lightning.pytorch as L
+        except ImportError:  # pragma: no cover - depends on the environment
+            return pl
+        if isinstance(model, L.LightningModule):
+            return L
+    return pl
 
 
 @torch.no_grad()

@@ -78,3 +78,30 @@ def test_only_the_hooks_a_builtin_defines_look_overridden_to_the_attached_traine
     assert _overridden(flavour, "train_dataloader", dm)
     assert not _overridden(flavour, "prepare_data", dm)
     assert not _overridden(flavour, "transfer_batch_to_device", dm)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_fit_baseline_trains_a_users_own_module_of_either_flavour(flavour):
+    from recipes.baseline import fit_baseline
+
+    lightning = importlib.import_module(flavour)
+
+    class Tiny(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self(batch["image"]), batch["target"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = PlantedConceptsDataModule(train_size=32, val_size=16, test_size=16, batch_size=16, cache_dir=None)
+    model = Tiny()
+    before = model.net[1].weight.detach().clone()
+    assert fit_baseline(dm, model, max_epochs=1) is model
+    assert not torch.equal(model.net[1].weight, before)  # it trained
