@@ -41,13 +41,14 @@ def default_model(datamodule: ContractDataModule) -> pl.LightningModule:
 
 def fit_baseline(
     datamodule: ContractDataModule,
-    model: pl.LightningModule | Callable[[], pl.LightningModule] | None = None,
+    model: nn.Module | Callable[[], nn.Module] | None = None,
     max_epochs: int = 4,
     seed: int = 0,
     progress: bool = False,
     **trainer_kwargs: Any,
-) -> pl.LightningModule:
-    """Fit ``model`` (default: :func:`default_model`) on ``datamodule`` on the CPU, seeded, without checkpoints.
+) -> nn.Module:
+    """Fit ``model`` (default: :func:`default_model`; a ``LightningModule`` of either flavour) on ``datamodule`` on the
+    CPU, seeded, without checkpoints.
 
     Pass a model class or factory (``model=ResNetClassifier``) to have its initial weights drawn after seeding,
     so that the same ``seed`` gives the same run whatever ran before in the process; an instance keeps the
