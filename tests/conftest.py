@@ -3,9 +3,14 @@ tests that need them, never by ``--doctest-modules``, so a script's top level ne
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# The tiny shared helpers (`_dbtiny`, `_cbtiny`) import by name from any test folder.
+sys.path[:0] = [str(Path(__file__).parent / d) for d in ("debugger", "callbacks") if str(Path(__file__).parent / d)
+                not in sys.path]
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

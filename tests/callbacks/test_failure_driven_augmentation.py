@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from _cbtiny import event_accumulator, lightning, make_module, make_trainer
-from torch import nn
+from _dbtiny import bright_report
 
 from augment import Cutout, JointBatch, SyntheticShadow
 from augment.policy import AugmentationPolicy, derive_policies
@@ -117,34 +117,8 @@ def test_joint_batches_use_the_policy_of_their_own_transform(tmp_path: Path) -> 
     assert cutout.active_policy == AugmentationPolicy(base=0.0, augmentation="Cutout")
 
 
-def _bright_report() -> Any:
-    """A real ConceptReport in which discovered 'cluster-0' shows the 'bright' concept and is a failure."""
-    from debugger.pipeline import ConceptAnalysis
-    from debugger.structures import Concept
-
-    # class c has channel c raised; a "bright" top-left quarter on channel 0 flips classes 1 and 2 to class 0
-    n = 24
-    targets = torch.arange(n) % 3
-    images = torch.zeros(n, 3, 8, 8)
-    images[torch.arange(n), targets] = 1.0
-    bright = torch.arange(n) % 2 == 0
-    images[bright, 0, :4, :4] += 8.0
-    masks = torch.zeros(n, 1, 8, 8, dtype=torch.bool)
-    masks[bright, 0, :4, :4] = True
-    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def by_ground_truth(embeddings: torch.Tensor, patches: Any) -> list[Concept]:
-        s = patches.concept_overlap[:, 0].float()
-        return [Concept(0, "cluster-0", (s > 0).nonzero().flatten(), s),
-                Concept(1, "cluster-1", (s == 0).nonzero().flatten(), 1 - s)]
-
-    batch = {"image": images, "target": targets, "concepts": bright.float()[:, None], "concept_masks": masks}
-    return ConceptAnalysis(model, "0", patches="window", discovery=by_ground_truth, top_k=12, min_support=2,
-                           patch_kwargs={"sizes": (4,), "strides": (4,)}).run([batch], concept_names=["bright"])
-
-
 def test_policy_from_a_saved_concept_report_uses_the_ground_truth_its_patches_show(tmp_path: Path) -> None:
-    report = _bright_report()
+    report = bright_report()
     assert [f.name for f in report.failures] == ["cluster-0"]
     path = report.save(tmp_path / "report.json")
 
@@ -194,7 +168,7 @@ def test_a_log_only_policy_does_not_warn_and_drives_nothing(tmp_path: Path) -> N
 
 
 def test_auto_source_combines_the_concept_report_and_annotated_confusion_failures(tmp_path: Path) -> None:
-    report = _bright_report()
+    report = bright_report()
 
     def evidence(source: str) -> list[dict[str, Any]]:
         fda = FailureDrivenAugmentation(source=source, log_only=True)  # type: ignore[arg-type]

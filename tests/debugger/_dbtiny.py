@@ -1,4 +1,6 @@
-"""Tiny hand-set models shared by the debugger tests."""
+"""Tiny hand-set models and reports shared by the debugger and callbacks tests."""
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,3 +30,29 @@ class DarknessNet(nn.Module):
         if self.segmentation:  # per-pixel logits from the same rule
             return torch.einsum("kd,bdhw->bkhw", self.fc.weight, f) + self.fc.bias.view(1, -1, 1, 1)
         return self.fc(self.pool(f).flatten(1))
+
+
+def bright_report() -> Any:
+    """A real ConceptReport in which discovered 'cluster-0' shows the 'bright' concept and is a failure."""
+    from debugger.pipeline import ConceptAnalysis
+    from debugger.structures import Concept
+
+    # class c has channel c raised; a "bright" top-left quarter on channel 0 flips classes 1 and 2 to class 0
+    n = 24
+    targets = torch.arange(n) % 3
+    images = torch.zeros(n, 3, 8, 8)
+    images[torch.arange(n), targets] = 1.0
+    bright = torch.arange(n) % 2 == 0
+    images[bright, 0, :4, :4] += 8.0
+    masks = torch.zeros(n, 1, 8, 8, dtype=torch.bool)
+    masks[bright, 0, :4, :4] = True
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def by_ground_truth(embeddings: torch.Tensor, patches: Any) -> list[Concept]:
+        s = patches.concept_overlap[:, 0].float()
+        return [Concept(0, "cluster-0", (s > 0).nonzero().flatten(), s),
+                Concept(1, "cluster-1", (s == 0).nonzero().flatten(), 1 - s)]
+
+    batch = {"image": images, "target": targets, "concepts": bright.float()[:, None], "concept_masks": masks}
+    return ConceptAnalysis(model, "0", patches="window", discovery=by_ground_truth, top_k=12, min_support=2,
+                           patch_kwargs={"sizes": (4,), "strides": (4,)}).run([batch], concept_names=["bright"])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from torch import nn
+from _dbtiny import bright_report
 
 from debugger.failures import (
     Darkening,
@@ -71,34 +69,8 @@ def test_darkening_summary_needs_enough_images() -> None:
     assert Darkening.from_values(torch.tensor([0.5, float("nan"), 0.6]), min_images=3) is None
 
 
-def _bright_report() -> Any:
-    """A real ConceptReport in which discovered 'cluster-0' shows the 'bright' concept and is a failure."""
-    from debugger.pipeline import ConceptAnalysis
-    from debugger.structures import Concept
-
-    # class c has channel c raised; a "bright" top-left quarter on channel 0 flips classes 1 and 2 to class 0
-    n = 24
-    targets = torch.arange(n) % 3
-    images = torch.zeros(n, 3, 8, 8)
-    images[torch.arange(n), targets] = 1.0
-    bright = torch.arange(n) % 2 == 0
-    images[bright, 0, :4, :4] += 8.0
-    masks = torch.zeros(n, 1, 8, 8, dtype=torch.bool)
-    masks[bright, 0, :4, :4] = True
-    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def by_ground_truth(embeddings: torch.Tensor, patches: Any) -> list[Concept]:
-        s = patches.concept_overlap[:, 0].float()
-        return [Concept(0, "cluster-0", (s > 0).nonzero().flatten(), s),
-                Concept(1, "cluster-1", (s == 0).nonzero().flatten(), 1 - s)]
-
-    batch = {"image": images, "target": targets, "concepts": bright.float()[:, None], "concept_masks": masks}
-    return ConceptAnalysis(model, "0", patches="window", discovery=by_ground_truth, top_k=12, min_support=2,
-                           patch_kwargs={"sizes": (4,), "strides": (4,)}).run([batch], concept_names=["bright"])
-
-
 def test_evidence_from_a_report_names_the_ground_truth_its_top_patches_show() -> None:
-    report = _bright_report()
+    report = bright_report()
     failures, class_names = evidence_from_report(report)
     assert [(f.name, f.matches) for f in failures] == [("cluster-0", "bright")]
     assert class_names is None  # the report was given none
