@@ -394,7 +394,7 @@ class ConceptMonitor(Monitor):
 
         grid = self.grid if self.grid is not None else (16, 16)
         keep = select_points(len(report.patches), self.grid_points, self.seed)
-        sub = _subset_patches(report.patches, keep)
+        sub = report.patches.take(keep)
         coords = pca_layout(embeddings[keep]) if self.grid_layout == "pca" else None
         mosaic, _ = tsne_grid(
             embeddings[keep], images, sub, grid=grid, tile=24, correct=patch_correct[keep], coords=coords,
@@ -612,16 +612,3 @@ def _patch_correctness(report: Any) -> Tensor:
     if acc is None:
         return torch.ones(len(report.patches))
     return acc.float().cpu()[report.patches.image_index.cpu()]
-
-
-def _subset_patches(patches: Any, keep: Tensor) -> Any:
-    from debugger.structures import PatchSet
-
-    return PatchSet(
-        image_index=patches.image_index[keep],
-        boxes=patches.boxes[keep],
-        masks=None if patches.masks is None else patches.masks[keep],
-        concept_overlap=None if patches.concept_overlap is None else patches.concept_overlap[keep],
-        concept_names=patches.concept_names,
-        method=patches.method,
-    )

@@ -159,7 +159,7 @@ def measure_claims(
             counts[j, k] = len(picked)
             if len(picked) == 0:
                 continue
-            subset = _take(patches, picked)
+            subset = patches.take(picked)
             for share, source in ((changed_share, augmented), (clean_share, images)):
                 claims = claim(embed(source, subset))
                 if claims.shape != (c, len(picked)):
@@ -516,17 +516,6 @@ def _check_render(name: str, out: Any, images: Tensor) -> tuple[Tensor, Tensor]:
                          f"({n}, 1, {h}, {w}), but got {tuple(changed.shape)!r}.")
     mask = changed if changed.dtype == torch.bool else changed.float() > 0.5
     return augmented, mask.cpu()
-
-
-def _take(patches: PatchSet, index: Tensor) -> PatchSet:
-    return PatchSet(
-        image_index=patches.image_index[index],
-        boxes=patches.boxes[index],
-        masks=None if patches.masks is None else patches.masks[index],
-        concept_overlap=None if patches.concept_overlap is None else patches.concept_overlap[index],
-        concept_names=patches.concept_names,
-        method=patches.method,
-    )
 
 
 def _parts(report: ConceptReport) -> dict[int, list[int]]:

@@ -35,6 +35,23 @@ class PatchSet:
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
 
+    def take(self, index: Tensor) -> PatchSet:
+        """The patches selected by ``index`` (indices or a boolean mask over the patches).
+
+        Example:
+            >>> ps = PatchSet(torch.tensor([0, 0, 1]), torch.tensor([[0, 0, 2, 2], [2, 0, 4, 2], [0, 0, 2, 2]]))
+            >>> ps.take(torch.tensor([False, True, True])).image_index.tolist()
+            [0, 1]
+        """
+        return PatchSet(
+            image_index=self.image_index[index],
+            boxes=self.boxes[index],
+            masks=None if self.masks is None else self.masks[index],
+            concept_overlap=None if self.concept_overlap is None else self.concept_overlap[index],
+            concept_names=self.concept_names,
+            method=self.method,
+        )
+
 
 @dataclass
 class Concept:
