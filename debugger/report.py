@@ -350,9 +350,10 @@ class ConceptReport:
             "| expected from classes | lift within classes [95% CI] | p (adj.) |",
             "|---:|---|:---:|---:|---|---|---|---:|---|---|---:|",
         ]
+        names = {c.id: c.name for c in self.concepts}
         for row in self.ranking[:max_rows]:
             lines.append(
-                f"| {row.rank} | {row.name} | {_verdict(row)} | {row.support} "
+                f"| {row.rank} | {row.name} | {_verdict(row, names)} | {row.support} "
                 f"| {percent(row.error_in)} [{percent(row.error_in_low)}, {percent(row.error_in_high)}] "
                 f"| {percent(row.error_out)} | {number(row.lift)} [{number(row.lift_low)}, {number(row.lift_high)}] "
                 f"| {p_value(row.p_adjusted)} | {percent(row.error_in_expected)} "
@@ -572,9 +573,9 @@ def _coverage_line(probe_size: int, min_support: Any) -> list[str]:
             f"{100 * rate:.0f}% of images may go unseen (`debugger.probe_coverage`)."]
 
 
-def _verdict(row: ConceptFailure) -> str:
+def _verdict(row: ConceptFailure, names: dict[int, str]) -> str:
     if row.merged_into is not None:
-        return f"merged into {row.merged_into}"
+        return f"merged into `{names.get(row.merged_into, row.merged_into)}`"
     if row.is_failure:
         return "yes"
     return "class mix" if row.class_confounded else ""

@@ -335,7 +335,7 @@ def test_near_duplicate_failure_concepts_are_merged_into_one():
     assert torch.equal(concept.members, torch.cat([report.concept(0).members, report.concept(1).members]).unique())
     back = ConceptReport.from_json(report.to_json())
     assert [r.merged_into for r in back.ranking] == [r.merged_into for r in report.ranking]
-    assert "merged into" in report.to_markdown()
+    assert "merged into `cluster-0+cluster-1`" in report.to_markdown()  # named, not numbered
     # slices that share no image are not merged
     apart = ConceptAnalysis(DarknessNet(), "relu", patches="window", discovery=_by_darkness(2), top_k=20,
                             patch_kwargs=WINDOWS).run(batches)
